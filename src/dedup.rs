@@ -1,0 +1,120 @@
+//! Deduplication by `event_id` within the dedup horizon (DESIGN.md section 4, step 5).
+//!
+//! Ids are kept per user (the key is a 128-bit hash of the user and the event id), with
+//! the event time of the copy that won. An id is forgotten once the watermark has
+//! passed its event time plus the horizon, so memory holds only the ids still inside
+//! the horizon.
+
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+
+/// The dedup key: a 128-bit hash of (user id, event id).
+pub type IdKey = u128;
+
+/// The dedup key of an event.
+pub fn id_key(user_id: &str, event_id: &str) -> IdKey {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&(user_id.len() as u64).to_le_bytes());
+    hasher.update(user_id.as_bytes());
+    hasher.update(event_id.as_bytes());
+    hasher.digest128()
+}
+
+/// The ids a worker has seen inside the horizon.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SeenIds {
+    horizon: f64,
+    seen: HashMap<IdKey, f64>,
+    /// Ids in the order they were recorded, for expiry.
+    order: VecDeque<(f64, IdKey)>,
+}
+
+impl SeenIds {
+    /// Remembers ids for `horizon` seconds of event time.
+    pub fn new(horizon: f64) -> SeenIds {
+        SeenIds {
+            horizon,
+            ..SeenIds::default()
+        }
+    }
+
+    /// Whether an event with this key and time is a copy of one already seen; if
+    /// not, remembers it.
+    pub fn check_and_insert(&mut self, key: IdKey, event_time: f64) -> bool {
+        match self.seen.get(&key) {
+            Some(&first) if (event_time - first).abs() <= self.horizon => true,
+            _ => {
+                self.seen.insert(key, event_time);
+                self.order.push_back((event_time, key));
+                false
+            }
+        }
+    }
+
+    /// Whether this key is already remembered (without recording it).
+    pub fn contains(&self, key: IdKey, event_time: f64) -> bool {
+        self.seen
+            .get(&key)
+            .is_some_and(|&first| (event_time - first).abs() <= self.horizon)
+    }
+
+    /// Forgets ids whose event time is more than the horizon before `watermark` (seconds).
+    pub fn expire(&mut self, watermark: f64) {
+        let limit = watermark - self.horizon;
+        while let Some(&(time, key)) = self.order.front() {
+            if time >= limit {
+                break;
+            }
+            self.order.pop_front();
+            if self.seen.get(&key) == Some(&time) {
+                self.seen.remove(&key);
+            }
+        }
+    }
+
+    /// How many ids are remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_copy_inside_the_horizon_is_a_duplicate() {
+        let mut seen = SeenIds::new(60.0);
+        let key = id_key("u1", "e1");
+        assert!(!seen.check_and_insert(key, 100.0));
+        assert!(seen.check_and_insert(key, 100.0));
+        assert!(seen.check_and_insert(key, 160.0));
+        assert!(!seen.contains(key, 160.5));
+        assert!(
+            !seen.check_and_insert(id_key("u2", "e1"), 100.0),
+            "ids are per user"
+        );
+    }
+
+    #[test]
+    fn ids_expire_behind_the_watermark() {
+        let mut seen = SeenIds::new(60.0);
+        seen.check_and_insert(id_key("u", "a"), 10.0);
+        seen.check_and_insert(id_key("u", "b"), 50.0);
+        seen.expire(70.0 + 0.5);
+        assert_eq!(seen.len(), 1);
+        assert!(seen.contains(id_key("u", "b"), 50.0));
+    }
+
+    #[test]
+    fn key_separates_user_from_event_id() {
+        assert_ne!(id_key("ab", "c"), id_key("a", "bc"));
+    }
+}

@@ -1,0 +1,114 @@
+//! Per-user state: one compact accumulator per declared aggregation, and the fold
+//! that applies one event to it.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::{FeatureSpec, Interner, StateKind};
+use crate::event::{Event, Value};
+use crate::schema::FieldRef;
+
+/// A latest value: strings are interned.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Scalar {
+    /// Nothing yet.
+    Null,
+    /// A number.
+    Num(f64),
+    /// A bool.
+    Bool(bool),
+    /// An interned string.
+    Str(u32),
+}
+
+/// One aggregation's accumulator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Agg {
+    /// Distinct interned strings, sorted by id.
+    Distinct(Vec<u32>),
+    /// The last k interned strings, oldest first.
+    LastK(VecDeque<u32>),
+    /// A sum.
+    Sum(f64),
+    /// A count.
+    Count(u64),
+    /// The latest value.
+    Latest(Scalar),
+    /// Score per interned group, in first-seen order.
+    Decayed(Vec<(u32, f64)>),
+}
+
+/// A user's folded state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserState {
+    /// One accumulator per state, in the spec's order.
+    pub aggs: Box<[Agg]>,
+}
+
+impl UserState {
+    /// The empty state for `spec`.
+    pub fn new(spec: &FeatureSpec) -> UserState {
+        let aggs = spec
+            .states
+            .iter()
+            .map(|s| match s.kind {
+                StateKind::Distinct => Agg::Distinct(Vec::new()),
+                StateKind::LastK(_) => Agg::LastK(VecDeque::new()),
+                StateKind::Sum => Agg::Sum(0.0),
+                StateKind::Count => Agg::Count(0),
+                StateKind::Latest => Agg::Latest(Scalar::Null),
+                StateKind::Decayed => Agg::Decayed(Vec::new()),
+            })
+            .collect();
+        UserState { aggs }
+    }
+
+    /// Applies one accepted event. Events must come in (event time, event id) order.
+    pub fn apply(&mut self, spec: &FeatureSpec, interner: &mut Interner, event: &Event) {
+        for update in &spec.per_type[event.event_type as usize] {
+            let value = match update.field {
+                None => &Value::Null,
+                Some(FieldRef::EventTime) => &Value::Num(event.event_time),
+                Some(FieldRef::Slot(slot)) => &event.values[slot],
+            };
+            match (&mut self.aggs[update.state], value) {
+                (Agg::Distinct(set), Value::Str(s)) => {
+                    let id = interner.intern(s);
+                    if let Err(at) = set.binary_search(&id) {
+                        set.insert(at, id);
+                    }
+                }
+                (Agg::LastK(list), Value::Str(s)) => {
+                    let StateKind::LastK(k) = spec.states[update.state].kind else {
+                        unreachable!()
+                    };
+                    if list.len() == k {
+                        list.pop_front();
+                    }
+                    list.push_back(interner.intern(s));
+                }
+                (Agg::Sum(sum), Value::Num(n)) => *sum += n,
+                (Agg::Count(count), _) => *count += 1,
+                (Agg::Latest(latest), value) => {
+                    *latest = match value {
+                        Value::Num(n) => Scalar::Num(*n),
+                        Value::Bool(b) => Scalar::Bool(*b),
+                        Value::Str(s) => Scalar::Str(interner.intern(s)),
+                        _ => Scalar::Null,
+                    }
+                }
+                (Agg::Decayed(scores), Value::Str(group)) => {
+                    let id = interner.intern(group);
+                    let (decay, increment) = update.weight;
+                    match scores.iter_mut().find(|(g, _)| *g == id) {
+                        Some((_, score)) => *score = *score * decay + increment,
+                        None => scores.push((id, increment)),
+                    }
+                }
+                // An absent optional value leaves the state as it was.
+                _ => {}
+            }
+        }
+    }
+}

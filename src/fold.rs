@@ -1,0 +1,393 @@
+//! The per-user fold: deduplicate, apply the late policy, and fold each user's events
+//! into its state in (event time, event id) order; emit views of the users that
+//! changed.
+//!
+//! # Contract
+//! Input events arrive exchanged by `user_hash`, so each user's state lives on one
+//! worker. An event is applied once the input frontier has passed its event time
+//! (for late events: the time it was sent at); events that become ready together are
+//! applied in [`Event::apply_order`], which does not depend on arrival order, so the
+//! result is the same for any number of workers and any interleaving of partitions.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use compact_str::CompactString;
+use hashbrown::HashTable;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use crate::dead_letter::{DeadLetter, Reason};
+use crate::dedup::{SeenIds, id_key};
+use crate::event::{Event, Millis, to_millis};
+use crate::features::{Interner, UserState, render_features, render_state};
+use crate::job::{Job, LatePolicy};
+use crate::summary::Counts;
+
+/// Views emitted per activation while a snapshot is written, to bound memory.
+const SNAPSHOT_CHUNK: usize = 4096;
+
+/// A rendered view on its way to the sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewRecord {
+    /// The key.
+    pub user_id: CompactString,
+    /// The watermark (event-time seconds) the view is complete at.
+    pub as_of: f64,
+    /// The `features` object.
+    pub features: String,
+    /// The `state` object.
+    pub state: String,
+    /// The user's state changed since its view was last written: online stores write it.
+    pub changed: bool,
+    /// Part of the end-of-run snapshot, which comes sorted by `user_id` per worker.
+    pub snapshot: bool,
+}
+
+impl ViewRecord {
+    /// The view as one JSON object (a line of the JSONL snapshot).
+    pub fn to_json(&self) -> String {
+        let user = serde_json::to_string(self.user_id.as_str()).expect("a string serializes");
+        let as_of = serde_json::to_string(&self.as_of).expect("a number serializes");
+        format!(
+            "{{\"user_id\":{user},\"as_of\":{as_of},\"features\":{},\"state\":{}}}",
+            self.features, self.state
+        )
+    }
+}
+
+/// When views of changed users are emitted before the end of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Only at the end of a bounded input (backfill).
+    AtEnd,
+    /// Whenever the watermark has moved and this much wall time has passed.
+    Every(Duration),
+}
+
+/// What the fold needs from its worker.
+pub struct FoldContext {
+    /// The job.
+    pub job: Arc<Job>,
+    /// The worker's counters.
+    pub counts: Rc<RefCell<Counts>>,
+    /// When to write views.
+    pub flush: FlushPolicy,
+}
+
+/// The fold's outputs.
+pub struct Folded<'s> {
+    /// Views to write.
+    pub views: Stream<'s, Millis, Vec<ViewRecord>>,
+    /// Late events dead-lettered.
+    pub dead_letters: Stream<'s, Millis, Vec<DeadLetter>>,
+}
+
+/// Folding a stream of events into per-user features.
+pub trait FoldFeatures<'s> {
+    /// Folds events into per-user state. `clocks` reports partition clocks from every
+    /// worker (broadcast), for the final watermark.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use timely::dataflow::operators::{ToStream, Broadcast};
+    /// use skewless::fold::{FoldFeatures, FoldContext, FlushPolicy};
+    /// let job = Arc::new(skewless::job::Job::load("jobs/recsys.toml".as_ref()).unwrap());
+    /// let counts = Default::default();
+    /// timely::example(|scope| {
+    ///     let events = Vec::<skewless::event::Event>::new().to_stream(scope).container::<Vec<_>>();
+    ///     let clocks = vec![0.0f64].to_stream(scope).container::<Vec<_>>().broadcast();
+    ///     let folded = events.fold_features(clocks, FoldContext { job, counts, flush: FlushPolicy::AtEnd });
+    ///     let _ = folded.views;
+    /// });
+    /// ```
+    fn fold_features(self, clocks: Stream<'s, Millis, Vec<f64>>, context: FoldContext) -> Folded<'s>;
+}
+
+struct UserEntry {
+    user_id: CompactString,
+    hash: u64,
+    state: UserState,
+    has_view: bool,
+    dirty: bool,
+}
+
+/// A worker's users: dense entries, found by key hash.
+#[derive(Default)]
+struct Users {
+    index: HashTable<u32>,
+    entries: Vec<UserEntry>,
+}
+
+impl Users {
+    /// The index of a user's entry, created empty if new.
+    fn slot(&mut self, hash: u64, user_id: &CompactString, job: &Job) -> u32 {
+        let entries = &mut self.entries;
+        match self
+            .index
+            .find(hash, |&i| entries[i as usize].user_id == *user_id)
+        {
+            Some(&i) => i,
+            None => {
+                let i = u32::try_from(entries.len()).expect("fewer than 2^32 users per worker");
+                entries.push(UserEntry {
+                    user_id: user_id.clone(),
+                    hash,
+                    state: UserState::new(&job.features),
+                    has_view: false,
+                    dirty: false,
+                });
+                self.index.insert_unique(hash, i, |&j| entries[j as usize].hash);
+                i
+            }
+        }
+    }
+}
+
+/// The fold's state on one worker.
+struct Fold {
+    job: Arc<Job>,
+    users: Users,
+    interner: Interner,
+    seen: SeenIds,
+    seen_late: SeenIds,
+    pending: Vec<(Millis, Event)>,
+    ready: Vec<Event>,
+    dirty: Vec<u32>,
+    counts: Counts,
+    max_clock: Option<f64>,
+}
+
+impl Fold {
+    /// Applies every pending event ready before `frontier` (all, when `None`).
+    fn apply_ready(&mut self, frontier: Option<Millis>, dead: &mut Vec<DeadLetter>) {
+        self.ready.clear();
+        let limit = frontier.unwrap_or(Millis::MAX);
+        self.ready
+            .extend(self.pending.extract_if(.., |(t, _)| *t < limit).map(|(_, e)| e));
+        if self.ready.is_empty() {
+            return;
+        }
+        self.ready.sort_unstable_by(Event::apply_order);
+        let job = Arc::clone(&self.job);
+        for event in self.ready.drain(..) {
+            let key = id_key(&event.user_id, &event.event_id);
+            if !event.late {
+                if self.seen.check_and_insert(key, event.event_time) {
+                    self.counts.duplicates += 1;
+                    continue;
+                }
+                self.counts.applied += 1;
+                let reads = job.features.reads(event.event_type);
+                if !reads {
+                    continue;
+                }
+                let slot = self.users.slot(event.user_hash, &event.user_id, &job);
+                let entry = &mut self.users.entries[slot as usize];
+                entry.state.apply(&job.features, &mut self.interner, &event);
+                entry.has_view = true;
+                if !entry.dirty {
+                    entry.dirty = true;
+                    self.dirty.push(slot);
+                }
+                continue;
+            }
+            // A late copy of an event seen on time is a duplicate; a late event never
+            // claims its id against an on-time copy, so which copy arrives first does
+            // not decide what is applied.
+            if self.seen.contains(key, event.event_time)
+                || self.seen_late.check_and_insert(key, event.event_time)
+            {
+                self.counts.duplicates += 1;
+                continue;
+            }
+            self.counts.late += 1;
+            match job.time.late_policy {
+                LatePolicy::Drop => self.counts.late_dropped += 1,
+                LatePolicy::Dlq => {
+                    self.counts.dead_letter(Reason::LateEvent);
+                    let record = event.late_record.expect("late events carry their record");
+                    dead.push(DeadLetter::first_attempt(
+                        &job.name,
+                        record.origin,
+                        record.text.as_bytes(),
+                        true,
+                        Reason::LateEvent,
+                        format!(
+                            "event_time {} is more than allowed_lateness ({}) behind its partition's clock or the watermark",
+                            event.event_time, job.time.allowed_lateness
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(frontier) = frontier {
+            let watermark = frontier as f64 / 1000.0;
+            self.seen.expire(watermark);
+            self.seen_late.expire(watermark);
+        }
+    }
+
+    fn render(&self, index: u32, as_of: f64, changed: bool, snapshot: bool) -> ViewRecord {
+        let entry = &self.users.entries[index as usize];
+        ViewRecord {
+            user_id: entry.user_id.clone(),
+            as_of,
+            features: render_features(&self.job.features, &self.interner, &entry.state),
+            state: render_state(&self.job.features, &self.interner, &entry.state),
+            changed,
+            snapshot,
+        }
+    }
+
+    /// Views of the users that changed since the last flush.
+    fn flush_dirty(&mut self, as_of: f64, out: &mut Vec<ViewRecord>) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for index in &dirty {
+            out.push(self.render(*index, as_of, true, false));
+            self.users.entries[*index as usize].dirty = false;
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+}
+
+impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
+    fn fold_features(self, clocks: Stream<'s, Millis, Vec<f64>>, context: FoldContext) -> Folded<'s> {
+        let scope = self.scope();
+        let mut builder = OperatorBuilder::new("FoldFeatures".to_owned(), scope);
+        let activator = scope.activator_for(builder.operator_info().address);
+        let mut events_in = builder.new_input(self, Exchange::new(|e: &Event| e.user_hash));
+        let mut clocks_in = builder.new_input(clocks, Pipeline);
+        let (views_out, views) = builder.new_output::<Vec<ViewRecord>>();
+        let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+        let mut views_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<ViewRecord>>>::from(views_out);
+        let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+
+        let FoldContext {
+            job,
+            counts: shared_counts,
+            flush,
+        } = context;
+        let mut fold = Fold {
+            seen: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
+            seen_late: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
+            job,
+            users: Users::default(),
+            interner: Interner::default(),
+            pending: Vec::new(),
+            ready: Vec::new(),
+            dirty: Vec::new(),
+            counts: Counts::default(),
+            max_clock: None,
+        };
+        let mut last_flush = Instant::now();
+        let mut last_frontier: Millis = 0;
+        // Users still to write in the end-of-input snapshot, sorted by user id.
+        let mut snapshot: Option<std::vec::IntoIter<u32>> = None;
+        let mut dead = Vec::new();
+        let mut views_buffer = Vec::new();
+
+        builder.build(move |capabilities| {
+            let mut capabilities = Some(capabilities);
+            move |frontiers| {
+                events_in.for_each(|cap, data| {
+                    let sent_at = *cap.least().expect("totally ordered time");
+                    for event in data.drain(..) {
+                        let ready_at = if event.late {
+                            sent_at
+                        } else {
+                            to_millis(event.event_time).max(sent_at)
+                        };
+                        fold.pending.push((ready_at, event));
+                    }
+                });
+                clocks_in.for_each(|_cap, data| {
+                    for clock in data.drain(..) {
+                        fold.max_clock = Some(fold.max_clock.map_or(clock, |m: f64| m.max(clock)));
+                    }
+                });
+                let Some(caps) = capabilities.as_mut() else { return };
+                let frontier = frontiers[0].frontier().first().copied();
+                let clocks_done = frontiers[1].frontier().is_empty();
+
+                if snapshot.is_none() {
+                    fold.apply_ready(frontier, &mut dead);
+                }
+                if !dead.is_empty() {
+                    dead_out.activate().session(&caps[1]).give_container(&mut dead);
+                }
+
+                match frontier {
+                    Some(frontier) => {
+                        let moved = frontier > last_frontier;
+                        last_frontier = last_frontier.max(frontier);
+                        let due =
+                            matches!(flush, FlushPolicy::Every(interval) if last_flush.elapsed() >= interval);
+                        if due && moved && !fold.dirty.is_empty() {
+                            fold.flush_dirty(frontier as f64 / 1000.0, &mut views_buffer);
+                            last_flush = Instant::now();
+                        }
+                        if !views_buffer.is_empty() {
+                            views_out
+                                .activate()
+                                .session(&caps[0])
+                                .give_container(&mut views_buffer);
+                        }
+                        for cap in caps.iter_mut() {
+                            if *cap.time() < frontier {
+                                cap.downgrade(&frontier);
+                            }
+                        }
+                    }
+                    None if !clocks_done => {}
+                    None => {
+                        // End of input: write every user's view, sorted by user id.
+                        let queue = snapshot.get_or_insert_with(|| {
+                            let entries = &fold.users.entries;
+                            let mut order: Vec<u32> = (0..entries.len() as u32)
+                                .filter(|&i| entries[i as usize].has_view)
+                                .collect();
+                            order.sort_unstable_by(|&a, &b| {
+                                entries[a as usize].user_id.cmp(&entries[b as usize].user_id)
+                            });
+                            fold.counts.users = order.len() as u64;
+                            order.into_iter()
+                        });
+                        let as_of = fold.max_clock.unwrap_or(last_frontier as f64 / 1000.0);
+                        for index in queue.by_ref().take(SNAPSHOT_CHUNK) {
+                            let changed = fold.users.entries[index as usize].dirty;
+                            fold.users.entries[index as usize].dirty = false;
+                            views_buffer.push(fold.render(index, as_of, changed, true));
+                        }
+                        if !views_buffer.is_empty() {
+                            views_out
+                                .activate()
+                                .session(&caps[0])
+                                .give_container(&mut views_buffer);
+                        }
+                        if queue.len() > 0 {
+                            activator.activate();
+                        } else {
+                            shared_counts
+                                .borrow_mut()
+                                .merge(&std::mem::take(&mut fold.counts));
+                            capabilities = None;
+                            return;
+                        }
+                    }
+                }
+                shared_counts
+                    .borrow_mut()
+                    .merge(&std::mem::take(&mut fold.counts));
+            }
+        });
+
+        Folded { views, dead_letters }
+    }
+}

@@ -1,0 +1,234 @@
+//! The job file as written: serde structs for each TOML section.
+//!
+//! Every section and every field is optional here, so that a job can `extends` another
+//! and override only what differs; defaults are applied when the job is compiled
+//! ([`crate::job::Job`]). Unknown keys are refused everywhere.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::duration::Span;
+
+/// `[job]`: what the job is called.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSection {
+    /// The job's name; DLQ records and summaries carry it. Default: the file's stem.
+    pub name: Option<String>,
+}
+
+/// `[source]`: where records come from when no `--input` is given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// Archived log partitions: files (`.jsonl`, `.jsonl.gz`), directories of segment
+    /// files, or globs of either. Each path is one partition.
+    pub files: Option<Vec<String>>,
+}
+
+/// `[limits]`: what a single record may cost.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Records larger than this many bytes are dead-lettered as `oversized`.
+    /// Default: [`super::DEFAULT_MAX_EVENT_BYTES`] (1 MiB).
+    pub max_event_bytes: Option<u64>,
+}
+
+/// What happens to an event that arrives after the lateness bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Dead-letter it with reason `late_event`.
+    Dlq,
+    /// Count it as `late` and drop it.
+    Drop,
+}
+
+/// `[time]`: event-time policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeSection {
+    /// How far behind its partition's clock an event may be and still be applied.
+    /// Default: [`super::DEFAULT_ALLOWED_LATENESS`] (5 s).
+    pub allowed_lateness: Option<Span>,
+    /// What happens to late events. Default: `dlq`.
+    pub late_policy: Option<LatePolicy>,
+    /// How long (event time) an `event_id` is remembered for deduplication.
+    /// Default: [`super::DEFAULT_DEDUP_HORIZON`] (24 h).
+    pub dedup_horizon: Option<Span>,
+    /// A partition with no records for this long (wall clock) stops holding the
+    /// watermark back. Default: [`super::DEFAULT_IDLE_TIMEOUT`] (10 s).
+    pub idle_timeout: Option<Span>,
+}
+
+/// `[sinks]`: where views, dead letters and the run summary go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksSection {
+    /// SQLite file holding the `user_features` table. Default: `out/<job>/views.sqlite`.
+    pub views_sqlite: Option<String>,
+    /// JSONL snapshot of every view, sorted by `user_id`, written at the end of a run.
+    /// Default: none.
+    pub views_jsonl: Option<String>,
+    /// JSONL file of dead letters. Default: `out/<job>/dlq.jsonl`.
+    pub dlq: Option<String>,
+    /// Where the run summary is written. Default: `out/<job>/summary.json`.
+    pub summary: Option<String>,
+}
+
+/// The JSON type a payload field must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    /// A JSON string.
+    String,
+    /// A JSON number (not a bool).
+    Number,
+    /// A JSON bool.
+    Bool,
+    /// A JSON array of strings.
+    StringList,
+    /// A JSON object.
+    Object,
+    /// Any JSON value.
+    Any,
+}
+
+impl FieldType {
+    /// The name job files use for this type.
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Number => "number",
+            FieldType::Bool => "bool",
+            FieldType::StringList => "string_list",
+            FieldType::Object => "object",
+            FieldType::Any => "any",
+        }
+    }
+}
+
+/// One payload field of an event schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDecl {
+    /// The field's JSON type.
+    #[serde(rename = "type")]
+    pub ty: FieldType,
+    /// Whether the field must be present and non-null. Default: false.
+    #[serde(default)]
+    pub required: bool,
+    /// The value an absent optional field takes (upcast). Default: absent.
+    pub default: Option<Spanned<toml::Value>>,
+    /// The canonical name this field is known by after upcasting (a v1 `amount`
+    /// becomes `price`). Default: the field's own name.
+    pub rename: Option<Spanned<String>>,
+}
+
+/// `[[events]]`: the schema of one MAJOR version of one event type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventDecl {
+    /// The `event_type` this schema applies to.
+    #[serde(rename = "type")]
+    pub event_type: Spanned<String>,
+    /// The MAJOR version this schema covers; every MINOR version of it is accepted.
+    pub version: Spanned<u32>,
+    /// The payload's fields by name. A type with no fields takes no payload.
+    #[serde(default)]
+    pub fields: BTreeMap<Spanned<String>, Spanned<FieldDecl>>,
+}
+
+/// How a state aggregation folds events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggKind {
+    /// The set of distinct values of a string field.
+    Distinct,
+    /// The last `k` values of a string field, oldest first.
+    LastK,
+    /// The sum of a number field.
+    Sum,
+    /// The number of events.
+    Count,
+    /// The value from the latest event (by event time, then event id).
+    Latest,
+    /// Per group, `score = score * decay + increment`, with per-event-type weights.
+    DecayedScore,
+}
+
+impl AggKind {
+    /// The name job files use for this aggregation.
+    pub fn name(self) -> &'static str {
+        match self {
+            AggKind::Distinct => "distinct",
+            AggKind::LastK => "last_k",
+            AggKind::Sum => "sum",
+            AggKind::Count => "count",
+            AggKind::Latest => "latest",
+            AggKind::DecayedScore => "decayed_score",
+        }
+    }
+}
+
+/// The `(decay, increment)` an event type applies to a decayed score.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightDecl {
+    /// Factor applied to the old score.
+    pub decay: f64,
+    /// Amount added after decaying.
+    pub increment: f64,
+}
+
+/// `[[state]]`: one per-user aggregation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDecl {
+    /// The state's name in the view's `state` object.
+    pub name: Spanned<String>,
+    /// How events fold into it.
+    pub agg: AggKind,
+    /// The event types it reads (all but `decayed_score`).
+    pub on: Option<Vec<Spanned<String>>>,
+    /// The field it reads: a canonical payload field, or `event_time`.
+    pub field: Option<Spanned<String>>,
+    /// `decayed_score`: the string field whose values are the groups.
+    pub group_by: Option<Spanned<String>>,
+    /// `decayed_score`: the weights per event type; the types it reads.
+    pub weights: Option<BTreeMap<Spanned<String>, WeightDecl>>,
+    /// `last_k`: how many values to keep.
+    pub k: Option<Spanned<usize>>,
+}
+
+/// What a feature computes from a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureFn {
+    /// Size of a set, list or score map; value of a count.
+    Count,
+    /// The state's value (sum, count, latest).
+    Value,
+    /// The `k` highest `[group, score]` pairs, score descending, ties by group ascending.
+    TopK,
+    /// Whether the state holds anything (latest set, count above zero, non-empty).
+    Present,
+}
+
+/// `[[features]]`: one output feature of the view.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureDecl {
+    /// The feature's name in the view's `features` object.
+    pub name: Spanned<String>,
+    /// What it computes.
+    #[serde(rename = "fn")]
+    pub func: FeatureFn,
+    /// The state it reads.
+    pub of: Spanned<String>,
+    /// `top_k`: how many pairs.
+    pub k: Option<Spanned<usize>>,
+}

@@ -1,0 +1,468 @@
+//! Job definitions: load a `jobs/*.toml` file, check it, and compile it into a [`Job`].
+//!
+//! A job file declares the whole job: where records come from, the event schemas and
+//! their upcasts, the time policy, the per-user state and features, and the sinks.
+//! Loading reports every problem it finds, each with the file, line, column and key.
+//! A file may `extends = "other.toml"` (relative to itself) and override sections or
+//! single fields of the base; lists (`[[events]]`, `[[state]]`, `[[features]]`) are
+//! replaced as a whole.
+
+pub mod duration;
+pub mod file;
+mod locate;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::features::FeatureSpec;
+use crate::schema::Registry;
+use duration::Span;
+pub use file::LatePolicy;
+use file::{
+    EventDecl, FeatureDecl, JobSection, LimitsSection, SinksSection, SourceSection, StateDecl, TimeSection,
+};
+
+/// Default `limits.max_event_bytes`: 1 MiB.
+pub const DEFAULT_MAX_EVENT_BYTES: u64 = 1 << 20;
+/// Default `time.allowed_lateness`.
+pub const DEFAULT_ALLOWED_LATENESS: Span = Span::secs(5);
+/// Default `time.dedup_horizon`.
+pub const DEFAULT_DEDUP_HORIZON: Span = Span::secs(24 * 3600);
+/// Default `time.idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Span = Span::secs(10);
+/// How deep `extends` chains may go.
+const MAX_EXTENDS_DEPTH: usize = 8;
+
+/// A compiled, checked job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job's name.
+    pub name: String,
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// Input partitions (paths or globs) used when the command line names none.
+    pub inputs: Vec<String>,
+    /// Records above this size are `oversized`.
+    pub max_event_bytes: usize,
+    /// Event-time policy.
+    pub time: TimePolicy,
+    /// Output locations.
+    pub sinks: SinkPaths,
+    /// Event schemas and upcasts.
+    pub registry: Registry,
+    /// Per-user state and features.
+    pub features: FeatureSpec,
+}
+
+/// The event-time policy of a job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimePolicy {
+    /// How far behind its partition's clock an event may be and still be applied.
+    pub allowed_lateness: Span,
+    /// What happens to late events.
+    pub late_policy: LatePolicy,
+    /// How long an event id is remembered.
+    pub dedup_horizon: Span,
+    /// When an idle partition stops holding the watermark back.
+    pub idle_timeout: Span,
+}
+
+/// Where a job writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkPaths {
+    /// SQLite views.
+    pub views_sqlite: Option<PathBuf>,
+    /// JSONL views snapshot.
+    pub views_jsonl: Option<PathBuf>,
+    /// Dead letters (JSONL).
+    pub dlq: Option<PathBuf>,
+    /// Run summary (JSON).
+    pub summary: Option<PathBuf>,
+}
+
+/// One problem in a job file, located by file, line, column and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted key path, such as `time.allowed_lateness` or `state[2].on[0]`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: `{}`: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.key,
+            self.message
+        )
+    }
+}
+
+/// Why a job could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The file could not be read.
+    #[error("cannot read job file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid job.
+    #[error("{}", render_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    let mut out = format!(
+        "invalid job: {} problem{}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for problem in problems {
+        out.push_str("\n  ");
+        out.push_str(&problem.to_string());
+    }
+    out
+}
+
+/// The text of one loaded job file.
+#[derive(Debug)]
+pub struct SourceFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its contents.
+    pub text: String,
+}
+
+/// Collects problems while a job is loaded and compiled.
+#[derive(Debug, Default)]
+pub struct Problems {
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    /// Records a problem at `span` of `file`.
+    pub fn at(&mut self, file: &SourceFile, span: Range<usize>, key: &str, message: impl Into<String>) {
+        let (line, column) = locate::line_col(&file.text, span.start);
+        self.list.push(Problem {
+            file: file.path.clone(),
+            line,
+            column,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// Whether nothing is wrong so far.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// A list section and the file it came from.
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    /// Index of the file in the loaded layers.
+    pub file: usize,
+    /// The section's value.
+    pub value: T,
+}
+
+/// The sections of one file, before defaults.
+#[derive(Debug, Default)]
+struct Layer {
+    job: JobSection,
+    source: SourceSection,
+    limits: LimitsSection,
+    time: TimeSection,
+    sinks: SinksSection,
+    events: Option<Vec<EventDecl>>,
+    state: Option<Vec<StateDecl>>,
+    features: Option<Vec<FeatureDecl>>,
+}
+
+/// Every section of a job, merged over its `extends` chain.
+struct Merged {
+    job: JobSection,
+    source: SourceSection,
+    limits: LimitsSection,
+    time: TimeSection,
+    sinks: SinksSection,
+    events: Option<Located<Vec<EventDecl>>>,
+    state: Option<Located<Vec<StateDecl>>>,
+    features: Option<Located<Vec<FeatureDecl>>>,
+}
+
+impl Job {
+    /// Loads and checks the job file at `path`.
+    pub fn load(path: &Path) -> Result<Job, JobError> {
+        let mut files = Vec::new();
+        let mut problems = Problems::default();
+        let layers = load_chain(path, &mut files, &mut problems, 0)?;
+        let merged = merge(layers);
+        let job = compile(path, merged, &files, &mut problems);
+        match job {
+            Some(job) if problems.is_empty() => Ok(job),
+            _ => Err(JobError::Invalid(problems.list)),
+        }
+    }
+
+    /// Allowed lateness in seconds.
+    pub fn allowed_lateness_secs(&self) -> f64 {
+        self.time.allowed_lateness.as_secs_f64()
+    }
+}
+
+/// Loads `path` and the files it extends, base first.
+fn load_chain(
+    path: &Path,
+    files: &mut Vec<SourceFile>,
+    problems: &mut Problems,
+    depth: usize,
+) -> Result<Vec<(usize, Layer)>, JobError> {
+    let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let index = files.len();
+    files.push(SourceFile {
+        path: path.to_owned(),
+        text,
+    });
+    let (layer, extends) = parse_layer(&files[index], problems);
+    let mut chain = Vec::new();
+    if let Some(base) = extends {
+        let base_path = path.parent().unwrap_or(Path::new(".")).join(base.get_ref());
+        if depth >= MAX_EXTENDS_DEPTH || files.iter().any(|f| f.path == base_path) {
+            problems.at(
+                &files[index],
+                base.span(),
+                "extends",
+                "`extends` chain is cyclic or deeper than 8 files",
+            );
+        } else if !base_path.exists() {
+            problems.at(
+                &files[index],
+                base.span(),
+                "extends",
+                format!("no such job file: {}", base_path.display()),
+            );
+        } else {
+            chain = load_chain(&base_path, files, problems, depth + 1)?;
+        }
+    }
+    chain.push((index, layer));
+    Ok(chain)
+}
+
+/// Deserializes one section, recording its problem (if any) against `key`.
+fn section<'de, T: Deserialize<'de>>(
+    file: &SourceFile,
+    key: &str,
+    value: Spanned<DeValue<'de>>,
+    problems: &mut Problems,
+) -> Option<T> {
+    let span = value.span();
+    let located = value.clone();
+    match T::deserialize(value.into_deserializer()) {
+        Ok(parsed) => Some(parsed),
+        Err(error) => {
+            let at = error.span().unwrap_or(span);
+            let path = locate::key_path(key, &located, at.start);
+            problems.at(file, at, &path, error.message().trim().to_owned());
+            None
+        }
+    }
+}
+
+/// Deserializes an array-of-tables section element by element, so every bad
+/// element is reported.
+fn list_section<'de, T: Deserialize<'de>>(
+    file: &SourceFile,
+    key: &str,
+    value: Spanned<DeValue<'de>>,
+    problems: &mut Problems,
+) -> Option<Vec<T>> {
+    let span = value.span();
+    let DeValue::Array(items) = value.into_inner() else {
+        problems.at(
+            file,
+            span,
+            key,
+            format!("expected an array of tables: write `[[{key}]]`"),
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (index, item) in items.into_iter().enumerate() {
+        match section(file, &format!("{key}[{index}]"), item, problems) {
+            Some(parsed) => out.push(parsed),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn parse_layer(file: &SourceFile, problems: &mut Problems) -> (Layer, Option<Spanned<String>>) {
+    let (root, errors) = DeTable::parse_recoverable(&file.text);
+    for error in errors {
+        let span = error.span().unwrap_or(0..0);
+        problems.at(file, span, "", format!("TOML syntax: {}", error.message().trim()));
+    }
+    let mut layer = Layer::default();
+    let mut extends = None;
+    for (key, value) in root.into_inner() {
+        let name = key.get_ref().to_string();
+        match name.as_str() {
+            "extends" => extends = section(file, "extends", value, problems),
+            "job" => layer.job = section(file, "job", value, problems).unwrap_or_default(),
+            "source" => layer.source = section(file, "source", value, problems).unwrap_or_default(),
+            "limits" => layer.limits = section(file, "limits", value, problems).unwrap_or_default(),
+            "time" => layer.time = section(file, "time", value, problems).unwrap_or_default(),
+            "sinks" => layer.sinks = section(file, "sinks", value, problems).unwrap_or_default(),
+            "events" => layer.events = list_section(file, "events", value, problems),
+            "state" => layer.state = list_section(file, "state", value, problems),
+            "features" => layer.features = list_section(file, "features", value, problems),
+            _ => problems.at(
+                file,
+                key.span(),
+                &name,
+                "unknown key; expected one of `extends`, `job`, `source`, `limits`, `time`, `sinks`, `events`, `state`, `features`",
+            ),
+        }
+    }
+    (layer, extends)
+}
+
+/// Merges layers, base first: later layers override single fields of the table
+/// sections and whole lists.
+fn merge(layers: Vec<(usize, Layer)>) -> Merged {
+    let mut merged = Merged {
+        job: JobSection::default(),
+        source: SourceSection::default(),
+        limits: LimitsSection::default(),
+        time: TimeSection::default(),
+        sinks: SinksSection::default(),
+        events: None,
+        state: None,
+        features: None,
+    };
+    for (file, layer) in layers {
+        let Layer {
+            job,
+            source,
+            limits,
+            time,
+            sinks,
+            events,
+            state,
+            features,
+        } = layer;
+        overlay(&mut merged.job.name, job.name);
+        overlay(&mut merged.source.files, source.files);
+        overlay(&mut merged.limits.max_event_bytes, limits.max_event_bytes);
+        overlay(&mut merged.time.allowed_lateness, time.allowed_lateness);
+        overlay(&mut merged.time.late_policy, time.late_policy);
+        overlay(&mut merged.time.dedup_horizon, time.dedup_horizon);
+        overlay(&mut merged.time.idle_timeout, time.idle_timeout);
+        overlay(&mut merged.sinks.views_sqlite, sinks.views_sqlite);
+        overlay(&mut merged.sinks.views_jsonl, sinks.views_jsonl);
+        overlay(&mut merged.sinks.dlq, sinks.dlq);
+        overlay(&mut merged.sinks.summary, sinks.summary);
+        if let Some(value) = events {
+            merged.events = Some(Located { file, value });
+        }
+        if let Some(value) = state {
+            merged.state = Some(Located { file, value });
+        }
+        if let Some(value) = features {
+            merged.features = Some(Located { file, value });
+        }
+    }
+    merged
+}
+
+fn overlay<T>(base: &mut Option<T>, over: Option<T>) {
+    if over.is_some() {
+        *base = over;
+    }
+}
+
+fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Problems) -> Option<Job> {
+    let leaf = &files[0];
+    let name = merged.job.name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "job".into())
+    });
+    let Some(events) = merged.events else {
+        problems.at(leaf, 0..0, "events", "the job declares no `[[events]]` schemas");
+        return None;
+    };
+    let Some(state) = merged.state else {
+        problems.at(
+            leaf,
+            0..0,
+            "state",
+            "the job declares no `[[state]]` aggregations",
+        );
+        return None;
+    };
+    let features = merged.features.unwrap_or(Located {
+        file: state.file,
+        value: Vec::new(),
+    });
+    let mut registry = Registry::compile(&events, files, problems);
+    let features = FeatureSpec::compile(&mut registry, &state, &features, files, problems)?;
+    let max_event_bytes = merged.limits.max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+    let out = |file: &str| Some(PathBuf::from(format!("out/{name}/{file}")));
+    let sinks = SinkPaths {
+        views_sqlite: merged
+            .sinks
+            .views_sqlite
+            .map(PathBuf::from)
+            .or_else(|| out("views.sqlite")),
+        views_jsonl: merged.sinks.views_jsonl.map(PathBuf::from),
+        dlq: merged.sinks.dlq.map(PathBuf::from).or_else(|| out("dlq.jsonl")),
+        summary: merged
+            .sinks
+            .summary
+            .map(PathBuf::from)
+            .or_else(|| out("summary.json")),
+    };
+    Some(Job {
+        name,
+        path: path.to_owned(),
+        inputs: merged.source.files.unwrap_or_default(),
+        max_event_bytes: usize::try_from(max_event_bytes).unwrap_or(usize::MAX),
+        time: TimePolicy {
+            allowed_lateness: merged.time.allowed_lateness.unwrap_or(DEFAULT_ALLOWED_LATENESS),
+            late_policy: merged.time.late_policy.unwrap_or(LatePolicy::Dlq),
+            dedup_horizon: merged.time.dedup_horizon.unwrap_or(DEFAULT_DEDUP_HORIZON),
+            idle_timeout: merged.time.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        },
+        sinks,
+        registry,
+        features,
+    })
+}

@@ -1,0 +1,28 @@
+//! skewless: an append-only event log to per-user ML features, with no
+//! training/serving skew.
+//!
+//! One timely dataflow serves archived logs (backfill) and live streams: a
+//! [`source::Source`] hands out bytes, [`ingest`] decodes, validates and upcasts them
+//! against the job's [`schema`], keeps partition clocks ([`watermark`]) and routes
+//! rejections to the dead-letter queue ([`dead_letter`]); [`fold`] deduplicates
+//! ([`dedup`]) and folds each user's events into the job's [`features`]; [`sinks`]
+//! write the views. [`job`] loads the TOML that declares all of this, and [`run`]
+//! puts it together.
+#![deny(missing_docs)]
+
+pub mod dead_letter;
+pub mod decode;
+pub mod dedup;
+pub mod event;
+pub mod features;
+pub mod fold;
+pub mod ingest;
+pub mod job;
+pub mod progress;
+pub mod run;
+pub mod schema;
+pub mod sinks;
+pub mod source;
+pub mod summary;
+pub mod synthetic;
+pub mod watermark;

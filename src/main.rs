@@ -1,0 +1,213 @@
+//! The `skewless` command: run a job, check job files, generate synthetic logs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use skewless::job::duration::Span;
+use skewless::job::{Job, LatePolicy};
+use skewless::run::{RunOptions, run_files};
+use skewless::synthetic::{GenOptions, generate};
+
+/// Event log to per-user ML features, with no training/serving skew.
+#[derive(Parser)]
+#[command(name = "skewless", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job over its inputs and print the run summary.
+    Run(RunArgs),
+    /// Check job files; report every problem with file, line and key.
+    Validate {
+        /// Job files to check.
+        #[arg(required = true)]
+        jobs: Vec<PathBuf>,
+    },
+    /// Generate deterministic synthetic event logs.
+    Gen(GenArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The job file.
+    job: PathBuf,
+    /// An input partition: a .jsonl/.jsonl.gz file, a directory of segments, or a glob
+    /// (each match is a partition). Repeatable; overrides the job's `source.files`.
+    #[arg(long = "input", short = 'i')]
+    inputs: Vec<String>,
+    /// Worker threads.
+    #[arg(long, short = 'w', default_value_t = 1)]
+    workers: usize,
+    /// Write the JSONL view snapshot here.
+    #[arg(long)]
+    views_jsonl: Option<PathBuf>,
+    /// Write SQLite views here.
+    #[arg(long)]
+    views_sqlite: Option<PathBuf>,
+    /// Write dead letters here.
+    #[arg(long)]
+    dlq: Option<PathBuf>,
+    /// Write the run summary here.
+    #[arg(long = "summary-json")]
+    summary: Option<PathBuf>,
+    /// Allowed lateness, such as "5s".
+    #[arg(long)]
+    allowed_lateness: Option<Span>,
+    /// What to do with late events.
+    #[arg(long, value_enum)]
+    late_policy: Option<LatePolicy>,
+    /// Records read per worker activation.
+    #[arg(long, default_value_t = 0, hide = true)]
+    batch: usize,
+    /// Never show the progress line.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Output directory (one file per partition).
+    #[arg(long)]
+    out: PathBuf,
+    /// Records in all.
+    #[arg(long, default_value_t = 10_000)]
+    events: u64,
+    /// Distinct users.
+    #[arg(long, default_value_t = 1_000)]
+    users: u64,
+    /// Zipf exponent of user activity (0 = uniform).
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// Partitions (files).
+    #[arg(long, default_value_t = 4)]
+    partitions: usize,
+    /// Distinct items.
+    #[arg(long, default_value_t = 5_000)]
+    items: u64,
+    /// Event time covered, such as "1d".
+    #[arg(long, default_value = "1d")]
+    span: Span,
+    /// Event time of the first record, seconds since the epoch.
+    #[arg(long, default_value_t = 1_767_225_600.0)]
+    start: f64,
+    /// The job's allowed lateness (jitter stays inside it, late records beyond it).
+    #[arg(long, default_value = "5s")]
+    lateness: Span,
+    /// Fraction of late records.
+    #[arg(long, default_value_t = 0.0)]
+    late: f64,
+    /// Fraction of duplicate records.
+    #[arg(long, default_value_t = 0.0)]
+    duplicates: f64,
+    /// Fraction of malformed records.
+    #[arg(long, default_value_t = 0.0)]
+    malformed: f64,
+    /// Fraction of purchases in the v1 schema.
+    #[arg(long, default_value_t = 0.0)]
+    v1: f64,
+    /// Fraction of records of an unknown type.
+    #[arg(long, default_value_t = 0.0)]
+    unknown: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write plain .jsonl instead of .jsonl.gz.
+    #[arg(long)]
+    no_gzip: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match main_inner() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Run(args) => {
+            let job = Job::load(&args.job)?;
+            let options = RunOptions {
+                inputs: args.inputs,
+                workers: args.workers,
+                views_sqlite: args.views_sqlite,
+                views_jsonl: args.views_jsonl,
+                dlq: args.dlq,
+                summary: args.summary,
+                allowed_lateness: args.allowed_lateness,
+                late_policy: args.late_policy,
+                batch: args.batch,
+                progress: !args.no_progress,
+            };
+            let summary = run_files(job, &options).context("run failed")?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            for (name, path) in &summary.outputs {
+                eprintln!("{name}: {path}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { jobs } => {
+            let mut ok = true;
+            for path in jobs {
+                match Job::load(&path) {
+                    Ok(job) => println!(
+                        "{}: ok (job `{}`: {} event types, {} states, {} features)",
+                        path.display(),
+                        job.name,
+                        job.registry.types().len(),
+                        job.features.states.len(),
+                        job.features.features.len()
+                    ),
+                    Err(error) => {
+                        ok = false;
+                        eprintln!("{error}");
+                    }
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Gen(args) => {
+            let options = GenOptions {
+                out: args.out,
+                events: args.events,
+                users: args.users,
+                zipf: args.zipf,
+                partitions: args.partitions,
+                items: args.items,
+                start: args.start,
+                span: args.span.as_secs_f64(),
+                lateness: args.lateness.as_secs_f64(),
+                late: args.late,
+                duplicates: args.duplicates,
+                malformed: args.malformed,
+                v1: args.v1,
+                unknown: args.unknown,
+                seed: args.seed,
+                gzip: !args.no_gzip,
+            };
+            let report = generate(&options)?;
+            eprintln!(
+                "wrote {} records to {} files in {}",
+                report.records,
+                report.files.len(),
+                options.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Sources: where records' bytes and partition positions come from.
+//!
+//! A [`Source`] owns the partitions one worker reads and hands out raw records, one
+//! partition at a time and in partition order. It knows nothing of JSON, schemas or
+//! time: everything after the bytes is shared by every source (see [`crate::ingest`]),
+//! which is what makes a backfill of an archive give the same answer as the live run.
+
+pub mod file;
+pub mod lines;
+
+use crate::dead_letter::Origin;
+
+/// A raw record and where it came from.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// The record's bytes (without the line terminator), or its first
+    /// [`crate::dead_letter::MAX_RAW_BYTES`] when it is oversized.
+    pub bytes: &'a [u8],
+    /// The record's full length, when `bytes` holds only its head because it was too
+    /// large to keep.
+    pub oversized_len: Option<usize>,
+    /// The Kafka topic, or the file path.
+    pub topic: &'a str,
+    /// The Kafka partition; `None` for files.
+    pub partition: Option<i32>,
+    /// The Kafka offset, or the 1-based line number.
+    pub offset: i64,
+    /// The Kafka message key.
+    pub key: Option<&'a [u8]>,
+    /// The broker timestamp in milliseconds.
+    pub broker_timestamp_ms: Option<i64>,
+}
+
+impl Record<'_> {
+    /// The record's origin, owned, for a dead letter.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            topic: self.topic.to_owned(),
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+            broker_timestamp_ms: self.broker_timestamp_ms,
+        }
+    }
+}
+
+/// What a read from one partition gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// This many records were handed out (at least one).
+    Records(usize),
+    /// Nothing right now; more may come.
+    Empty,
+    /// Nothing, ever again.
+    Finished,
+}
+
+/// Why a source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A file could not be opened or read.
+    #[error("cannot read {path} (after line {line}): {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The last line read before the failure.
+        line: i64,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// An input path or glob matched nothing.
+    #[error("input `{0}` matches no file")]
+    NoMatch(String),
+    /// An input glob is malformed.
+    #[error("input `{pattern}` is not a valid glob: {message}")]
+    BadGlob {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A broker-side failure that retries could not fix.
+    #[error("{0}")]
+    Broker(String),
+}
+
+/// The partitions one worker reads.
+pub trait Source {
+    /// The names of this worker's partitions: stable across runs and independent of
+    /// the order inputs were given in. Positions are keyed by them.
+    fn partition_names(&self) -> Vec<String>;
+
+    /// Hands out up to `max` records of `partition`, in partition order, to `emit`.
+    fn read(
+        &mut self,
+        partition: usize,
+        max: usize,
+        emit: &mut dyn FnMut(Record<'_>),
+    ) -> Result<Read, SourceError>;
+}
