@@ -13,20 +13,38 @@ use serde::{Deserialize, Serialize};
 /// The dedup key: a 128-bit hash of (user id, event id).
 pub type IdKey = u128;
 
-/// The dedup key of an event.
-pub fn id_key(user_id: &str, event_id: &str) -> IdKey {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(&(user_id.len() as u64).to_le_bytes());
-    hasher.update(user_id.as_bytes());
-    hasher.update(event_id.as_bytes());
-    hasher.digest128()
+/// The dedup key of an event of the user whose key hash is `user_hash`.
+pub fn id_key(user_hash: u64, event_id: &str) -> IdKey {
+    xxhash_rust::xxh3::xxh3_128_with_seed(event_id.as_bytes(), user_hash)
 }
+
+/// Hashes an [`IdKey`], which is a hash already, by taking its low bits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdKeyHasher(u64);
+
+impl std::hash::Hasher for IdKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
+}
+
+type IdMap = HashMap<IdKey, f64, std::hash::BuildHasherDefault<IdKeyHasher>>;
 
 /// The ids a worker has seen inside the horizon.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeenIds {
     horizon: f64,
-    seen: HashMap<IdKey, f64>,
+    seen: IdMap,
     /// Ids in the order they were recorded, for expiry.
     order: VecDeque<(f64, IdKey)>,
 }
@@ -92,7 +110,7 @@ mod tests {
     #[test]
     fn second_copy_inside_the_horizon_is_a_duplicate() {
         let mut seen = SeenIds::new(60.0);
-        let key = id_key("u1", "e1");
+        let key = id_key(1, "e1");
         assert!(!seen.check_and_insert(key, 100.0));
         assert!(seen.check_and_insert(key, 100.0));
         assert!(seen.check_and_insert(key, 160.0));
@@ -106,15 +124,17 @@ mod tests {
     #[test]
     fn ids_expire_behind_the_watermark() {
         let mut seen = SeenIds::new(60.0);
-        seen.check_and_insert(id_key("u", "a"), 10.0);
-        seen.check_and_insert(id_key("u", "b"), 50.0);
+        seen.check_and_insert(id_key(7, "a"), 10.0);
+        seen.check_and_insert(id_key(7, "b"), 50.0);
         seen.expire(70.0 + 0.5);
         assert_eq!(seen.len(), 1);
-        assert!(seen.contains(id_key("u", "b"), 50.0));
+        assert!(seen.contains(id_key(7, "b"), 50.0));
     }
 
     #[test]
-    fn key_separates_user_from_event_id() {
-        assert_ne!(id_key("ab", "c"), id_key("a", "bc"));
+    fn the_hasher_uses_the_low_bits_of_the_key() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let build = BuildHasherDefault::<IdKeyHasher>::default();
+        assert_eq!(build.hash_one(0xdead_beef_u128 | (7u128 << 64)), 0xdead_beef);
     }
 }

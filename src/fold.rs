@@ -18,10 +18,11 @@ use compact_str::CompactString;
 use hashbrown::HashTable;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::{ExchangeCore, Pipeline};
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use crate::batch::Batcher;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::dedup::{SeenIds, id_key};
 use crate::event::{Event, Millis, to_millis};
@@ -149,6 +150,24 @@ impl Users {
     }
 }
 
+/// A received container of events and the time it was sent at.
+struct Pending {
+    sent_at: Millis,
+    events: Vec<Event>,
+}
+
+impl Pending {
+    /// When an event may be applied: once the frontier has passed its event time, or
+    /// for a late event, the time it was sent at.
+    fn ready_at(&self, event: &Event) -> Millis {
+        if event.late {
+            self.sent_at
+        } else {
+            to_millis(event.event_time).max(self.sent_at)
+        }
+    }
+}
+
 /// The fold's state on one worker.
 struct Fold {
     job: Arc<Job>,
@@ -156,80 +175,112 @@ struct Fold {
     interner: Interner,
     seen: SeenIds,
     seen_late: SeenIds,
-    pending: Vec<(Millis, Event)>,
-    ready: Vec<Event>,
+    /// Received containers, kept whole until every event in them is applied: an event
+    /// is never copied on its way through the fold.
+    pending: Vec<Pending>,
+    /// `(container, event)` indices into `pending` of the events being applied.
+    order: Vec<(u32, u32)>,
     dirty: Vec<u32>,
     counts: Counts,
     max_clock: Option<f64>,
 }
 
 impl Fold {
-    /// Applies every pending event ready before `frontier` (all, when `None`).
+    /// Applies every pending event ready before `frontier` (all, when `None`), in
+    /// [`Event::apply_order`]. Events are sorted by index and dropped in place, never
+    /// moved.
     fn apply_ready(&mut self, frontier: Option<Millis>, dead: &mut Vec<DeadLetter>) {
-        self.ready.clear();
         let limit = frontier.unwrap_or(Millis::MAX);
-        self.ready
-            .extend(self.pending.extract_if(.., |(t, _)| *t < limit).map(|(_, e)| e));
-        if self.ready.is_empty() {
+        self.order.clear();
+        for (c, batch) in self.pending.iter().enumerate() {
+            for (e, event) in batch.events.iter().enumerate() {
+                if batch.ready_at(event) < limit {
+                    self.order.push((c as u32, e as u32));
+                }
+            }
+        }
+        if self.order.is_empty() {
             return;
         }
-        self.ready.sort_unstable_by(Event::apply_order);
+        let pending = std::mem::take(&mut self.pending);
+        let event = |&(c, e): &(u32, u32)| &pending[c as usize].events[e as usize];
+        self.order.sort_unstable_by(|a, b| event(a).apply_order(event(b)));
         let job = Arc::clone(&self.job);
-        for event in self.ready.drain(..) {
-            let key = id_key(&event.user_id, &event.event_id);
-            if !event.late {
-                if self.seen.check_and_insert(key, event.event_time) {
-                    self.counts.duplicates += 1;
-                    continue;
-                }
-                self.counts.applied += 1;
-                let reads = job.features.reads(event.event_type);
-                if !reads {
-                    continue;
-                }
-                let slot = self.users.slot(event.user_hash, &event.user_id, &job);
-                let entry = &mut self.users.entries[slot as usize];
-                entry.state.apply(&job.features, &mut self.interner, &event);
-                entry.has_view = true;
-                if !entry.dirty {
-                    entry.dirty = true;
-                    self.dirty.push(slot);
-                }
-                continue;
-            }
-            // A late copy of an event seen on time is a duplicate; a late event never
-            // claims its id against an on-time copy, so which copy arrives first does
-            // not decide what is applied.
-            if self.seen.contains(key, event.event_time)
-                || self.seen_late.check_and_insert(key, event.event_time)
-            {
-                self.counts.duplicates += 1;
-                continue;
-            }
-            self.counts.late += 1;
-            match job.time.late_policy {
-                LatePolicy::Drop => self.counts.late_dropped += 1,
-                LatePolicy::Dlq => {
-                    self.counts.dead_letter(Reason::LateEvent);
-                    let record = event.late_record.expect("late events carry their record");
-                    dead.push(DeadLetter::first_attempt(
-                        &job.name,
-                        record.origin,
-                        record.text.as_bytes(),
-                        true,
-                        Reason::LateEvent,
-                        format!(
-                            "event_time {} is more than allowed_lateness ({}) behind its partition's clock or the watermark",
-                            event.event_time, job.time.allowed_lateness
-                        ),
-                    ));
-                }
-            }
+        let order = std::mem::take(&mut self.order);
+        for index in &order {
+            self.apply_one(&job, event(index), dead);
         }
+        self.order = order;
+        self.pending = pending;
+        self.pending.retain_mut(|batch| {
+            let sent_at = batch.sent_at;
+            batch.events.retain(|e| {
+                (if e.late {
+                    sent_at
+                } else {
+                    to_millis(e.event_time).max(sent_at)
+                }) >= limit
+            });
+            !batch.events.is_empty()
+        });
         if let Some(frontier) = frontier {
             let watermark = frontier as f64 / 1000.0;
             self.seen.expire(watermark);
             self.seen_late.expire(watermark);
+        }
+    }
+
+    /// Steps 5-7 for one event: dedup, lateness, apply.
+    fn apply_one(&mut self, job: &Job, event: &Event, dead: &mut Vec<DeadLetter>) {
+        let key = id_key(event.user_hash, &event.event_id);
+        if !event.late {
+            if self.seen.check_and_insert(key, event.event_time) {
+                self.counts.duplicates += 1;
+                return;
+            }
+            self.counts.applied += 1;
+            if !job.features.reads(event.event_type) {
+                return;
+            }
+            let slot = self.users.slot(event.user_hash, &event.user_id, job);
+            let entry = &mut self.users.entries[slot as usize];
+            entry.state.apply(&job.features, &mut self.interner, event);
+            entry.has_view = true;
+            if !entry.dirty {
+                entry.dirty = true;
+                self.dirty.push(slot);
+            }
+            return;
+        }
+        // A late copy of an event seen on time is a duplicate; a late event never
+        // claims its id against an on-time copy, so which copy arrives first does
+        // not decide what is applied.
+        if self.seen.contains(key, event.event_time) || self.seen_late.check_and_insert(key, event.event_time)
+        {
+            self.counts.duplicates += 1;
+            return;
+        }
+        self.counts.late += 1;
+        match job.time.late_policy {
+            LatePolicy::Drop => self.counts.late_dropped += 1,
+            LatePolicy::Dlq => {
+                self.counts.dead_letter(Reason::LateEvent);
+                let record = event
+                    .late_record
+                    .as_ref()
+                    .expect("late events carry their record");
+                dead.push(DeadLetter::first_attempt(
+                    &job.name,
+                    record.origin.clone(),
+                    record.text.as_bytes(),
+                    true,
+                    Reason::LateEvent,
+                    format!(
+                        "event_time {} is more than allowed_lateness ({}) behind its partition's clock or the watermark",
+                        event.event_time, job.time.allowed_lateness
+                    ),
+                ));
+            }
         }
     }
 
@@ -262,7 +313,8 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("FoldFeatures".to_owned(), scope);
         let activator = scope.activator_for(builder.operator_info().address);
-        let mut events_in = builder.new_input(self, Exchange::new(|e: &Event| e.user_hash));
+        let by_user = ExchangeCore::<Batcher<Event>, _>::new_core(|e: &Event| e.user_hash);
+        let mut events_in = builder.new_input(self, by_user);
         let mut clocks_in = builder.new_input(clocks, Pipeline);
         let (views_out, views) = builder.new_output::<Vec<ViewRecord>>();
         let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
@@ -281,7 +333,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             users: Users::default(),
             interner: Interner::default(),
             pending: Vec::new(),
-            ready: Vec::new(),
+            order: Vec::new(),
             dirty: Vec::new(),
             counts: Counts::default(),
             max_clock: None,
@@ -290,6 +342,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
         let mut last_frontier: Millis = 0;
         // Users still to write in the end-of-input snapshot, sorted by user id.
         let mut snapshot: Option<std::vec::IntoIter<u32>> = None;
+        let mut snapshot_started = Instant::now();
         let mut dead = Vec::new();
         let mut views_buffer = Vec::new();
 
@@ -298,14 +351,10 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             move |frontiers| {
                 events_in.for_each(|cap, data| {
                     let sent_at = *cap.least().expect("totally ordered time");
-                    for event in data.drain(..) {
-                        let ready_at = if event.late {
-                            sent_at
-                        } else {
-                            to_millis(event.event_time).max(sent_at)
-                        };
-                        fold.pending.push((ready_at, event));
-                    }
+                    fold.pending.push(Pending {
+                        sent_at,
+                        events: std::mem::take(data),
+                    });
                 });
                 clocks_in.for_each(|_cap, data| {
                     for clock in data.drain(..) {
@@ -349,6 +398,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                     None => {
                         // End of input: write every user's view, sorted by user id.
                         let queue = snapshot.get_or_insert_with(|| {
+                            snapshot_started = Instant::now();
                             let entries = &fold.users.entries;
                             let mut order: Vec<u32> = (0..entries.len() as u32)
                                 .filter(|&i| entries[i as usize].has_view)
@@ -374,6 +424,10 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                         if queue.len() > 0 {
                             activator.activate();
                         } else {
+                            tracing::debug!(
+                                seconds = snapshot_started.elapsed().as_secs_f64(),
+                                "fold wrote its end-of-input snapshot"
+                            );
                             shared_counts
                                 .borrow_mut()
                                 .merge(&std::mem::take(&mut fold.counts));

@@ -19,6 +19,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
+use crate::batch::Batcher;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::decode::{Decoded, Decoder};
 use crate::event::{Event, LateRecord, Millis, Position, key_hash};
@@ -46,7 +47,8 @@ pub struct Pacing {
     /// Most records read per activation.
     pub batch: usize,
     /// How far (event time, ms) this worker's watermark may run ahead of the slowest
-    /// worker's before it waits.
+    /// worker's before it waits, at least. The bound grows to a few batches' worth of
+    /// event time, so sparse data (hours per batch) does not make workers take turns.
     pub max_skew_ms: Millis,
 }
 
@@ -75,7 +77,7 @@ pub fn ingest<'s, S: Source + 'static>(
     let (events_out, events) = builder.new_output::<Vec<Event>>();
     let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
     let (clock_out, clocks) = builder.new_output::<Vec<f64>>();
-    let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Event>>>::from(events_out);
+    let mut events_out = OutputBuilder::<_, Batcher<Event>>::from(events_out);
     let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
     let mut clock_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<f64>>>::from(clock_out);
 
@@ -85,6 +87,7 @@ pub fn ingest<'s, S: Source + 'static>(
     let mut partition_clocks = Clocks::new(names.len(), lateness, job.time.idle_timeout.duration());
     let mut order = Vec::new();
     let mut reported_max = f64::NEG_INFINITY;
+    let mut batch_span_ms: Millis = 0;
 
     builder.build(move |capabilities| {
         let mut capabilities = Some(capabilities);
@@ -92,7 +95,8 @@ pub fn ingest<'s, S: Source + 'static>(
             let Some(caps) = capabilities.as_mut() else { return };
             let watermark = partition_clocks.watermark();
             // Wait while this worker is far ahead of the slowest one.
-            if global.less_than(&watermark.saturating_sub(pacing.max_skew_ms)) {
+            let skew = pacing.max_skew_ms.max(batch_span_ms.saturating_mul(4));
+            if global.less_than(&watermark.saturating_sub(skew)) {
                 activator.activate_after(Duration::from_millis(1));
                 return;
             }
@@ -103,7 +107,7 @@ pub fn ingest<'s, S: Source + 'static>(
             {
                 let mut events_handle = events_out.activate();
                 let mut dead_handle = dead_out.activate();
-                let mut events = events_handle.session(&caps[0]);
+                let mut events = events_handle.session_with_builder(&caps[0]);
                 let mut dead = dead_handle.session(&caps[1]);
                 partition_clocks.reading_order(&mut order);
                 let mut budget = pacing.batch;
@@ -197,6 +201,7 @@ pub fn ingest<'s, S: Source + 'static>(
                 return;
             }
             let next = partition_clocks.advance();
+            batch_span_ms = next.saturating_sub(watermark);
             for cap in caps.iter_mut() {
                 if *cap.time() < next {
                     cap.downgrade(&next);

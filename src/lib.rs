@@ -10,6 +10,7 @@
 //! puts it together.
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod dead_letter;
 pub mod decode;
 pub mod dedup;
