@@ -115,10 +115,7 @@ mod tests {
         assert!(seen.check_and_insert(key, 100.0));
         assert!(seen.check_and_insert(key, 160.0));
         assert!(!seen.contains(key, 160.5));
-        assert!(
-            !seen.check_and_insert(id_key(2, "e1"), 100.0),
-            "ids are per user"
-        );
+        assert!(!seen.check_and_insert(id_key(2, "e1"), 100.0), "ids are per user");
     }
 
     #[test]

@@ -150,7 +150,13 @@ impl Users {
     }
 }
 
+/// An event time as an integer that sorts like the time (times are >= 0).
+fn time_key(event_time: f64) -> u64 {
+    event_time.to_bits()
+}
+
 /// A received container of events and the time it was sent at.
+
 struct Pending {
     sent_at: Millis,
     events: Vec<Event>,
@@ -180,6 +186,8 @@ struct Fold {
     pending: Vec<Pending>,
     /// `(container, event)` indices into `pending` of the events being applied.
     order: Vec<(u32, u32)>,
+    /// `order` keyed by event time, for sorting.
+    keyed: Vec<(u64, (u32, u32))>,
     dirty: Vec<u32>,
     counts: Counts,
     max_clock: Option<f64>,
@@ -204,7 +212,22 @@ impl Fold {
         }
         let pending = std::mem::take(&mut self.pending);
         let event = |&(c, e): &(u32, u32)| &pending[c as usize].events[e as usize];
-        self.order.sort_unstable_by(|a, b| event(a).apply_order(event(b)));
+        // Sort by event time as an integer key first (cheap comparisons, no pointer
+        // chasing), then settle equal times by the full apply order.
+        self.keyed.clear();
+        self.keyed.extend(
+            self.order
+                .iter()
+                .map(|index| (time_key(event(index).event_time), *index)),
+        );
+        self.keyed.sort_unstable_by_key(|&(time, _)| time);
+        for run in self.keyed.chunk_by_mut(|a, b| a.0 == b.0) {
+            if run.len() > 1 {
+                run.sort_unstable_by(|a, b| event(&a.1).apply_order(event(&b.1)));
+            }
+        }
+        self.order.clear();
+        self.order.extend(self.keyed.iter().map(|&(_, index)| index));
         let job = Arc::clone(&self.job);
         let order = std::mem::take(&mut self.order);
         for index in &order {
@@ -334,6 +357,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             interner: Interner::default(),
             pending: Vec::new(),
             order: Vec::new(),
+            keyed: Vec::new(),
             dirty: Vec::new(),
             counts: Counts::default(),
             max_clock: None,

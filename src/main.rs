@@ -170,14 +170,28 @@ fn main_inner() -> anyhow::Result<ExitCode> {
             let mut ok = true;
             for path in jobs {
                 match Job::load(&path) {
-                    Ok(job) => println!(
-                        "{}: ok (job `{}`: {} event types, {} states, {} features)",
-                        path.display(),
-                        job.name,
-                        job.registry.types().len(),
-                        job.features.states.len(),
-                        job.features.features.len()
-                    ),
+                    Ok(job) => {
+                        println!(
+                            "{}: ok (job `{}`: {} event types, {} states, {} features)",
+                            path.display(),
+                            job.name,
+                            job.registry.types().len(),
+                            job.features.states.len(),
+                            job.features.features.len()
+                        );
+                        let sinks = &job.sinks;
+                        for (name, sink) in [
+                            ("views_sqlite", &sinks.views_sqlite),
+                            ("views_jsonl", &sinks.views_jsonl),
+                            ("dlq", &sinks.dlq),
+                            ("summary", &sinks.summary),
+                        ] {
+                            let target = sink
+                                .as_ref()
+                                .map_or("off".to_owned(), |p| p.display().to_string());
+                            println!("  {name}: {target}");
+                        }
+                    }
                     Err(error) => {
                         ok = false;
                         eprintln!("{error}");

@@ -106,7 +106,7 @@ pub fn apply_overrides(job: &mut Job, options: &RunOptions) {
         (&mut sinks.summary, &options.summary),
     ] {
         if let Some(over) = over {
-            *path = Some(over.clone());
+            *path = (!over.as_os_str().is_empty()).then(|| over.clone());
         }
     }
 }
@@ -153,9 +153,7 @@ pub fn run_files(mut job: Job, options: &RunOptions) -> Result<Summary, RunError
             view_sinks.push(Box::new(store.clone()));
         }
         if let Some(path) = &jsonl {
-            view_sinks.push(Box::new(
-                JsonlPart::create(path, index).map_err(|e| e.to_string())?,
-            ));
+            view_sinks.push(Box::new(JsonlPart::create(path, index).map_err(|e| chain(&e))?));
         }
         let dead_sink: Box<dyn DeadLetterSink> = match &dlq {
             Some(file) => Box::new(file.clone()),
@@ -210,10 +208,10 @@ pub fn run_files(mut job: Job, options: &RunOptions) -> Result<Summary, RunError
             worker.step_or_park(Some(Duration::from_millis(50)));
         }
         if let Some(error) = source_error.borrow_mut().take() {
-            return Err(error.to_string());
+            return Err(chain(&error));
         }
         if let Some(error) = sink_failure.borrow_mut().take() {
-            return Err(error.to_string());
+            return Err(chain(&error));
         }
         let counts = counts.borrow().clone();
         Ok(WorkerReport {
@@ -285,7 +283,20 @@ pub fn run_files(mut job: Job, options: &RunOptions) -> Result<Summary, RunError
     Ok(summary)
 }
 
+/// An error and its causes on one line, for errors that cross threads as text.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 /// A dead-letter sink for runs that keep no dead letters (they are still counted).
+
 struct Discard;
 
 impl DeadLetterSink for Discard {

@@ -106,7 +106,7 @@ const CATEGORIES: [&str; 16] = [
 #[derive(Debug, thiserror::Error)]
 pub enum GenError {
     /// An output file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Io {
         /// The file.
         path: String,

@@ -64,7 +64,8 @@ pub struct TimeSection {
     pub idle_timeout: Option<Span>,
 }
 
-/// `[sinks]`: where views, dead letters and the run summary go.
+/// `[sinks]`: where views, dead letters and the run summary go. An empty string turns a
+/// sink off.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinksSection {

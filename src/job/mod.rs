@@ -119,7 +119,7 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The file could not be read.
-    #[error("cannot read job file {}: {source}", path.display())]
+    #[error("cannot read job file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -435,21 +435,19 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
     let mut registry = Registry::compile(&events, files, problems);
     let features = FeatureSpec::compile(&mut registry, &state, &features, files, problems)?;
     let max_event_bytes = merged.limits.max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES);
-    let out = |file: &str| Some(PathBuf::from(format!("out/{name}/{file}")));
-    let sinks = SinkPaths {
-        views_sqlite: merged
-            .sinks
-            .views_sqlite
-            .map(PathBuf::from)
-            .or_else(|| out("views.sqlite")),
-        views_jsonl: merged.sinks.views_jsonl.map(PathBuf::from),
-        dlq: merged.sinks.dlq.map(PathBuf::from).or_else(|| out("dlq.jsonl")),
-        summary: merged
-            .sinks
-            .summary
-            .map(PathBuf::from)
-            .or_else(|| out("summary.json")),
+    // A sink path defaults to `out/<job>/<file>`; an empty string turns the sink off.
+    let sink_path = |set: Option<String>, default: Option<&str>| match set {
+        Some(path) if path.is_empty() => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None => default.map(|file| PathBuf::from(format!("out/{name}/{file}"))),
     };
+    let sinks = SinkPaths {
+        views_sqlite: sink_path(merged.sinks.views_sqlite, Some("views.sqlite")),
+        views_jsonl: sink_path(merged.sinks.views_jsonl, None),
+        dlq: sink_path(merged.sinks.dlq, Some("dlq.jsonl")),
+        summary: sink_path(merged.sinks.summary, Some("summary.json")),
+    };
+
     Some(Job {
         name,
         path: path.to_owned(),

@@ -2,8 +2,9 @@
 //!
 //! A view sink takes batches of [`ViewRecord`]s and keeps what it wants of them: online
 //! stores write the views that `changed`, the JSONL snapshot writes the `snapshot`.
-//! A dead-letter sink writes [`DeadLetter`]s. A batch is durable when `write`
-//! returns; `finish` runs once, at the end of the input.
+//! A dead-letter sink writes [`DeadLetter`]s. The writing operators flush their sinks
+//! whenever their input frontier moves past data they wrote, so everything before the
+//! frontier is durable; `finish` runs once, at the end of the input.
 
 pub mod dlq_file;
 pub mod jsonl;
@@ -24,7 +25,7 @@ use crate::fold::ViewRecord;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// A file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Io {
         /// The file.
         path: String,
@@ -32,7 +33,7 @@ pub enum SinkError {
         source: std::io::Error,
     },
     /// SQLite refused.
-    #[error("SQLite views at {path}: {source}")]
+    #[error("SQLite views at {path}")]
     Sqlite {
         /// The database file.
         path: String,
@@ -46,11 +47,15 @@ pub enum SinkError {
 
 /// Somewhere views are written.
 pub trait ViewSink {
-    /// Writes a batch; it is durable when this returns.
+    /// Writes a batch; it may be buffered until the next [`ViewSink::flush`].
     fn write(&mut self, views: &[ViewRecord]) -> Result<(), SinkError>;
-    /// Called once at the end of the input.
-    fn finish(&mut self) -> Result<(), SinkError> {
+    /// Makes everything written so far durable.
+    fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+    /// Called once at the end of the input; durable on return.
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.flush()
     }
 }
 
@@ -79,11 +84,15 @@ pub trait WriteDeadLetters {
 impl WriteSinks for Stream<'_, Millis, Vec<ViewRecord>> {
     fn write_views(self, mut sinks: Vec<Box<dyn ViewSink>>, failure: SinkFailure) {
         let mut finished = false;
+        // The latest time of a batch written but not yet flushed.
+        let mut unflushed: Option<Millis> = None;
         self.sink(Pipeline, "WriteViews", move |(input, frontier)| {
-            input.for_each(|_cap, views| {
+            input.for_each(|cap, views| {
                 if failure.borrow().is_some() {
                     return;
                 }
+                let time = *cap.least().expect("totally ordered time");
+                unflushed = Some(unflushed.map_or(time, |t: Millis| t.max(time)));
                 for sink in sinks.iter_mut() {
                     if let Err(error) = sink.write(views) {
                         *failure.borrow_mut() = Some(error);
@@ -91,13 +100,21 @@ impl WriteSinks for Stream<'_, Millis, Vec<ViewRecord>> {
                     }
                 }
             });
-            if frontier.is_empty() && !finished {
+            if failure.borrow().is_some() || finished {
+                return;
+            }
+            let passed = |time: Millis| frontier.frontier().iter().all(|f| *f > time);
+            let result = if frontier.is_empty() {
                 finished = true;
-                for sink in sinks.iter_mut() {
-                    if let Err(error) = sink.finish() {
-                        failure.borrow_mut().get_or_insert(error);
-                    }
-                }
+                sinks.iter_mut().try_for_each(|sink| sink.finish())
+            } else if unflushed.is_some_and(passed) {
+                unflushed = None;
+                sinks.iter_mut().try_for_each(|sink| sink.flush())
+            } else {
+                Ok(())
+            };
+            if let Err(error) = result {
+                *failure.borrow_mut() = Some(error);
             }
         });
     }

@@ -59,7 +59,7 @@ pub enum Read {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// A file could not be opened or read.
-    #[error("cannot read {path} (after line {line}): {source}")]
+    #[error("cannot read {path} (after line {line})")]
     Io {
         /// The file.
         path: String,
