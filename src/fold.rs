@@ -156,7 +156,6 @@ fn time_key(event_time: f64) -> u64 {
 }
 
 /// A received container of events and the time it was sent at.
-
 struct Pending {
     sent_at: Millis,
     events: Vec<Event>,

@@ -296,7 +296,6 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 /// A dead-letter sink for runs that keep no dead letters (they are still counted).
-
 struct Discard;
 
 impl DeadLetterSink for Discard {
