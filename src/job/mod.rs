@@ -274,24 +274,58 @@ fn load_chain(
     Ok(chain)
 }
 
-/// Deserializes one section, recording its problem (if any) against `key`.
+/// Deserializes one section, recording each of its problems against its key.
+///
+/// Serde stops at a section's first error; to report the next ones too, the entry at
+/// fault is dropped and the section read again, until it reads or no entry is at
+/// fault. A complaint about a key that was dropped is not reported again.
 fn section<'de, T: Deserialize<'de>>(
     file: &SourceFile,
     key: &str,
-    value: Spanned<DeValue<'de>>,
+    mut value: Spanned<DeValue<'de>>,
     problems: &mut Problems,
 ) -> Option<T> {
     let span = value.span();
-    let located = value.clone();
-    match T::deserialize(value.into_deserializer()) {
-        Ok(parsed) => Some(parsed),
-        Err(error) => {
-            let at = error.span().unwrap_or(span);
-            let path = locate::key_path(key, &located, at.start);
-            problems.at(file, at, &path, error.message().trim().to_owned());
-            None
+    let mut dropped: Vec<String> = Vec::new();
+    loop {
+        let error = match T::deserialize(value.clone().into_deserializer()) {
+            Ok(parsed) if dropped.is_empty() => return Some(parsed),
+            Ok(_) => return None,
+            Err(error) => error,
+        };
+        let message = error.message().trim().to_owned();
+        if dropped
+            .iter()
+            .any(|k| message.starts_with(&format!("missing field `{k}`")))
+        {
+            return None;
+        }
+        let at = error.span().unwrap_or(span.clone());
+        problems.at(
+            file,
+            at.clone(),
+            &locate::key_path(key, &value, at.start),
+            message,
+        );
+        match remove_entry_at(&mut value, at.start) {
+            Some(removed) if dropped.len() < 64 => dropped.push(removed),
+            _ => return None,
         }
     }
+}
+
+/// Removes the entry of a table whose key or value holds `offset`; returns its key.
+fn remove_entry_at(value: &mut Spanned<DeValue<'_>>, offset: usize) -> Option<String> {
+    let DeValue::Table(table) = value.get_mut() else {
+        return None;
+    };
+    let holds = |span: Range<usize>| span.start <= offset && offset < span.end.max(span.start + 1);
+    let name = table
+        .iter()
+        .find(|(k, v)| holds(k.span()) || holds(v.span()) || !locate::key_path("", v, offset).is_empty())
+        .map(|(k, _)| k.get_ref().to_string())?;
+    table.remove(name.as_str());
+    Some(name)
 }
 
 /// Deserializes an array-of-tables section element by element, so every bad

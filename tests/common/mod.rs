@@ -1,0 +1,142 @@
+//! Helpers shared by the integration tests: running a job into a scratch directory
+//! and reading what it wrote. They panic with the context needed to debug a failure.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use skewless::job::Job;
+use skewless::run::{RunOptions, run_files};
+use skewless::summary::Summary;
+
+/// What a run wrote.
+pub struct Outputs {
+    /// The run summary.
+    pub summary: Summary,
+    /// The JSONL views, parsed, in file order.
+    pub views: Vec<Value>,
+    /// The views in SQLite, parsed into the same shape, sorted by user id.
+    pub sqlite_views: Vec<Value>,
+    /// The dead letters, parsed, in file order.
+    pub dead_letters: Vec<Value>,
+    /// The scratch directory (kept alive while the outputs are).
+    pub dir: tempfile::TempDir,
+}
+
+/// Runs `job_path` over `inputs` with `workers` workers, writing every sink into a
+/// fresh scratch directory.
+pub fn run_job(job_path: &Path, inputs: &[PathBuf], workers: usize) -> Outputs {
+    let job = Job::load(job_path).unwrap_or_else(|e| panic!("loading {}: {e}", job_path.display()));
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let out = |name: &str| dir.path().join(name);
+    let options = RunOptions {
+        inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
+        workers,
+        views_sqlite: Some(out("views.sqlite")),
+        views_jsonl: Some(out("views.jsonl")),
+        dlq: Some(out("dlq.jsonl")),
+        summary: Some(out("summary.json")),
+        ..RunOptions::default()
+    };
+    let summary = run_files(job, &options)
+        .unwrap_or_else(|e| panic!("running {} with {workers} workers: {e}", job_path.display()));
+    assert!(summary.conserved, "conservation broken: {summary:#?}");
+    let written: Summary =
+        serde_json::from_str(&std::fs::read_to_string(out("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        written, summary,
+        "the summary file differs from the returned summary"
+    );
+    Outputs {
+        views: read_jsonl(&out("views.jsonl")),
+        sqlite_views: read_sqlite(&out("views.sqlite")),
+        dead_letters: read_jsonl(&out("dlq.jsonl")),
+        summary,
+        dir,
+    }
+}
+
+/// Parses every line of a JSONL file.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}:{}: not JSON ({e}): {line}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Reads the `user_features` table into view-shaped JSON, sorted by user id.
+pub fn read_sqlite(path: &Path) -> Vec<Value> {
+    let connection =
+        rusqlite::Connection::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut statement = connection
+        .prepare("SELECT user_id, as_of, features, state FROM user_features ORDER BY user_id")
+        .expect("the user_features table exists");
+    statement
+        .query_map([], |row| {
+            let features: String = row.get(2)?;
+            let state: String = row.get(3)?;
+            Ok(serde_json::json!({
+                "user_id": row.get::<_, String>(0)?,
+                "as_of": row.get::<_, f64>(1)?,
+                "features": serde_json::from_str::<Value>(&features).expect("features are JSON"),
+                "state": serde_json::from_str::<Value>(&state).expect("state is JSON"),
+            }))
+        })
+        .expect("query runs")
+        .collect::<Result<_, _>>()
+        .expect("rows read")
+}
+
+/// Dead letters without their wall-clock fields, sorted by origin, for comparison.
+pub fn normalize_dead_letters(letters: &[Value]) -> Vec<Value> {
+    let mut out: Vec<Value> = letters
+        .iter()
+        .map(|letter| {
+            let mut letter = letter.clone();
+            let object = letter.as_object_mut().expect("a dead letter is an object");
+            let attempts = object
+                .remove("attempt_timestamps")
+                .expect("attempt_timestamps present");
+            let failed = object
+                .remove("failure_timestamp")
+                .expect("failure_timestamp present");
+            assert!(
+                failed.as_f64().is_some_and(|t| t > 1.7e9),
+                "failure_timestamp is wall-clock seconds"
+            );
+            assert_eq!(
+                attempts.as_array().map(Vec::len),
+                Some(object["retry_count"].as_u64().unwrap() as usize + 1),
+                "one attempt timestamp per attempt"
+            );
+            letter
+        })
+        .collect();
+    out.sort_by_key(|l| {
+        (
+            l["original_topic"].as_str().unwrap().to_owned(),
+            l["original_offset"].as_i64().unwrap(),
+        )
+    });
+    out
+}
+
+/// The summary's counters (no wall-clock fields, no output paths).
+pub fn summary_counts(summary: &Summary) -> Value {
+    serde_json::json!({
+        "read": summary.read,
+        "applied": summary.applied,
+        "duplicates": summary.duplicates,
+        "ignored": summary.ignored,
+        "late": summary.late,
+        "late_dropped": summary.late_dropped,
+        "dlq": summary.dlq.iter().filter(|(_, n)| **n > 0).collect::<std::collections::BTreeMap<_, _>>(),
+        "dlq_total": summary.dlq_total,
+        "users": summary.users,
+        "watermark": summary.watermark,
+    })
+}

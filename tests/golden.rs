@@ -1,0 +1,114 @@
+//! Golden job tests: every directory under `tests/jobs/` is a case with a `job.toml`,
+//! its input partitions (`input/`, each entry one partition), and the expected
+//! `views.jsonl`, `dlq.jsonl` and `summary.json` under `expected/`.
+//!
+//! Each case runs with 1, 2 and 4 workers, and with its partitions named in reverse
+//! order; all runs must give the expected outputs exactly. The SQLite views must equal
+//! the JSONL views. `SKEWLESS_BLESS=1` rewrites the expected files from the 1-worker
+//! run (review the diff before committing it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{normalize_dead_letters, run_job, summary_counts};
+use serde_json::Value;
+
+fn cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/jobs");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("tests/jobs exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.join("job.toml").exists())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no golden cases under {}", root.display());
+    cases
+}
+
+fn partitions(case: &Path) -> Vec<PathBuf> {
+    let dir = case.join("input");
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("readable entry").path())
+        .collect();
+    inputs.sort();
+    // Paths relative to the repository root, as a user would name them.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    inputs
+        .into_iter()
+        .map(|p| p.strip_prefix(root).map(Path::to_path_buf).unwrap_or(p))
+        .collect()
+}
+
+fn read_expected(path: &Path) -> Vec<Value> {
+    common::read_jsonl(path)
+}
+
+fn assert_same(case: &str, what: &str, got: &[Value], want: &[Value]) {
+    if got == want {
+        return;
+    }
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g != w {
+            panic!(
+                "{case}: {what} differ at record {}\n  got:  {}\n  want: {}",
+                i + 1,
+                serde_json::to_string(g).unwrap(),
+                serde_json::to_string(w).unwrap()
+            );
+        }
+    }
+    panic!("{case}: {what}: got {} records, want {}", got.len(), want.len());
+}
+
+#[test]
+fn golden_jobs() {
+    // Relative input paths resolve against the repository root.
+    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).expect("cd to the repository root");
+    let bless = std::env::var_os("SKEWLESS_BLESS").is_some();
+    for case in cases() {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let job = case.join("job.toml");
+        let inputs = partitions(&case);
+        let expected = case.join("expected");
+        if bless {
+            let outputs = run_job(&job, &inputs, 1);
+            std::fs::create_dir_all(&expected).unwrap();
+            let lines = |values: &[Value]| {
+                values
+                    .iter()
+                    .map(|v| serde_json::to_string(v).unwrap() + "\n")
+                    .collect::<String>()
+            };
+            std::fs::write(expected.join("views.jsonl"), lines(&outputs.views)).unwrap();
+            std::fs::write(
+                expected.join("dlq.jsonl"),
+                lines(&normalize_dead_letters(&outputs.dead_letters)),
+            )
+            .unwrap();
+            let summary = serde_json::to_string_pretty(&summary_counts(&outputs.summary)).unwrap() + "\n";
+            std::fs::write(expected.join("summary.json"), summary).unwrap();
+            continue;
+        }
+        let want_views = read_expected(&expected.join("views.jsonl"));
+        let want_dlq = read_expected(&expected.join("dlq.jsonl"));
+        let want_summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(expected.join("summary.json")).unwrap()).unwrap();
+        let mut reversed = inputs.clone();
+        reversed.reverse();
+        for (workers, inputs) in [(1, &inputs), (2, &inputs), (4, &inputs), (3, &reversed)] {
+            let label = format!("{name} ({workers} workers)");
+            let outputs = run_job(&job, inputs, workers);
+            assert_same(&label, "views", &outputs.views, &want_views);
+            assert_same(&label, "SQLite views", &outputs.sqlite_views, &want_views);
+            assert_same(
+                &label,
+                "dead letters",
+                &normalize_dead_letters(&outputs.dead_letters),
+                &want_dlq,
+            );
+            assert_eq!(summary_counts(&outputs.summary), want_summary, "{label}: summary");
+        }
+    }
+}
