@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::dead_letter::Origin;
+use crate::decode::DecodedEvent;
 
 /// A field value carried on an event, after upcasting.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,6 +84,21 @@ pub fn key_hash(key: &str) -> u64 {
 }
 
 impl Event {
+    /// An event that passed decoding at `position`, on time.
+    pub fn accepted(decoded: DecodedEvent, position: Position) -> Event {
+        Event {
+            event_time: decoded.event_time,
+            event_type: decoded.event_type,
+            late: false,
+            user_hash: key_hash(&decoded.user_id),
+            user_id: decoded.user_id,
+            event_id: decoded.event_id,
+            position,
+            values: decoded.values,
+            late_record: None,
+        }
+    }
+
     /// The order in which a user's events are applied: event time, then event id,
     /// then source position (which decides between copies of one id).
     pub fn apply_order(&self, other: &Event) -> std::cmp::Ordering {

@@ -31,7 +31,7 @@ use crate::job::{Job, LatePolicy};
 use crate::summary::Counts;
 
 /// Views emitted per activation while a snapshot is written, to bound memory.
-const SNAPSHOT_CHUNK: usize = 4096;
+const SNAPSHOT_CHUNK: usize = 1024;
 
 /// A rendered view on its way to the sinks.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,16 +96,43 @@ pub trait FoldFeatures<'s> {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use timely::dataflow::operators::{ToStream, Broadcast};
-    /// use skewless::fold::{FoldFeatures, FoldContext, FlushPolicy};
+    /// use timely::dataflow::operators::capture::{Capture, Event as Captured};
+    /// use timely::dataflow::operators::{vec::Broadcast, ToStream};
+    /// use skewless::decode::{Decoded, Decoder};
+    /// use skewless::event::{Event, Position};
+    /// use skewless::fold::{FlushPolicy, FoldContext, FoldFeatures};
+    ///
     /// let job = Arc::new(skewless::job::Job::load("jobs/recsys.toml".as_ref()).unwrap());
-    /// let counts = Default::default();
-    /// timely::example(|scope| {
-    ///     let events = Vec::<skewless::event::Event>::new().to_stream(scope).container::<Vec<_>>();
-    ///     let clocks = vec![0.0f64].to_stream(scope).container::<Vec<_>>().broadcast();
-    ///     let folded = events.fold_features(clocks, FoldContext { job, counts, flush: FlushPolicy::AtEnd });
-    ///     let _ = folded.views;
+    /// let decoder = Decoder::new(&job.registry, job.max_event_bytes);
+    /// let events: Vec<Event> = [
+    ///     r#"{"event_id":"b","event_type":"ecommerce.item_viewed","event_version":"1.0","event_time":10,"user_id":"u1","payload":{"item_id":"i2","category":"books"}}"#,
+    ///     r#"{"event_id":"a","event_type":"ecommerce.item_viewed","event_version":"1.0","event_time":10,"user_id":"u1","payload":{"item_id":"i1","category":"books"}}"#,
+    /// ]
+    /// .iter()
+    /// .enumerate()
+    /// .map(|(line, text)| match decoder.decode(text.as_bytes()) {
+    ///     Decoded::Event(event) => Event::accepted(event, Position { partition: 0, offset: line as i64 + 1 }),
+    ///     other => panic!("{other:?}"),
+    /// })
+    /// .collect();
+    /// let views = timely::example(move |scope| {
+    ///     let events = events.to_stream(scope).container::<Vec<_>>();
+    ///     let clocks = vec![10.0f64].to_stream(scope).container::<Vec<_>>().broadcast();
+    ///     let context = FoldContext { job, counts: Default::default(), flush: FlushPolicy::AtEnd };
+    ///     events.fold_features(clocks, context).views.capture()
     /// });
+    /// let views: Vec<_> = views
+    ///     .try_iter()
+    ///     .flat_map(|captured| match captured {
+    ///         Captured::Messages(_time, views) => views,
+    ///         Captured::Progress(_) => Vec::new(),
+    ///     })
+    ///     .collect();
+    /// assert_eq!(views.len(), 1);
+    /// assert_eq!(views[0].user_id, "u1");
+    /// assert_eq!(views[0].as_of, 10.0);
+    /// // Equal event times apply in event-id order: "a" (i1) before "b" (i2).
+    /// assert!(views[0].state.contains(r#""viewed_items":["i1","i2"]"#), "{}", views[0].state);
     /// ```
     fn fold_features(self, clocks: Stream<'s, Millis, Vec<f64>>, context: FoldContext) -> Folded<'s>;
 }
@@ -422,6 +449,16 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                         // End of input: write every user's view, sorted by user id.
                         let queue = snapshot.get_or_insert_with(|| {
                             snapshot_started = Instant::now();
+                            let entries = &fold.users.entries;
+                            tracing::debug!(
+                                users = entries.len(),
+                                user_entry_bytes = entries.capacity() * std::mem::size_of::<UserEntry>(),
+                                state_heap_bytes =
+                                    entries.iter().map(|e| e.state.heap_bytes()).sum::<usize>(),
+                                dedup_ids = fold.seen.len(),
+                                interned = fold.interner.len(),
+                                "fold footprint at the end of input"
+                            );
                             let entries = &fold.users.entries;
                             let mut order: Vec<u32> = (0..entries.len() as u32)
                                 .filter(|&i| entries[i as usize].has_view)

@@ -138,20 +138,14 @@ pub fn ingest<'s, S: Source + 'static>(
                                         origin: record.origin(),
                                     })
                                 });
-                                events.give(Event {
-                                    event_time: event.event_time,
-                                    event_type: event.event_type,
-                                    late,
-                                    user_hash: key_hash(&event.user_id),
-                                    user_id: event.user_id,
-                                    event_id: event.event_id,
-                                    position: Position {
-                                        partition: partition_hashes[partition],
-                                        offset: record.offset,
-                                    },
-                                    values: event.values,
-                                    late_record,
-                                });
+                                let position = Position {
+                                    partition: partition_hashes[partition],
+                                    offset: record.offset,
+                                };
+                                let mut event = Event::accepted(event, position);
+                                event.late = late;
+                                event.late_record = late_record;
+                                events.give(event);
                             }
                             Decoded::Ignored { event_time } => {
                                 partition_clocks.observe(partition, event_time, now);

@@ -2,7 +2,8 @@
 //!
 //! Each partition is generated from its own seeded generator, so the output depends
 //! only on the options. Users are keyed to partitions (as a producer keyed by user
-//! would do), with optional Zipf skew; event times advance evenly over `span`, with
+//! would do); each user appears once early on, then users are drawn with optional
+//! Zipf skew; event times advance evenly over `span`, with
 //! small out-of-order jitter inside the lateness bound, and optional late, duplicate,
 //! malformed, v1-schema and unknown-type records.
 
@@ -189,6 +190,7 @@ struct PartitionGen<'o> {
     partition: u64,
     users: Option<Zipf<f64>>,
     users_here: u64,
+    introduced: u64,
     items: Zipf<f64>,
     clock: f64,
     recent: Vec<Vec<u8>>,
@@ -202,13 +204,20 @@ impl<'o> PartitionGen<'o> {
             partition: partition as u64,
             users: (o.zipf > 0.0).then(|| Zipf::new(users_here as f64, o.zipf).expect("valid zipf")),
             users_here,
+            introduced: 0,
             items: Zipf::new(o.items as f64, 1.1).expect("valid zipf"),
             clock: o.start,
             recent: Vec::new(),
         }
     }
 
+    /// The next event's user: each of the partition's users once, then by the
+    /// distribution, so a log of N users really holds N users.
     fn user(&mut self) -> u64 {
+        if self.introduced < self.users_here {
+            self.introduced += 1;
+            return (self.introduced - 1) * self.o.partitions as u64 + self.partition;
+        }
         let rank = match &self.users {
             Some(zipf) => zipf.sample(&mut self.rng) as u64 - 1,
             None => self.rng.random_range(0..self.users_here),

@@ -47,6 +47,21 @@ pub struct UserState {
 }
 
 impl UserState {
+    /// Bytes this state holds on the heap (for memory reporting).
+    pub fn heap_bytes(&self) -> usize {
+        let aggs = self.aggs.len() * std::mem::size_of::<Agg>();
+        aggs + self
+            .aggs
+            .iter()
+            .map(|agg| match agg {
+                Agg::Distinct(set) => set.capacity() * 4,
+                Agg::LastK(list) => list.capacity() * 4,
+                Agg::Decayed(scores) => scores.capacity() * std::mem::size_of::<(u32, f64)>(),
+                _ => 0,
+            })
+            .sum::<usize>()
+    }
+
     /// The empty state for `spec`.
     pub fn new(spec: &FeatureSpec) -> UserState {
         let aggs = spec
@@ -76,6 +91,7 @@ impl UserState {
                 (Agg::Distinct(set), Value::Str(s)) => {
                     let id = interner.intern(s);
                     if let Err(at) = set.binary_search(&id) {
+                        grow(set.len(), set.capacity(), usize::MAX, |n| set.reserve_exact(n));
                         set.insert(at, id);
                     }
                 }
@@ -86,6 +102,7 @@ impl UserState {
                     if list.len() == k {
                         list.pop_front();
                     }
+                    grow(list.len(), list.capacity(), k, |n| list.reserve_exact(n));
                     list.push_back(interner.intern(s));
                 }
                 (Agg::Sum(sum), Value::Num(n)) => *sum += n,
@@ -103,12 +120,46 @@ impl UserState {
                     let (decay, increment) = update.weight;
                     match scores.iter_mut().find(|(g, _)| *g == id) {
                         Some((_, score)) => *score = *score * decay + increment,
-                        None => scores.push((id, increment)),
+                        None => {
+                            grow(scores.len(), scores.capacity(), usize::MAX, |n| {
+                                scores.reserve_exact(n)
+                            });
+                            scores.push((id, increment));
+                        }
                     }
                 }
                 // An absent optional value leaves the state as it was.
                 _ => {}
             }
         }
+    }
+}
+
+/// Grows a full collection by half (at least to 4, at most to `limit` elements) rather
+/// than doubling: per-user state is most of a job's memory, and a last-100 list that
+/// doubled would hold room for 128.
+fn grow(len: usize, capacity: usize, limit: usize, reserve_exact: impl FnOnce(usize)) {
+    if len == capacity {
+        let target = (capacity + capacity / 2).max(4).min(limit.max(len + 1));
+        reserve_exact(target - len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grow;
+
+    #[test]
+    fn grows_by_half_and_stops_at_the_limit() {
+        let mut v: Vec<u32> = Vec::new();
+        let mut capacities = Vec::new();
+        for i in 0..100 {
+            grow(v.len(), v.capacity(), 100, |n| v.reserve_exact(n));
+            v.push(i);
+            capacities.push(v.capacity());
+        }
+        assert_eq!(capacities[0], 4);
+        assert_eq!(*capacities.last().unwrap(), 100);
+        assert!(capacities.iter().all(|&c| c <= 100));
     }
 }

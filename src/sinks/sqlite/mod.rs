@@ -18,7 +18,7 @@ use crate::fold::ViewRecord;
 /// Rows per transaction while batches keep coming.
 const ROWS_PER_COMMIT: usize = 65_536;
 /// Batches that may wait for the writer before workers block.
-const QUEUE: usize = 16;
+const QUEUE: usize = 4;
 
 /// One row of `user_features`.
 struct Row {
@@ -62,7 +62,7 @@ impl SqliteViews {
 
                  PRAGMA synchronous = NORMAL;
                  PRAGMA busy_timeout = 10000;
-                 PRAGMA cache_size = -65536;
+                 PRAGMA cache_size = -16384;
                  CREATE TABLE IF NOT EXISTS user_features (
                      user_id TEXT PRIMARY KEY, as_of REAL, features TEXT, state TEXT);",
             )

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Backfill benchmark (issue 2): 5M events for 500k Zipf-skewed users in 4 gzip
+# partitions, run with 1 and 2 workers; then 50M events for the same users to show how
+# memory grows with events. Both logs spread events so that the 24 h dedup horizon
+# holds the same number of events (about 500k): 5M over 10 days, 50M over 100 days.
+#
+# Prints events/s and peak RSS (/usr/bin/time -v). Data is cached in $BENCH_DIR.
+#   scripts/bench.sh            # 5M (1 and 2 workers) and 50M (2 workers)
+#   scripts/bench.sh --quick    # 5M only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH_DIR="${BENCH_DIR:-$HOME/.cache/skewless/bench}"
+RUNS="${RUNS:-3}"
+quick=false
+[[ "${1:-}" == "--quick" ]] && quick=true
+
+cargo build --release --quiet
+bin=target/release/skewless
+[[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+
+gen() { # name events span
+  local dir="$BENCH_DIR/$1"
+  if [[ ! -f "$dir/.done" ]]; then
+    rm -rf "$dir"
+    echo "generating $2 events into $dir ..." >&2
+    "$bin" gen --out "$dir" --events "$2" --users 500000 --zipf 1.0 --partitions 4 --span "$3" \
+      --v1 0.2 --duplicates 0.005 --late 0.001 --malformed 0.001 --unknown 0.02 --seed 42
+    touch "$dir/.done"
+  fi
+}
+
+run() { # name workers -> "events/s peak_rss_mib wall_s"
+  local best="" rss="" wall=""
+  for _ in $(seq 1 "$RUNS"); do
+    rm -rf out/bench
+    /usr/bin/time -v "$bin" run jobs/recsys-bench.toml --input "$BENCH_DIR/$1/*.jsonl.gz" \
+      --workers "$2" --no-progress >/tmp/skewless-bench.json 2>/tmp/skewless-bench.time
+    local eps; eps=$(python3 -c 'import json;print(round(json.load(open("/tmp/skewless-bench.json"))["events_per_s"]))')
+    local kb; kb=$(awk -F: '/Maximum resident/ {gsub(/ /,"",$2); print $2}' /tmp/skewless-bench.time)
+    local w; w=$(python3 -c 'import json;print(round(json.load(open("/tmp/skewless-bench.json"))["wall_time_s"],2))')
+    if [[ -z "$best" || "$eps" -gt "$best" ]]; then best=$eps; rss=$((kb / 1024)); wall=$w; fi
+  done
+  echo "$best $rss $wall"
+}
+
+gen 5m 5000000 10d
+$quick || gen 50m 50000000 100d
+
+printf '%-8s %-8s %12s %10s %14s\n' events workers wall_s events/s peak_rss_MiB
+for workers in 1 2; do
+  read -r eps rss wall < <(run 5m "$workers")
+  printf '%-8s %-8s %12s %10s %14s\n' 5M "$workers" "$wall" "$eps" "$rss"
+  [[ $workers == 2 ]] && rss5=$rss
+done
+if ! $quick; then
+  RUNS=1 read -r eps rss wall < <(RUNS=1 run 50m 2)
+  printf '%-8s %-8s %12s %10s %14s\n' 50M 2 "$wall" "$eps" "$rss"
+  python3 -c "print(f'RSS 50M / RSS 5M (2 workers): {$rss/$rss5:.2f}x')"
+fi
