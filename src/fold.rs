@@ -217,6 +217,9 @@ struct Fold {
     dirty: Vec<u32>,
     counts: Counts,
     max_clock: Option<f64>,
+    /// The earliest time of a change not yet written as a view: the views output holds
+    /// its capability there, so nothing downstream counts as durable past it.
+    unflushed_since: Option<Millis>,
 }
 
 impl Fold {
@@ -256,8 +259,10 @@ impl Fold {
         self.order.extend(self.keyed.iter().map(|&(_, index)| index));
         let job = Arc::clone(&self.job);
         let order = std::mem::take(&mut self.order);
-        for index in &order {
-            self.apply_one(&job, event(index), dead);
+        for &(c, e) in &order {
+            let batch = &pending[c as usize];
+            let event = &batch.events[e as usize];
+            self.apply_one(&job, event, batch.ready_at(event), dead);
         }
         self.order = order;
         self.pending = pending;
@@ -280,7 +285,7 @@ impl Fold {
     }
 
     /// Steps 5-7 for one event: dedup, lateness, apply.
-    fn apply_one(&mut self, job: &Job, event: &Event, dead: &mut Vec<DeadLetter>) {
+    fn apply_one(&mut self, job: &Job, event: &Event, ready_at: Millis, dead: &mut Vec<DeadLetter>) {
         let key = id_key(event.user_hash, &event.event_id);
         if !event.late {
             if self.seen.check_and_insert(key, event.event_time) {
@@ -295,6 +300,7 @@ impl Fold {
             let entry = &mut self.users.entries[slot as usize];
             entry.state.apply(&job.features, &mut self.interner, event);
             entry.has_view = true;
+            self.unflushed_since = Some(self.unflushed_since.map_or(ready_at, |t| t.min(ready_at)));
             if !entry.dirty {
                 entry.dirty = true;
                 self.dirty.push(slot);
@@ -354,6 +360,7 @@ impl Fold {
         }
         self.dirty = dirty;
         self.dirty.clear();
+        self.unflushed_since = None;
     }
 }
 
@@ -387,6 +394,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             dirty: Vec::new(),
             counts: Counts::default(),
             max_clock: None,
+            unflushed_since: None,
         };
         let mut last_flush = Instant::now();
         let mut last_frontier: Millis = 0;
@@ -424,13 +432,15 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
 
                 match frontier {
                     Some(frontier) => {
-                        let moved = frontier > last_frontier;
                         last_frontier = last_frontier.max(frontier);
-                        let due =
-                            matches!(flush, FlushPolicy::Every(interval) if last_flush.elapsed() >= interval);
-                        if due && moved && !fold.dirty.is_empty() {
-                            fold.flush_dirty(frontier as f64 / 1000.0, &mut views_buffer);
-                            last_flush = Instant::now();
+                        if let (FlushPolicy::Every(interval), false) = (flush, fold.dirty.is_empty()) {
+                            let waited = last_flush.elapsed();
+                            if waited >= interval {
+                                fold.flush_dirty(frontier as f64 / 1000.0, &mut views_buffer);
+                                last_flush = Instant::now();
+                            } else {
+                                activator.activate_after(interval - waited);
+                            }
                         }
                         if !views_buffer.is_empty() {
                             views_out
@@ -438,9 +448,10 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                                 .session(&caps[0])
                                 .give_container(&mut views_buffer);
                         }
-                        for cap in caps.iter_mut() {
-                            if *cap.time() < frontier {
-                                cap.downgrade(&frontier);
+                        let views_at = fold.unflushed_since.map_or(frontier, |t| t.min(frontier));
+                        for (cap, time) in caps.iter_mut().zip([views_at, frontier]) {
+                            if *cap.time() < time {
+                                cap.downgrade(&time);
                             }
                         }
                     }

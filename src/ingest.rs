@@ -1,17 +1,24 @@
 //! The ingest operator: reads a [`Source`], decodes and validates each record, keeps
 //! the partition clocks, and splits the result into events, dead letters and clock
-//! reports. Every source feeds the dataflow through this one operator.
+//! reports. Every source feeds the dataflow through this one operator. It also decides
+//! when a streaming run stops (signal, or every partition idle), archives what it reads
+//! when the job keeps an archive, and commits source positions once everything derived
+//! from them is durable.
 //!
 //! # Contract
 //! Events leave at the worker's watermark (the operator's capability) and carry their
 //! own event time; an event that is not late has `to_millis(event_time)` at or above
 //! the time it leaves at, so downstream may apply an event once the frontier has
-//! passed its event time. Late events are flagged and leave at the watermark.
+//! passed its event time. Late events are flagged and leave at the watermark. A batch
+//! of records is durable once the `durable` probe's frontier has passed the latest time
+//! its outputs can carry (the largest event time among its on-time events, or the time
+//! it left at).
 
 use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
@@ -21,9 +28,10 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 use crate::batch::Batcher;
 use crate::dead_letter::{DeadLetter, Reason};
-use crate::decode::{Decoded, Decoder};
-use crate::event::{Event, LateRecord, Millis, Position, key_hash};
+use crate::decode::{Decoded, Decoder, Rejection};
+use crate::event::{Event, LateRecord, Millis, Position, key_hash, to_millis};
 use crate::job::Job;
+use crate::sinks::archive::Archive;
 use crate::source::{Read, Record, Source, SourceError};
 use crate::summary::Counts;
 use crate::watermark::Clocks;
@@ -39,9 +47,17 @@ pub struct IngestShared {
     pub progress: Arc<AtomicU64>,
     /// The largest event time this worker's partitions have seen.
     pub max_event_time: Rc<Cell<Option<f64>>>,
+    /// Set (by a signal handler) to stop reading and finish cleanly.
+    pub stop: Arc<AtomicBool>,
+    /// The positions to commit once the dataflow has finished: set when the operator
+    /// stops reading, so the worker can commit after every sink has flushed.
+    pub final_positions: FinalPositions,
 }
 
-/// How the ingest operator paces itself.
+/// Where a worker's partitions stood when it stopped reading: `(partition, position)`.
+pub type FinalPositions = Rc<RefCell<Option<Vec<(usize, i64)>>>>;
+
+/// How the ingest operator paces itself and when it stops.
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
     /// Most records read per activation.
@@ -50,6 +66,12 @@ pub struct Pacing {
     /// worker's before it waits, at least. The bound grows to a few batches' worth of
     /// event time, so sparse data (hours per batch) does not make workers take turns.
     pub max_skew_ms: Millis,
+    /// Stop once every partition has had no record for this long (streaming runs).
+    pub exit_when_idle: Option<Duration>,
+    /// How often durable positions are committed.
+    pub commit_interval: Duration,
+    /// How soon to look again when no partition had records.
+    pub idle_poll: Duration,
 }
 
 /// The streams the ingest operator produces.
@@ -62,18 +84,75 @@ pub struct Ingested<'s> {
     pub clocks: Stream<'s, Millis, Vec<f64>>,
 }
 
-/// Builds the ingest operator over `source`. `global` is a probe of the events
-/// stream, which shows the slowest worker's watermark.
+/// Positions of records read but not yet durable, oldest first.
+#[derive(Default)]
+struct Uncommitted {
+    /// `(time the batch is durable after, positions it reached)`.
+    batches: VecDeque<(Millis, Vec<(usize, i64)>)>,
+    /// Positions whose outputs are durable and not yet committed.
+    durable: BTreeMap<usize, i64>,
+    last_commit: Option<Instant>,
+}
+
+impl Uncommitted {
+    /// Moves batches the `durable` probe has passed into the committable positions.
+    fn settle(&mut self, durable: &ProbeHandle<Millis>) {
+        while let Some((time, _)) = self.batches.front() {
+            if durable.less_equal(time) {
+                break;
+            }
+            let (_, positions) = self.batches.pop_front().expect("front exists");
+            self.durable.extend(positions);
+        }
+    }
+
+    /// Commits what is durable (and archived, when there is an archive), at most once
+    /// per `interval`.
+    fn commit<S: Source>(
+        &mut self,
+        source: &mut S,
+        archive: Option<&Archive>,
+        interval: Duration,
+        now: Instant,
+    ) -> Result<(), SourceError> {
+        if self.durable.is_empty() || self.last_commit.is_some_and(|t| now.duration_since(t) < interval) {
+            return Ok(());
+        }
+        let positions: Vec<(usize, i64)> = self
+            .durable
+            .iter()
+            .map(|(&p, &position)| (p, archive.map_or(position, |a| position.min(a.durable(p)))))
+            .collect();
+        source.commit(&positions)?;
+        if archive.is_none() {
+            self.durable.clear();
+        }
+        self.last_commit = Some(now);
+        Ok(())
+    }
+}
+
+/// Builds the ingest operator over `source`. `global` is a probe of the events stream,
+/// which shows the slowest worker's watermark; `durable` is a probe after the sinks,
+/// which shows what is durable.
+#[allow(clippy::too_many_arguments)]
 pub fn ingest<'s, S: Source + 'static>(
     scope: Scope<'s, Millis>,
-    mut source: S,
+    source: Rc<RefCell<S>>,
+    mut archive: Option<Archive>,
     job: Arc<Job>,
     shared: IngestShared,
     pacing: Pacing,
     global: ProbeHandle<Millis>,
+    durable: ProbeHandle<Millis>,
 ) -> Ingested<'s> {
     let mut builder = OperatorBuilder::new("Ingest".to_owned(), scope);
-    let activator = scope.activator_for(builder.operator_info().address);
+    let address = builder.operator_info().address;
+    let activator = scope.activator_for(Rc::clone(&address));
+    let waker = scope.worker().sync_activator_for(address.to_vec());
+    source.borrow_mut().set_waker(Arc::new(move || {
+        let _ = waker.activate();
+    }));
     let (events_out, events) = builder.new_output::<Vec<Event>>();
     let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
     let (clock_out, clocks) = builder.new_output::<Vec<f64>>();
@@ -81,18 +160,48 @@ pub fn ingest<'s, S: Source + 'static>(
     let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
     let mut clock_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<f64>>>::from(clock_out);
 
-    let names = source.partition_names();
+    let names = source.borrow().partition_names();
     let partition_hashes: Vec<u64> = names.iter().map(|n| key_hash(n)).collect();
     let lateness = job.allowed_lateness_secs();
     let mut partition_clocks = Clocks::new(names.len(), lateness, job.time.idle_timeout.duration());
     let mut order = Vec::new();
     let mut reported_max = f64::NEG_INFINITY;
     let mut batch_span_ms: Millis = 0;
+    let mut uncommitted = Uncommitted::default();
+    let archive_only = job.archive_only();
 
     builder.build(move |capabilities| {
         let mut capabilities = Some(capabilities);
         move |_frontiers| {
             let Some(caps) = capabilities.as_mut() else { return };
+            let now = Instant::now();
+            let mut source = source.borrow_mut();
+            let fail = |error: SourceError| *shared.error.borrow_mut() = Some(error);
+
+            // Commit what the sinks (and the archive) have made durable.
+            uncommitted.settle(&durable);
+            if let Err(error) =
+                uncommitted.commit(&mut *source, archive.as_ref(), pacing.commit_interval, now)
+            {
+                fail(error);
+                capabilities = None;
+                return;
+            }
+
+            // Stop on a signal, or once every partition has been idle long enough.
+            let idle_exit = pacing
+                .exit_when_idle
+                .is_some_and(|d| partition_clocks.idle_for(now) >= d);
+            if shared.stop.load(Ordering::Relaxed) || idle_exit || partition_clocks.all_finished() {
+                if let Some(Err(error)) = archive.as_mut().map(Archive::close_all) {
+                    fail(SourceError::Archive(error.to_string()));
+                }
+                let positions = (0..names.len()).map(|p| (p, source.position(p))).collect();
+                *shared.final_positions.borrow_mut() = Some(positions);
+                capabilities = None;
+                return;
+            }
+
             let watermark = partition_clocks.watermark();
             // Wait while this worker is far ahead of the slowest one.
             let skew = pacing.max_skew_ms.max(batch_span_ms.saturating_mul(4));
@@ -102,8 +211,9 @@ pub fn ingest<'s, S: Source + 'static>(
             }
             let decoder = Decoder::new(&job.registry, job.max_event_bytes);
             let mut counts = Counts::default();
-            let now = Instant::now();
             let mut failure = None;
+            let mut touched: Vec<usize> = Vec::new();
+            let mut batch_time = watermark;
             {
                 let mut events_handle = events_out.activate();
                 let mut dead_handle = dead_out.activate();
@@ -117,8 +227,19 @@ pub fn ingest<'s, S: Source + 'static>(
                     }
                     let mut emit = |record: Record<'_>| {
                         counts.read += 1;
+                        let archived = archive
+                            .as_mut()
+                            .map(|a| a.append(partition, record.offset, record.bytes, now));
+                        if let Some(Err(error)) = archived {
+                            failure.get_or_insert(SourceError::Archive(error.to_string()));
+                        }
+                        if archive_only {
+                            partition_clocks.touch(partition, now);
+                            counts.archived += 1;
+                            return;
+                        }
                         let decoded = match record.oversized_len {
-                            Some(len) => Decoded::Rejected(crate::decode::Rejection {
+                            Some(len) => Decoded::Rejected(Rejection {
                                 reason: Reason::Oversized,
                                 detail: format!(
                                     "{len} bytes, more than max_event_bytes = {}",
@@ -132,19 +253,21 @@ pub fn ingest<'s, S: Source + 'static>(
                         match decoded {
                             Decoded::Event(event) => {
                                 let late = partition_clocks.observe(partition, event.event_time, now);
-                                let late_record = late.then(|| {
-                                    Box::new(LateRecord {
-                                        text: String::from_utf8_lossy(record.bytes.trim_ascii()).into_owned(),
-                                        origin: record.origin(),
-                                    })
-                                });
+                                if !late {
+                                    batch_time = batch_time.max(to_millis(event.event_time));
+                                }
                                 let position = Position {
                                     partition: partition_hashes[partition],
                                     offset: record.offset,
                                 };
                                 let mut event = Event::accepted(event, position);
-                                event.late = late;
-                                event.late_record = late_record;
+                                if late {
+                                    event.late = true;
+                                    event.late_record = Some(Box::new(LateRecord {
+                                        text: String::from_utf8_lossy(record.bytes.trim_ascii()).into_owned(),
+                                        origin: record.origin(),
+                                    }));
+                                }
                                 events.give(event);
                             }
                             Decoded::Ignored { event_time } => {
@@ -152,8 +275,11 @@ pub fn ingest<'s, S: Source + 'static>(
                                 counts.ignored += 1;
                             }
                             Decoded::Rejected(rejection) => {
-                                if let Some(event_time) = rejection.event_time {
-                                    partition_clocks.observe(partition, event_time, now);
+                                match rejection.event_time {
+                                    Some(event_time) => {
+                                        partition_clocks.observe(partition, event_time, now);
+                                    }
+                                    None => partition_clocks.touch(partition, now),
                                 }
                                 counts.dead_letter(rejection.reason);
                                 dead.give(DeadLetter::first_attempt(
@@ -168,7 +294,10 @@ pub fn ingest<'s, S: Source + 'static>(
                         }
                     };
                     match source.read(partition, budget, &mut emit) {
-                        Ok(Read::Records(n)) => budget = budget.saturating_sub(n),
+                        Ok(Read::Records(n)) => {
+                            budget = budget.saturating_sub(n);
+                            touched.push(partition);
+                        }
                         Ok(Read::Empty) => partition_clocks.poll_empty(partition, now),
                         Ok(Read::Finished) => partition_clocks.finish(partition),
                         Err(error) => {
@@ -176,23 +305,36 @@ pub fn ingest<'s, S: Source + 'static>(
                             break;
                         }
                     }
+                    if failure.is_some() {
+                        break;
+                    }
                 }
             }
             shared.progress.fetch_add(counts.read, Ordering::Relaxed);
             shared.counts.borrow_mut().merge(&counts);
             if let Some(error) = failure {
-                *shared.error.borrow_mut() = Some(error);
+                fail(error);
                 capabilities = None;
                 return;
+            }
+            if let Some(Err(error)) = archive.as_mut().map(|a| a.roll_due(now)) {
+                fail(SourceError::Archive(error.to_string()));
+                capabilities = None;
+                return;
+            }
+            if !touched.is_empty() {
+                let positions: Vec<(usize, i64)> = touched.iter().map(|&p| (p, source.position(p))).collect();
+                if archive_only {
+                    // Nothing flows downstream: the archive alone decides durability.
+                    uncommitted.durable.extend(positions);
+                } else {
+                    uncommitted.batches.push_back((batch_time, positions));
+                }
             }
             if let Some(max) = partition_clocks.max_seen().filter(|&m| m > reported_max) {
                 reported_max = max;
                 shared.max_event_time.set(Some(max));
                 clock_out.activate().session(&caps[2]).give(max);
-            }
-            if partition_clocks.all_finished() {
-                capabilities = None;
-                return;
             }
             let next = partition_clocks.advance();
             batch_span_ms = next.saturating_sub(watermark);
@@ -201,7 +343,11 @@ pub fn ingest<'s, S: Source + 'static>(
                     cap.downgrade(&next);
                 }
             }
-            activator.activate();
+            if touched.is_empty() && !partition_clocks.all_finished() {
+                activator.activate_after(pacing.idle_poll);
+            } else {
+                activator.activate();
+            }
         }
     });
 

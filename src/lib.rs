@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod broker;
 pub mod dead_letter;
 pub mod decode;
 pub mod dedup;
@@ -19,6 +20,7 @@ pub mod features;
 pub mod fold;
 pub mod ingest;
 pub mod job;
+pub mod produce;
 pub mod progress;
 pub mod run;
 pub mod schema;

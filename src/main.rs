@@ -2,13 +2,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use skewless::broker::BrokerSettings;
 use skewless::job::duration::Span;
-use skewless::job::{Job, LatePolicy};
-use skewless::run::{RunOptions, run_files};
+use skewless::job::{Job, LatePolicy, StartPosition};
+use skewless::produce::produce_files;
+use skewless::run::{RunOptions, run};
 use skewless::synthetic::{GenOptions, generate};
 
 // Workers free events that other workers allocated; glibc's allocator spent a sixth of
@@ -36,6 +40,36 @@ enum Command {
     },
     /// Generate deterministic synthetic event logs.
     Gen(GenArgs),
+    /// Publish log files to a Kafka topic, keyed by user_id (one user, one partition).
+    Produce(ProduceArgs),
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Kafka brokers.
+    #[arg(long, default_value = skewless::job::DEFAULT_BROKERS)]
+    brokers: String,
+    /// The topic (created when missing).
+    #[arg(long)]
+    topic: String,
+    /// Partitions of the topic when it is created.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// At most this many records per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// librdkafka settings, `key=value` (repeatable).
+    #[arg(long = "option", short = 'X', value_parser = parse_option)]
+    options: Vec<(String, String)>,
+    /// Files, directories or globs to publish, in order.
+    #[arg(required = true)]
+    inputs: Vec<String>,
+}
+
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got `{text}`"))
 }
 
 #[derive(Args)]
@@ -73,6 +107,25 @@ struct RunArgs {
     /// Never show the progress line.
     #[arg(long)]
     no_progress: bool,
+    /// Kafka brokers (host:port,...); overrides `source.kafka.brokers`.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// A Kafka topic to read (repeatable); the run then reads Kafka.
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// Consumer group offsets are committed under.
+    #[arg(long)]
+    group: Option<String>,
+    /// Where to start reading Kafka: committed, earliest, latest or an RFC 3339 time.
+    #[arg(long, value_parser = |s: &str| s.parse::<StartPosition>())]
+    start: Option<StartPosition>,
+    /// Redis URL for the view store (redis://host:port).
+    #[arg(long)]
+    redis: Option<String>,
+    /// End a Kafka run cleanly (flush, commit, summary) once every partition has been
+    /// idle this long.
+    #[arg(long)]
+    exit_when_idle: Option<Span>,
 }
 
 #[derive(Args)]
@@ -143,6 +196,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// A flag that SIGINT and SIGTERM set: the run stops consuming, flushes its sinks,
+/// commits and exits 0.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    Ok(stop)
+}
+
 fn main_inner() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run(args) => {
@@ -158,8 +221,15 @@ fn main_inner() -> anyhow::Result<ExitCode> {
                 late_policy: args.late_policy,
                 batch: args.batch,
                 progress: !args.no_progress,
+                brokers: args.brokers,
+                topics: args.topics,
+                group: args.group,
+                start: args.start,
+                redis: args.redis,
+                exit_when_idle: args.exit_when_idle.map(Span::duration),
+                stop: Some(stop_on_signals()?),
             };
-            let summary = run_files(job, &options).context("run failed")?;
+            let summary = run(job, &options).context("run failed")?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             for (name, path) in &summary.outputs {
                 eprintln!("{name}: {path}");
@@ -199,6 +269,22 @@ fn main_inner() -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Produce(args) => {
+            let settings = BrokerSettings {
+                brokers: args.brokers,
+                options: args.options.into_iter().collect(),
+            };
+            let report = produce_files(&settings, &args.topic, args.partitions, &args.inputs, args.rate)?;
+            eprintln!(
+                "published {} records to `{}` in {:.2}s ({:.0}/s); per partition: {:?}",
+                report.records,
+                args.topic,
+                report.seconds,
+                report.records as f64 / report.seconds.max(1e-9),
+                report.per_partition
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Gen(args) => {
             let options = GenOptions {

@@ -28,6 +28,8 @@ pub struct Counts {
     pub dlq: [u64; Reason::ALL.len()],
     /// Users with a view.
     pub users: u64,
+    /// Records only archived (jobs that only archive do not decode).
+    pub archived: u64,
 }
 
 impl Counts {
@@ -43,6 +45,7 @@ impl Counts {
             *a += b;
         }
         self.users += other.users;
+        self.archived += other.archived;
     }
 
     /// All dead letters.
@@ -57,7 +60,13 @@ impl Counts {
 
     /// Whether every record read has exactly one outcome.
     pub fn conserved(&self) -> bool {
-        self.read == self.applied + self.duplicates + self.ignored + self.late_dropped + self.dlq_total()
+        self.read == self.accounted()
+    }
+
+    /// Records with an outcome: `applied + duplicates + ignored + late_dropped +
+    /// sum(dlq)`, plus those only archived.
+    pub fn accounted(&self) -> u64 {
+        self.applied + self.duplicates + self.ignored + self.late_dropped + self.dlq_total() + self.archived
     }
 
     /// Dead letters by reason name.
@@ -92,9 +101,12 @@ pub struct Summary {
     pub dlq_total: u64,
     /// Users with a view.
     pub users: u64,
+    /// Records only archived (archive-only jobs).
+    pub archived: u64,
     /// The final watermark, in event-time seconds; `null` when nothing was read.
     pub watermark: Option<f64>,
-    /// Whether `read = applied + duplicates + ignored + late_dropped + dlq_total`.
+    /// Whether `read = applied + duplicates + ignored + late_dropped + dlq_total`
+    /// (`+ archived` for archive-only jobs).
     pub conserved: bool,
     /// Worker threads, over all processes.
     pub workers: usize,
@@ -130,6 +142,7 @@ impl Summary {
                 .collect(),
             dlq_total: counts.dlq_total(),
             users: counts.users,
+            archived: counts.archived,
             watermark,
             conserved: counts.conserved(),
             workers,

@@ -155,7 +155,18 @@ fn generate_partition(options: &GenOptions, partition: usize) -> Result<(PathBuf
     let parts = options.partitions as u64;
     let p = partition as u64;
     let count = options.events / parts + u64::from(p < options.events % parts);
-    let users_here = options.users / parts + u64::from(p < options.users % parts);
+    // A user's records go to the partition a producer keyed by user would choose, so a
+    // file published with `skewless produce` to as many partitions lands whole in one.
+    let users_here: Vec<u64> = (0..options.users)
+        .filter(|&u| {
+            crate::produce::partition_for(Some(&user_name(u)), options.partitions as i32, 0) as u64 == p
+        })
+        .collect();
+    if users_here.is_empty() {
+        return Err(GenError::Options(format!(
+            "no user hashes to partition {partition}: use more users"
+        )));
+    }
     let name = format!(
         "part-{partition:03}.jsonl{}",
         if options.gzip { ".gz" } else { "" }
@@ -184,25 +195,28 @@ fn generate_partition(options: &GenOptions, partition: usize) -> Result<(PathBuf
     Ok((path, count))
 }
 
+/// The `user_id` of user `u`.
+fn user_name(u: u64) -> String {
+    format!("user-{u}")
+}
+
 struct PartitionGen<'o> {
     o: &'o GenOptions,
     rng: ChaCha8Rng,
-    partition: u64,
     users: Option<Zipf<f64>>,
-    users_here: u64,
-    introduced: u64,
+    users_here: Vec<u64>,
+    introduced: usize,
     items: Zipf<f64>,
     clock: f64,
     recent: Vec<Vec<u8>>,
 }
 
 impl<'o> PartitionGen<'o> {
-    fn new(o: &'o GenOptions, partition: usize, users_here: u64) -> Self {
+    fn new(o: &'o GenOptions, partition: usize, users_here: Vec<u64>) -> Self {
         PartitionGen {
             o,
             rng: ChaCha8Rng::seed_from_u64(o.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ partition as u64),
-            partition: partition as u64,
-            users: (o.zipf > 0.0).then(|| Zipf::new(users_here as f64, o.zipf).expect("valid zipf")),
+            users: (o.zipf > 0.0).then(|| Zipf::new(users_here.len() as f64, o.zipf).expect("valid zipf")),
             users_here,
             introduced: 0,
             items: Zipf::new(o.items as f64, 1.1).expect("valid zipf"),
@@ -214,15 +228,15 @@ impl<'o> PartitionGen<'o> {
     /// The next event's user: each of the partition's users once, then by the
     /// distribution, so a log of N users really holds N users.
     fn user(&mut self) -> u64 {
-        if self.introduced < self.users_here {
+        if self.introduced < self.users_here.len() {
             self.introduced += 1;
-            return (self.introduced - 1) * self.o.partitions as u64 + self.partition;
+            return self.users_here[self.introduced - 1];
         }
         let rank = match &self.users {
-            Some(zipf) => zipf.sample(&mut self.rng) as u64 - 1,
-            None => self.rng.random_range(0..self.users_here),
+            Some(zipf) => zipf.sample(&mut self.rng) as usize - 1,
+            None => self.rng.random_range(0..self.users_here.len()),
         };
-        rank * self.o.partitions as u64 + self.partition
+        self.users_here[rank]
     }
 
     fn uuid(&mut self) -> String {
@@ -260,7 +274,7 @@ impl<'o> PartitionGen<'o> {
         if !late {
             self.clock = self.clock.max(time);
         }
-        let user = self.user();
+        let user = user_name(self.user());
         let id = self.uuid();
         let session = self.rng.random_range(0..1_000_000u32);
         let instance = self.rng.random_range(0..8u32);
@@ -312,7 +326,7 @@ impl<'o> PartitionGen<'o> {
             format!(r#","payload":{payload}"#)
         };
         let text = format!(
-            r#"{{"event_id":"{id}","event_type":"{event_type}","event_version":"{version}","event_time":{time},"ingestion_time":{ingest},"source_service":"web","source_instance":"web-{instance}","session_id":"s-{session}","user_id":"user-{user}"{payload_field}}}"#,
+            r#"{{"event_id":"{id}","event_type":"{event_type}","event_version":"{version}","event_time":{time},"ingestion_time":{ingest},"source_service":"web","source_instance":"web-{instance}","session_id":"s-{session}","user_id":"{user}"{payload_field}}}"#,
             ingest = ((time + 0.25) * 1000.0).round() / 1000.0,
         );
         if self.rng.random_bool(o.malformed) {

@@ -89,6 +89,17 @@ impl Clocks {
         self.clocks[partition].last_record = now;
     }
 
+    /// How long since any partition that is not finished gave a record (the shortest
+    /// such wait); `Duration::MAX` when every partition is finished.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        self.clocks
+            .iter()
+            .filter(|c| c.status != PartitionStatus::Finished)
+            .map(|c| now.saturating_duration_since(c.last_record))
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
     /// Marks `partition` finished: it no longer holds the watermark back.
     pub fn finish(&mut self, partition: usize) {
         self.clocks[partition].status = PartitionStatus::Finished;

@@ -19,13 +19,89 @@ pub struct JobSection {
     pub name: Option<String>,
 }
 
-/// `[source]`: where records come from when no `--input` is given.
+/// `[source]`: where records come from when the command line names nothing.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
     /// Archived log partitions: files (`.jsonl`, `.jsonl.gz`), directories of segment
     /// files, or globs of either. Each path is one partition.
     pub files: Option<Vec<String>>,
+    /// `[source.kafka]`: read Kafka topics (used when `files` is empty or absent).
+    pub kafka: Option<KafkaSection>,
+}
+
+/// Where a Kafka source starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The group's committed offsets (earliest where none).
+    Committed,
+    /// The earliest retained offset.
+    Earliest,
+    /// The end: only new records.
+    Latest,
+    /// The first offset whose broker timestamp is at or after this time (ms since the epoch).
+    At(i64),
+}
+
+impl std::str::FromStr for StartPosition {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<StartPosition, String> {
+        match text {
+            "committed" => Ok(StartPosition::Committed),
+            "earliest" => Ok(StartPosition::Earliest),
+            "latest" => Ok(StartPosition::Latest),
+            time => humantime::parse_rfc3339_weak(time)
+                .map_err(|_| {
+                    format!("invalid start `{time}`: write committed, earliest, latest or an RFC 3339 time")
+                })
+                .and_then(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| StartPosition::At(d.as_millis() as i64))
+                        .map_err(|_| format!("start `{time}` is before 1970"))
+                }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StartPosition {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<StartPosition, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How far behind a consumer group may be before `skewless lag` fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LagTolerance {
+    /// Messages behind the end offset, per partition.
+    pub messages: Option<u64>,
+    /// Event time behind the newest message, per partition.
+    pub event_time: Option<Span>,
+}
+
+/// `[source.kafka]`: Kafka topics as the job's partitions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap brokers, `host:port[,host:port]`.
+    pub brokers: Option<String>,
+    /// Topics to read; every partition of each is one partition of the job.
+    pub topics: Option<Vec<String>>,
+    /// The consumer group offsets are committed under. Default: `skewless-<job>`.
+    pub group: Option<String>,
+    /// Where to start: `committed`, `earliest`, `latest` or an RFC 3339 time. Default:
+    /// `earliest` for jobs with state (they rebuild it from the log), `committed` for
+    /// archive-only jobs.
+    pub start: Option<StartPosition>,
+    /// librdkafka settings passed through (`security.protocol`, `sasl.*`, `ssl.*`).
+    /// Secret values never appear in logs or errors.
+    pub options: Option<BTreeMap<String, String>>,
+    /// When `skewless lag` reports the group as behind. Default: 10000 messages.
+    pub lag_tolerance: Option<LagTolerance>,
+    /// How often durable offsets are committed. Default: 1 s.
+    pub commit_interval: Option<Span>,
 }
 
 /// `[limits]`: what a single record may cost.
@@ -35,6 +111,9 @@ pub struct LimitsSection {
     /// Records larger than this many bytes are dead-lettered as `oversized`.
     /// Default: [`super::DEFAULT_MAX_EVENT_BYTES`] (1 MiB).
     pub max_event_bytes: Option<u64>,
+    /// Retries of a retryable failure (backoff 1 s doubling, at most 60 s) before it is
+    /// dead-lettered. Default: 3.
+    pub max_retries: Option<u32>,
 }
 
 /// What happens to an event that arrives after the lateness bound.
@@ -78,6 +157,40 @@ pub struct SinksSection {
     pub dlq: Option<String>,
     /// Where the run summary is written. Default: `out/<job>/summary.json`.
     pub summary: Option<String>,
+    /// How often a run over Kafka writes the views of the users that changed.
+    /// Default: 50 ms.
+    pub flush_interval: Option<Span>,
+    /// The Kafka topic for dead letters when the job reads Kafka. Default: the first
+    /// input topic's name with `.dlq` appended.
+    pub dlq_topic: Option<String>,
+    /// `[sinks.redis]`: the online store.
+    pub redis: Option<RedisSection>,
+    /// `[sinks.archive]`: every record read, as segment files a backfill reads back.
+    pub archive: Option<ArchiveSection>,
+}
+
+/// `[sinks.redis]`: views in Redis, one key per user.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://host:port[/db]`.
+    pub url: Option<String>,
+    /// Key prefix; a view lives at `<prefix><user_id>`. Default: `user_state:`.
+    pub key_prefix: Option<String>,
+    /// Expiry of each key, refreshed on every write. Default: 30 days.
+    pub ttl: Option<Span>,
+}
+
+/// `[sinks.archive]`: segment files `<dir>/<topic>/<partition>/<first-offset>.jsonl.gz`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSection {
+    /// The archive's root directory.
+    pub dir: Option<String>,
+    /// A segment is closed once it holds this many (uncompressed) bytes. Default: 64 MiB.
+    pub roll_bytes: Option<u64>,
+    /// A segment is closed this long after it was opened. Default: 5 minutes.
+    pub roll_interval: Option<Span>,
 }
 
 /// The JSON type a payload field must have.

@@ -20,13 +20,16 @@ use serde::de::IntoDeserializer;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::broker::BrokerSettings;
 use crate::features::FeatureSpec;
 use crate::schema::Registry;
 use duration::Span;
 pub use file::LatePolicy;
 use file::{
-    EventDecl, FeatureDecl, JobSection, LimitsSection, SinksSection, SourceSection, StateDecl, TimeSection,
+    ArchiveSection, EventDecl, FeatureDecl, JobSection, KafkaSection, LimitsSection, RedisSection,
+    SinksSection, SourceSection, StateDecl, TimeSection,
 };
+pub use file::{LagTolerance, StartPosition};
 
 /// Default `limits.max_event_bytes`: 1 MiB.
 pub const DEFAULT_MAX_EVENT_BYTES: u64 = 1 << 20;
@@ -36,6 +39,14 @@ pub const DEFAULT_ALLOWED_LATENESS: Span = Span::secs(5);
 pub const DEFAULT_DEDUP_HORIZON: Span = Span::secs(24 * 3600);
 /// Default `time.idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Span = Span::secs(10);
+/// Default `limits.max_retries`.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Default `sinks.flush_interval`.
+pub const DEFAULT_FLUSH_INTERVAL: Span = Span(std::time::Duration::from_millis(50));
+/// Default `source.kafka.brokers`.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+/// Default `source.kafka.lag_tolerance.messages`.
+pub const DEFAULT_LAG_TOLERANCE_MESSAGES: u64 = 10_000;
 /// How deep `extends` chains may go.
 const MAX_EXTENDS_DEPTH: usize = 8;
 
@@ -58,6 +69,49 @@ pub struct Job {
     pub registry: Registry,
     /// Per-user state and features.
     pub features: FeatureSpec,
+    /// Retries of a retryable failure before it is dead-lettered.
+    pub max_retries: u32,
+    /// The Kafka source, when the job reads Kafka.
+    pub kafka: Option<KafkaJob>,
+}
+
+/// A job's Kafka source.
+#[derive(Debug, Clone)]
+pub struct KafkaJob {
+    /// Brokers and pass-through options.
+    pub settings: BrokerSettings,
+    /// Topics read.
+    pub topics: Vec<String>,
+    /// Consumer group.
+    pub group: String,
+    /// Where to start; `None` for the default (earliest, or committed when stateless).
+    pub start: Option<StartPosition>,
+    /// When the group counts as behind.
+    pub lag_tolerance: LagTolerance,
+    /// How often durable offsets are committed.
+    pub commit_interval: Span,
+}
+
+/// A job's Redis view sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSink {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Key prefix.
+    pub key_prefix: String,
+    /// Key expiry.
+    pub ttl: Span,
+}
+
+/// A job's archive sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchiveSink {
+    /// Root directory.
+    pub dir: PathBuf,
+    /// Segment size limit (uncompressed bytes).
+    pub roll_bytes: u64,
+    /// Segment age limit.
+    pub roll_interval: Span,
 }
 
 /// The event-time policy of a job.
@@ -84,6 +138,14 @@ pub struct SinkPaths {
     pub dlq: Option<PathBuf>,
     /// Run summary (JSON).
     pub summary: Option<PathBuf>,
+    /// How often changed views are written in runs over Kafka.
+    pub flush_interval: Span,
+    /// The Kafka dead-letter topic; `None` for `<first topic>.dlq`.
+    pub dlq_topic: Option<String>,
+    /// The Redis view sink.
+    pub redis: Option<RedisSink>,
+    /// The archive sink.
+    pub archive: Option<ArchiveSink>,
 }
 
 /// One problem in a job file, located by file, line, column and key.
@@ -229,6 +291,11 @@ impl Job {
     /// Allowed lateness in seconds.
     pub fn allowed_lateness_secs(&self) -> f64 {
         self.time.allowed_lateness.as_secs_f64()
+    }
+
+    /// Whether the job only archives what it reads (no schemas, no state).
+    pub fn archive_only(&self) -> bool {
+        self.registry.types().is_empty() && self.sinks.archive.is_some()
     }
 }
 
@@ -414,7 +481,9 @@ fn merge(layers: Vec<(usize, Layer)>) -> Merged {
         } = layer;
         overlay(&mut merged.job.name, job.name);
         overlay(&mut merged.source.files, source.files);
+        merge_kafka(&mut merged.source.kafka, source.kafka);
         overlay(&mut merged.limits.max_event_bytes, limits.max_event_bytes);
+        overlay(&mut merged.limits.max_retries, limits.max_retries);
         overlay(&mut merged.time.allowed_lateness, time.allowed_lateness);
         overlay(&mut merged.time.late_policy, time.late_policy);
         overlay(&mut merged.time.dedup_horizon, time.dedup_horizon);
@@ -423,6 +492,10 @@ fn merge(layers: Vec<(usize, Layer)>) -> Merged {
         overlay(&mut merged.sinks.views_jsonl, sinks.views_jsonl);
         overlay(&mut merged.sinks.dlq, sinks.dlq);
         overlay(&mut merged.sinks.summary, sinks.summary);
+        overlay(&mut merged.sinks.flush_interval, sinks.flush_interval);
+        overlay(&mut merged.sinks.dlq_topic, sinks.dlq_topic);
+        merge_redis(&mut merged.sinks.redis, sinks.redis);
+        merge_archive(&mut merged.sinks.archive, sinks.archive);
         if let Some(value) = events {
             merged.events = Some(Located { file, value });
         }
@@ -442,6 +515,32 @@ fn overlay<T>(base: &mut Option<T>, over: Option<T>) {
     }
 }
 
+/// Overlays a nested section field by field.
+macro_rules! merge_section {
+    ($name:ident, $section:ty, [$($field:ident),*]) => {
+        fn $name(base: &mut Option<$section>, over: Option<$section>) {
+            let Some(over) = over else { return };
+            let base = base.get_or_insert_with(Default::default);
+            $(overlay(&mut base.$field, over.$field);)*
+        }
+    };
+}
+merge_section!(
+    merge_kafka,
+    KafkaSection,
+    [
+        brokers,
+        topics,
+        group,
+        start,
+        options,
+        lag_tolerance,
+        commit_interval
+    ]
+);
+merge_section!(merge_redis, RedisSection, [url, key_prefix, ttl]);
+merge_section!(merge_archive, ArchiveSection, [dir, roll_bytes, roll_interval]);
+
 fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Problems) -> Option<Job> {
     let leaf = &files[0];
     let name = merged.job.name.clone().unwrap_or_else(|| {
@@ -449,18 +548,30 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "job".into())
     });
-    let Some(events) = merged.events else {
-        problems.at(leaf, 0..0, "events", "the job declares no `[[events]]` schemas");
-        return None;
-    };
-    let Some(state) = merged.state else {
-        problems.at(
-            leaf,
-            0..0,
-            "state",
-            "the job declares no `[[state]]` aggregations",
-        );
-        return None;
+    // A job with neither schemas nor state only archives what it reads.
+    let archive_only = merged.events.is_none() && merged.state.is_none() && merged.sinks.archive.is_some();
+    let (events, state) = match (merged.events, merged.state) {
+        (Some(events), Some(state)) => (events, state),
+        (None, None) if archive_only => (
+            Located {
+                file: 0,
+                value: Vec::new(),
+            },
+            Located {
+                file: 0,
+                value: Vec::new(),
+            },
+        ),
+        (None, _) => {
+            let message = "the job declares no `[[events]]` schemas (only an archive-only job may)";
+            problems.at(leaf, 0..0, "events", message);
+            return None;
+        }
+        (_, None) => {
+            let message = "the job declares no `[[state]]` aggregations (only an archive-only job may)";
+            problems.at(leaf, 0..0, "state", message);
+            return None;
+        }
     };
     let features = merged.features.unwrap_or(Located {
         file: state.file,
@@ -480,9 +591,48 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
         views_jsonl: sink_path(merged.sinks.views_jsonl, None),
         dlq: sink_path(merged.sinks.dlq, Some("dlq.jsonl")),
         summary: sink_path(merged.sinks.summary, Some("summary.json")),
+        flush_interval: merged.sinks.flush_interval.unwrap_or(DEFAULT_FLUSH_INTERVAL),
+        dlq_topic: merged.sinks.dlq_topic,
+        redis: merged.sinks.redis.map(|redis| RedisSink {
+            url: redis.url.unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
+            key_prefix: redis.key_prefix.unwrap_or_else(|| "user_state:".to_owned()),
+            ttl: redis.ttl.unwrap_or(Span::secs(30 * 86_400)),
+        }),
+        archive: match merged.sinks.archive {
+            None => None,
+            Some(ArchiveSection { dir: None, .. }) => {
+                problems.at(leaf, 0..0, "sinks.archive.dir", "an archive needs `dir`");
+                None
+            }
+            Some(ArchiveSection {
+                dir: Some(dir),
+                roll_bytes,
+                roll_interval,
+            }) => Some(ArchiveSink {
+                dir: PathBuf::from(dir),
+                roll_bytes: roll_bytes.unwrap_or(64 << 20),
+                roll_interval: roll_interval.unwrap_or(Span::secs(300)),
+            }),
+        },
     };
+    let kafka = merged.source.kafka.map(|kafka| KafkaJob {
+        settings: BrokerSettings {
+            brokers: kafka.brokers.unwrap_or_else(|| DEFAULT_BROKERS.to_owned()),
+            options: kafka.options.unwrap_or_default(),
+        },
+        topics: kafka.topics.unwrap_or_default(),
+        group: kafka.group.unwrap_or_else(|| format!("skewless-{name}")),
+        start: kafka.start,
+        lag_tolerance: kafka.lag_tolerance.unwrap_or(LagTolerance {
+            messages: Some(DEFAULT_LAG_TOLERANCE_MESSAGES),
+            event_time: None,
+        }),
+        commit_interval: kafka.commit_interval.unwrap_or(Span::secs(1)),
+    });
 
     Some(Job {
+        max_retries: merged.limits.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+        kafka,
         name,
         path: path.to_owned(),
         inputs: merged.source.files.unwrap_or_default(),

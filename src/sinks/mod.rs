@@ -2,20 +2,33 @@
 //!
 //! A view sink takes batches of [`ViewRecord`]s and keeps what it wants of them: online
 //! stores write the views that `changed`, the JSONL snapshot writes the `snapshot`.
-//! A dead-letter sink writes [`DeadLetter`]s. The writing operators flush their sinks
-//! whenever their input frontier moves past data they wrote, so everything before the
-//! frontier is durable; `finish` runs once, at the end of the input.
+//! A dead-letter sink writes [`DeadLetter`]s.
+//!
+//! # Contract
+//! The writing operators hold a capability for every time they wrote and have not yet
+//! made durable, and flush once their input frontier has passed it. So the frontier
+//! after the dead-letter writer (which also receives the view writers' dead letters)
+//! passes a time only when every output derived from records before it is durable:
+//! that is what offsets are committed against.
 
+pub mod archive;
 pub mod dlq_file;
+pub mod dlq_kafka;
 pub mod jsonl;
+pub mod redis;
 pub mod sqlite;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use std::time::Duration;
+
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::dead_letter::DeadLetter;
 use crate::event::Millis;
@@ -45,93 +58,191 @@ pub enum SinkError {
     Store(String),
 }
 
+/// Whether a sink's writes so far are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Everything written is durable (or dead-lettered).
+    Done,
+    /// Some writes are still waiting; ask again after this long.
+    Pending(Duration),
+}
+
 /// Somewhere views are written.
 pub trait ViewSink {
-    /// Writes a batch; it may be buffered until the next [`ViewSink::flush`].
-    fn write(&mut self, views: &[ViewRecord]) -> Result<(), SinkError>;
-    /// Makes everything written so far durable.
-    fn flush(&mut self) -> Result<(), SinkError> {
-        Ok(())
+    /// Writes a batch; it may be buffered until the next [`ViewSink::flush`]. Views
+    /// the sink gives up on go to `dead` as dead letters.
+    fn write(&mut self, views: &[ViewRecord], dead: &mut Vec<DeadLetter>) -> Result<(), SinkError>;
+    /// Makes everything written so far durable, or says when to ask again.
+    fn flush(&mut self, dead: &mut Vec<DeadLetter>) -> Result<Durability, SinkError> {
+        let _ = dead;
+        Ok(Durability::Done)
     }
-    /// Called once at the end of the input; durable on return.
-    fn finish(&mut self) -> Result<(), SinkError> {
-        self.flush()
+    /// Called once at the end of the input: everything written must be durable or
+    /// dead-lettered when it returns.
+    fn finish(&mut self, dead: &mut Vec<DeadLetter>) -> Result<(), SinkError> {
+        self.flush(dead).map(|_| ())
     }
 }
 
 /// Somewhere dead letters are written.
 pub trait DeadLetterSink {
-    /// Writes a batch; it is durable when this returns.
+    /// Writes a batch; it may be buffered until the next [`DeadLetterSink::flush`].
     fn write(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError>;
+    /// Makes everything written so far durable.
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// The first sink failure of a worker.
 pub type SinkFailure = Rc<RefCell<Option<SinkError>>>;
 
-/// Writing streams into sinks.
-pub trait WriteSinks {
-    /// Writes every batch into each of `sinks`, in order; a failure is recorded in
+/// Writing views into sinks.
+pub trait WriteViews<'s> {
+    /// Writes every batch into each of `sinks`, in order. The returned stream carries
+    /// the views the sinks gave up on, as dead letters; its frontier passes a time only
+    /// once every view before it is durable or dead-lettered. A failure is recorded in
     /// `failure` and stops the writing.
-    fn write_views(self, sinks: Vec<Box<dyn ViewSink>>, failure: SinkFailure);
+    fn write_views(
+        self,
+        sinks: Vec<Box<dyn ViewSink>>,
+        failure: SinkFailure,
+    ) -> Stream<'s, Millis, Vec<DeadLetter>>;
 }
 
 /// Writing dead letters.
-pub trait WriteDeadLetters {
-    /// Writes every batch into `sink`.
-    fn write_dead_letters(self, sink: Box<dyn DeadLetterSink>, failure: SinkFailure);
+pub trait WriteDeadLetters<'s> {
+    /// Writes every batch into `sink`. The returned (empty) stream's frontier passes a
+    /// time once every dead letter before it is durable: probe it to know what is safe
+    /// to commit.
+    fn write_dead_letters(
+        self,
+        sink: Box<dyn DeadLetterSink>,
+        failure: SinkFailure,
+    ) -> Stream<'s, Millis, Vec<()>>;
 }
 
-impl WriteSinks for Stream<'_, Millis, Vec<ViewRecord>> {
-    fn write_views(self, mut sinks: Vec<Box<dyn ViewSink>>, failure: SinkFailure) {
-        let mut finished = false;
-        // The latest time of a batch written but not yet flushed.
-        let mut unflushed: Option<Millis> = None;
-        self.sink(Pipeline, "WriteViews", move |(input, frontier)| {
-            input.for_each(|cap, views| {
-                if failure.borrow().is_some() {
-                    return;
-                }
-                let time = *cap.least().expect("totally ordered time");
-                unflushed = Some(unflushed.map_or(time, |t: Millis| t.max(time)));
-                for sink in sinks.iter_mut() {
-                    if let Err(error) = sink.write(views) {
-                        *failure.borrow_mut() = Some(error);
+impl<'s> WriteViews<'s> for Stream<'s, Millis, Vec<ViewRecord>> {
+    fn write_views(
+        self,
+        mut sinks: Vec<Box<dyn ViewSink>>,
+        failure: SinkFailure,
+    ) -> Stream<'s, Millis, Vec<DeadLetter>> {
+        let scope = self.scope();
+        let mut builder = OperatorBuilder::new("WriteViews".to_owned(), scope);
+        let activator = scope.activator_for(builder.operator_info().address);
+        let mut input = builder.new_input(self, Pipeline);
+        let (output, stream) = builder.new_output::<Vec<DeadLetter>>();
+        let mut output = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(output);
+        builder.build(move |_capabilities| {
+            // Times written but not yet durable, held so downstream frontiers wait.
+            let mut held: Vec<Capability<Millis>> = Vec::new();
+            let mut finished = false;
+            let mut dead = Vec::new();
+            move |frontiers| {
+                let mut output = output.activate();
+                input.for_each(|cap, views| {
+                    if failure.borrow().is_some() {
                         return;
                     }
+                    let Some(cap) = cap.retain_least(0) else { return };
+                    for sink in sinks.iter_mut() {
+                        if let Err(error) = sink.write(views, &mut dead) {
+                            *failure.borrow_mut() = Some(error);
+                            return;
+                        }
+                    }
+                    if !dead.is_empty() {
+                        output.session(&cap).give_container(&mut dead);
+                    }
+                    held.push(cap);
+                });
+                if failure.borrow().is_some() {
+                    held.clear();
+                    return;
                 }
-            });
-            if failure.borrow().is_some() || finished {
-                return;
-            }
-            let passed = |time: Millis| frontier.frontier().iter().all(|f| *f > time);
-            let result = if frontier.is_empty() {
-                finished = true;
-                sinks.iter_mut().try_for_each(|sink| sink.finish())
-            } else if unflushed.is_some_and(passed) {
-                unflushed = None;
-                sinks.iter_mut().try_for_each(|sink| sink.flush())
-            } else {
-                Ok(())
-            };
-            if let Err(error) = result {
-                *failure.borrow_mut() = Some(error);
+                let frontier = &frontiers[0];
+                if frontier.is_empty() && !finished {
+                    finished = true;
+                    for sink in sinks.iter_mut() {
+                        if let Err(error) = sink.finish(&mut dead) {
+                            *failure.borrow_mut() = Some(error);
+                        }
+                    }
+                    if let Some(cap) = held.first() {
+                        output.session(cap).give_container(&mut dead);
+                    }
+                    held.clear();
+                    return;
+                }
+                // Flush once the input has passed a held time: nothing more comes for it.
+                if held.iter().any(|cap| !frontier.less_equal(cap.time())) {
+                    let mut ready = true;
+                    for sink in sinks.iter_mut() {
+                        match sink.flush(&mut dead) {
+                            Ok(Durability::Done) => {}
+                            Ok(Durability::Pending(after)) => {
+                                ready = false;
+                                activator.activate_after(after);
+                            }
+                            Err(error) => {
+                                *failure.borrow_mut() = Some(error);
+                                held.clear();
+                                return;
+                            }
+                        }
+                    }
+                    if let Some(cap) = held.first() {
+                        output.session(cap).give_container(&mut dead);
+                    }
+                    if ready {
+                        held.retain(|cap| frontier.less_equal(cap.time()));
+                    }
+                }
             }
         });
+        stream
     }
 }
 
-impl WriteDeadLetters for Stream<'_, Millis, Vec<DeadLetter>> {
-    fn write_dead_letters(self, mut sink: Box<dyn DeadLetterSink>, failure: SinkFailure) {
-        self.sink(Pipeline, "WriteDeadLetters", move |(input, _frontier)| {
-            input.for_each(|_cap, letters| {
+impl<'s> WriteDeadLetters<'s> for Stream<'s, Millis, Vec<DeadLetter>> {
+    fn write_dead_letters(
+        self,
+        mut sink: Box<dyn DeadLetterSink>,
+        failure: SinkFailure,
+    ) -> Stream<'s, Millis, Vec<()>> {
+        let scope = self.scope();
+        let mut builder = OperatorBuilder::new("WriteDeadLetters".to_owned(), scope);
+        let mut input = builder.new_input(self, Pipeline);
+        let (_output, stream) = builder.new_output::<Vec<()>>();
+        builder.build(move |_capabilities| {
+            let mut held: Vec<Capability<Millis>> = Vec::new();
+            move |frontiers| {
+                input.for_each(|cap, letters| {
+                    if failure.borrow().is_some() {
+                        return;
+                    }
+                    if let Err(error) = sink.write(letters) {
+                        *failure.borrow_mut() = Some(error);
+                        return;
+                    }
+                    held.extend(cap.retain_least(0));
+                });
+                let frontier = &frontiers[0];
+                if held.iter().any(|cap| !frontier.less_equal(cap.time()))
+                    || (frontier.is_empty() && !held.is_empty())
+                {
+                    if let Err(error) = sink.flush() {
+                        failure.borrow_mut().get_or_insert(error);
+                    }
+                    held.retain(|cap| frontier.less_equal(cap.time()));
+                }
                 if failure.borrow().is_some() {
-                    return;
+                    held.clear();
                 }
-                if let Err(error) = sink.write(letters) {
-                    *failure.borrow_mut() = Some(error);
-                }
-            });
+            }
         });
+        stream
     }
 }
 

@@ -81,6 +81,8 @@ struct PartitionReader {
     partition: FilePartition,
     next_segment: usize,
     open: Option<Open>,
+    /// Records handed out so far, over all segments.
+    records: i64,
 }
 
 /// Reads file partitions.
@@ -99,6 +101,7 @@ impl FileSource {
                     partition,
                     next_segment: 0,
                     open: None,
+                    records: 0,
                 })
                 .collect(),
             line_limit: max_event_bytes,
@@ -179,8 +182,13 @@ impl Source for FileSource {
                 broker_timestamp_ms: None,
             });
             count += 1;
+            reader.records += 1;
         }
         Ok(Read::Records(count))
+    }
+
+    fn position(&self, partition: usize) -> i64 {
+        self.partitions[partition].records
     }
 }
 

@@ -6,7 +6,10 @@
 //! which is what makes a backfill of an archive give the same answer as the live run.
 
 pub mod file;
+pub mod kafka;
 pub mod lines;
+
+use std::sync::Arc;
 
 use crate::dead_letter::Origin;
 
@@ -82,6 +85,9 @@ pub enum SourceError {
     /// A broker-side failure that retries could not fix.
     #[error("{0}")]
     Broker(String),
+    /// The archive of what was read could not be written.
+    #[error("archive: {0}")]
+    Archive(String),
 }
 
 /// The partitions one worker reads.
@@ -97,4 +103,20 @@ pub trait Source {
         max: usize,
         emit: &mut dyn FnMut(Record<'_>),
     ) -> Result<Read, SourceError>;
+
+    /// Where `partition` stands: the position after the last record handed out (a
+    /// Kafka offset; for files, the number of records read). -1 before any record.
+    fn position(&self, partition: usize) -> i64;
+
+    /// Everything before these `(partition, position)`s has durable outputs: record it
+    /// (Kafka commits the offsets under the job's group). Files keep no such record.
+    fn commit(&mut self, positions: &[(usize, i64)]) -> Result<(), SourceError> {
+        let _ = positions;
+        Ok(())
+    }
+
+    /// Asks the source to call `waker` when a partition that was empty has records.
+    fn set_waker(&mut self, waker: Arc<dyn Fn() + Send + Sync>) {
+        let _ = waker;
+    }
 }

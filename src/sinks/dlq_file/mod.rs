@@ -41,6 +41,18 @@ impl DeadLetterSink for DeadLetterFile {
             out.write_all(letter.to_json().as_bytes()).map_err(err)?;
             out.write_all(b"\n").map_err(err)?;
         }
-        out.flush().map_err(err)
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        let err = |source| SinkError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        self.out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .flush()
+            .map_err(err)
     }
 }

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{SinkError, ViewSink, create_parent};
+use crate::dead_letter::DeadLetter;
 use crate::fold::ViewRecord;
 
 /// One worker's part of the snapshot.
@@ -45,7 +46,7 @@ impl JsonlPart {
 }
 
 impl ViewSink for JsonlPart {
-    fn write(&mut self, views: &[ViewRecord]) -> Result<(), SinkError> {
+    fn write(&mut self, views: &[ViewRecord], _dead: &mut Vec<DeadLetter>) -> Result<(), SinkError> {
         for view in views.iter().filter(|v| v.snapshot) {
             let mut line = view.to_json();
             line.push('\n');
@@ -56,7 +57,7 @@ impl ViewSink for JsonlPart {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), SinkError> {
+    fn finish(&mut self, _dead: &mut Vec<DeadLetter>) -> Result<(), SinkError> {
         self.out.flush().map_err(io_error(&self.path))?;
         self.out.get_ref().sync_all().map_err(io_error(&self.path))
     }
@@ -153,10 +154,11 @@ mod tests {
         let path = dir.path().join("views.jsonl");
         let mut a = JsonlPart::create(&path, 0).unwrap();
         let mut b = JsonlPart::create(&path, 1).unwrap();
-        a.write(&[view("a"), view("c"), view("e\"q")]).unwrap();
-        b.write(&[view("b"), view("d")]).unwrap();
-        a.finish().unwrap();
-        b.finish().unwrap();
+        a.write(&[view("a"), view("c"), view("e\"q")], &mut Vec::new())
+            .unwrap();
+        b.write(&[view("b"), view("d")], &mut Vec::new()).unwrap();
+        a.finish(&mut Vec::new()).unwrap();
+        b.finish(&mut Vec::new()).unwrap();
         merge_parts(&path, 0..2).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let users: Vec<String> = text.lines().map(line_key).collect();

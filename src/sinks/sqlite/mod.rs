@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 
 use rusqlite::{Connection, params};
 
-use super::{SinkError, ViewSink, create_parent};
+use super::{Durability, SinkError, ViewSink, create_parent};
+use crate::dead_letter::DeadLetter;
 use crate::fold::ViewRecord;
 
 /// Rows per transaction while batches keep coming.
@@ -97,7 +98,7 @@ impl SqliteViews {
 }
 
 impl ViewSink for SqliteViews {
-    fn write(&mut self, views: &[ViewRecord]) -> Result<(), SinkError> {
+    fn write(&mut self, views: &[ViewRecord], _dead: &mut Vec<DeadLetter>) -> Result<(), SinkError> {
         let rows: Vec<Row> = views
             .iter()
             .filter(|v| v.changed)
@@ -114,11 +115,11 @@ impl ViewSink for SqliteViews {
         self.commands.send(Command::Rows(rows)).map_err(|_| self.gone())
     }
 
-    fn flush(&mut self) -> Result<(), SinkError> {
+    fn flush(&mut self, _dead: &mut Vec<DeadLetter>) -> Result<Durability, SinkError> {
         let (ack, done) = sync_channel(1);
         self.commands.send(Command::Flush(ack)).map_err(|_| self.gone())?;
         match done.recv() {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok(Durability::Done),
             Ok(Err(message)) => Err(SinkError::Store(message)),
             Err(_) => Err(self.gone()),
         }
@@ -210,13 +211,13 @@ mod tests {
         let mut store = SqliteViews::open(&path).unwrap();
         let mut other_worker = store.clone();
         store
-            .write(&[view("a", 1.0, true), view("b", 1.0, false)])
+            .write(&[view("a", 1.0, true), view("b", 1.0, false)], &mut Vec::new())
             .unwrap();
         other_worker
-            .write(&[view("a", 2.5, true), view("c", 2.0, true)])
+            .write(&[view("a", 2.5, true), view("c", 2.0, true)], &mut Vec::new())
             .unwrap();
-        other_worker.flush().unwrap();
-        store.flush().unwrap();
+        other_worker.flush(&mut Vec::new()).unwrap();
+        store.flush(&mut Vec::new()).unwrap();
         let connection = Connection::open(&path).unwrap();
         let rows: Vec<(String, f64, String)> = connection
             .prepare("SELECT user_id, as_of, features FROM user_features ORDER BY user_id")

@@ -1,0 +1,229 @@
+//! Kafka topics as partitions: one consumer per worker, assigned its share of the
+//! topics' partitions (no group rebalancing: the split is the same on every run, so
+//! each user's state stays with one worker). Offsets are committed under the job's
+//! group, but only for records whose outputs are durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Statistics};
+
+use super::{Read, Record, Source, SourceError};
+use crate::broker::{BrokerError, BrokerSettings, REQUEST_TIMEOUT};
+use crate::job::StartPosition;
+
+/// Receives `(topic, partition, consumer lag)` from librdkafka's statistics.
+pub type LagReport = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
+
+/// The consumer's context: receives librdkafka statistics for lag metrics.
+#[derive(Clone, Default)]
+pub struct SourceContext {
+    lag: Option<LagReport>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(report) = &self.lag else { return };
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    report(topic, *partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+struct Assigned {
+    topic: String,
+    partition: i32,
+    queue: rdkafka::consumer::base_consumer::PartitionQueue<SourceContext>,
+    /// The offset after the last record handed out.
+    next: i64,
+}
+
+/// One worker's Kafka partitions.
+pub struct KafkaSource {
+    settings: BrokerSettings,
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    assigned: Vec<Assigned>,
+}
+
+impl KafkaSource {
+    /// A consumer in `group` reading `partitions` from `start`. `on_lag` receives the
+    /// consumer lag per partition from librdkafka's statistics.
+    pub fn open(
+        settings: &BrokerSettings,
+        group: &str,
+        partitions: &[(String, i32)],
+        start: StartPosition,
+        on_lag: Option<LagReport>,
+    ) -> Result<KafkaSource, SourceError> {
+        let broker = |e: rdkafka::error::KafkaError| SourceError::Broker(settings.describe(&e));
+        let config = settings.client_config(&[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            // Freshness: do not wait half a second for a fetch to fill up.
+            ("fetch.wait.max.ms", "20"),
+            (
+                "statistics.interval.ms",
+                if on_lag.is_some() { "5000" } else { "0" },
+            ),
+        ]);
+        let context = SourceContext { lag: on_lag };
+        let consumer: BaseConsumer<SourceContext> = config.create_with_context(context).map_err(broker)?;
+        let consumer = Arc::new(consumer);
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+        }
+        let offsets = match start {
+            StartPosition::Earliest => uniform(&list, Offset::Beginning),
+            StartPosition::Latest => uniform(&list, Offset::End),
+            StartPosition::Committed => uniform(&list, Offset::Stored),
+            StartPosition::At(millis) => {
+                let mut times = TopicPartitionList::new();
+                for (topic, partition) in partitions {
+                    times
+                        .add_partition_offset(topic, *partition, Offset::Offset(millis))
+                        .map_err(broker)?;
+                }
+                consumer
+                    .offsets_for_times(times, REQUEST_TIMEOUT)
+                    .map_err(broker)?
+            }
+        };
+        consumer.assign(&offsets).map_err(broker)?;
+        let mut assigned = Vec::new();
+        for (topic, partition) in partitions {
+            let queue = consumer.split_partition_queue(topic, *partition).ok_or_else(|| {
+                SourceError::Broker(format!(
+                    "cannot read partition {partition} of `{topic}` on its own queue"
+                ))
+            })?;
+            assigned.push(Assigned {
+                topic: topic.clone(),
+                partition: *partition,
+                queue,
+                next: -1,
+            });
+        }
+        Ok(KafkaSource {
+            settings: settings.clone(),
+            consumer,
+            assigned,
+        })
+    }
+
+    fn classify(&self, error: &rdkafka::error::KafkaError) -> BrokerError {
+        BrokerError::classify(error, self.settings.describe(error))
+    }
+}
+
+fn uniform(list: &TopicPartitionList, offset: Offset) -> TopicPartitionList {
+    let mut out = list.clone();
+    out.set_all_offsets(offset)
+        .expect("partitions were added without offsets");
+    out
+}
+
+impl Source for KafkaSource {
+    fn partition_names(&self) -> Vec<String> {
+        self.assigned
+            .iter()
+            .map(|a| format!("{}/{}", a.topic, a.partition))
+            .collect()
+    }
+
+    fn read(
+        &mut self,
+        partition: usize,
+        max: usize,
+        emit: &mut dyn FnMut(Record<'_>),
+    ) -> Result<Read, SourceError> {
+        let mut count = 0;
+        while count < max {
+            let assigned = &self.assigned[partition];
+            match assigned.queue.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => {
+                    let offset = message.offset();
+                    emit(Record {
+                        bytes: message.payload().unwrap_or_default(),
+                        oversized_len: None,
+                        topic: &assigned.topic,
+                        partition: Some(assigned.partition),
+                        offset,
+                        key: message.key(),
+                        broker_timestamp_ms: message.timestamp().to_millis(),
+                    });
+                    self.assigned[partition].next = offset + 1;
+                    count += 1;
+                }
+                Some(Err(error)) => match self.classify(&error) {
+                    BrokerError::Retryable(text) => {
+                        tracing::warn!(partition = %self.partition_names()[partition], error = %text, "broker unavailable; retrying");
+                        break;
+                    }
+                    BrokerError::Fatal(text) => return Err(SourceError::Broker(text)),
+                },
+            }
+        }
+        // Serve the main queue: errors and statistics arrive there.
+        if let Some(Err(error)) = self.consumer.poll(Duration::ZERO) {
+            match self.classify(&error) {
+                BrokerError::Retryable(text) => tracing::warn!(error = %text, "broker unavailable; retrying"),
+                BrokerError::Fatal(text) => return Err(SourceError::Broker(text)),
+            }
+        }
+        Ok(if count == 0 {
+            Read::Empty
+        } else {
+            Read::Records(count)
+        })
+    }
+
+    fn position(&self, partition: usize) -> i64 {
+        self.assigned[partition].next
+    }
+
+    fn commit(&mut self, positions: &[(usize, i64)]) -> Result<(), SourceError> {
+        let mut list = TopicPartitionList::new();
+        for &(partition, next) in positions {
+            if next >= 0 {
+                let a = &self.assigned[partition];
+                list.add_partition_offset(&a.topic, a.partition, Offset::Offset(next))
+                    .map_err(|e| SourceError::Broker(self.settings.describe(&e)))?;
+            }
+        }
+        if list.count() == 0 {
+            return Ok(());
+        }
+        match self.consumer.commit(&list, CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            Err(error) => match self.classify(&error) {
+                // A later commit covers these offsets too.
+                BrokerError::Retryable(text) => {
+                    tracing::warn!(error = %text, "offset commit failed; a later commit will cover it");
+                    Ok(())
+                }
+                BrokerError::Fatal(text) => Err(SourceError::Broker(format!("committing offsets: {text}"))),
+            },
+        }
+    }
+
+    fn set_waker(&mut self, waker: Arc<dyn Fn() + Send + Sync>) {
+        for assigned in &mut self.assigned {
+            let waker = Arc::clone(&waker);
+            assigned.queue.set_nonempty_callback(move || waker());
+        }
+    }
+}
