@@ -42,7 +42,7 @@ pub fn to_millis(seconds: f64) -> Millis {
 pub struct Position {
     /// A stable hash of the partition's name (not of its place on the command line).
     pub partition: u64,
-    /// Kafka offset or line number.
+    /// The record's sequence in its partition (see [`crate::source::Record::sequence`]).
     pub offset: i64,
 }
 

@@ -189,15 +189,17 @@ struct Pending {
 }
 
 impl Pending {
-    /// When an event may be applied: once the frontier has passed its event time, or
-    /// for a late event, the time it was sent at.
+    /// When an event may be judged: once the frontier has passed both its event time
+    /// and the time it was sent at. Late events wait for their event time too, so a late
+    /// copy is never judged before an on-time copy read earlier from its partition (it
+    /// is then a duplicate, as the contract's order of checks says).
     fn ready_at(&self, event: &Event) -> Millis {
-        if event.late {
-            self.sent_at
-        } else {
-            to_millis(event.event_time).max(self.sent_at)
-        }
+        ready_at(self.sent_at, event)
     }
+}
+
+fn ready_at(sent_at: Millis, event: &Event) -> Millis {
+    to_millis(event.event_time).max(sent_at)
 }
 
 /// The fold's state on one worker.
@@ -268,13 +270,7 @@ impl Fold {
         self.pending = pending;
         self.pending.retain_mut(|batch| {
             let sent_at = batch.sent_at;
-            batch.events.retain(|e| {
-                (if e.late {
-                    sent_at
-                } else {
-                    to_millis(e.event_time).max(sent_at)
-                }) >= limit
-            });
+            batch.events.retain(|e| ready_at(sent_at, e) >= limit);
             !batch.events.is_empty()
         });
         if let Some(frontier) = frontier {

@@ -258,7 +258,7 @@ pub fn ingest<'s, S: Source + 'static>(
                                 }
                                 let position = Position {
                                     partition: partition_hashes[partition],
-                                    offset: record.offset,
+                                    offset: record.sequence,
                                 };
                                 let mut event = Event::accepted(event, position);
                                 if late {

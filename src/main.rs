@@ -9,8 +9,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use skewless::broker::BrokerSettings;
+use skewless::dlq::{self, DlqLocation};
 use skewless::job::duration::Span;
 use skewless::job::{Job, LatePolicy, StartPosition};
+use skewless::lag;
 use skewless::produce::produce_files;
 use skewless::run::{RunOptions, run};
 use skewless::synthetic::{GenOptions, generate};
@@ -42,6 +44,91 @@ enum Command {
     Gen(GenArgs),
     /// Publish log files to a Kafka topic, keyed by user_id (one user, one partition).
     Produce(ProduceArgs),
+    /// Inspect a dead-letter queue, or re-publish some of its records.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Show a job's consumer lag per partition; exit 1 when over its lag tolerance.
+    Lag {
+        /// The job file (its `source.kafka` names the topics, group and tolerance).
+        job: PathBuf,
+        /// Kafka brokers; overrides the job's.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Consumer group; overrides the job's.
+        #[arg(long)]
+        group: Option<String>,
+        /// A topic (repeatable); overrides the job's.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Summarise a dead-letter queue by reason and origin.
+    Inspect {
+        #[command(flatten)]
+        location: DlqArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-publish the original events of the records with a reason to their source
+    /// topic (their ids make this safe: applied events count as duplicates).
+    Requeue {
+        #[command(flatten)]
+        location: DlqArgs,
+        /// The failure reason of the records to re-publish.
+        #[arg(long)]
+        reason: String,
+        /// Publish to this topic instead of each record's source topic.
+        #[arg(long)]
+        to_topic: Option<String>,
+        /// Count what would be published, publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args)]
+struct DlqArgs {
+    /// A dead-letter topic.
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    topic: Option<String>,
+    /// A dead-letter JSONL file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Kafka brokers.
+    #[arg(long, default_value = skewless::job::DEFAULT_BROKERS)]
+    brokers: String,
+    /// librdkafka settings, `key=value` (repeatable).
+    #[arg(long = "option", short = 'X', value_parser = parse_option)]
+    options: Vec<(String, String)>,
+}
+
+impl DlqArgs {
+    fn settings(&self) -> BrokerSettings {
+        BrokerSettings {
+            brokers: self.brokers.clone(),
+            options: self.options.iter().cloned().collect(),
+        }
+    }
+
+    fn location(&self) -> DlqLocation {
+        match (&self.topic, &self.file) {
+            (Some(topic), _) => DlqLocation::Topic {
+                settings: self.settings(),
+                topic: topic.clone(),
+            },
+            (None, Some(file)) => DlqLocation::File(file.clone()),
+            (None, None) => unreachable!("clap requires one"),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -196,6 +283,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints where a job reads and writes, as `skewless run` would without flags.
+fn describe(job: &Job) {
+    let kafka = job
+        .kafka
+        .as_ref()
+        .filter(|k| !k.topics.is_empty() && job.inputs.is_empty());
+    match kafka {
+        Some(kafka) => println!(
+            "  source: Kafka {} at {} (group {})",
+            kafka.topics.join(", "),
+            kafka.settings.brokers,
+            kafka.group
+        ),
+        None if job.inputs.is_empty() => println!("  source: none (give --input or --topic)"),
+        None => println!("  source: files {}", job.inputs.join(", ")),
+    }
+    let sinks = &job.sinks;
+    let off = |p: &Option<PathBuf>| p.as_ref().map_or("off".to_owned(), |p| p.display().to_string());
+    if job.archive_only() {
+        println!("  archive only: no views, no dead letters");
+    } else {
+        println!("  views_sqlite: {}", off(&sinks.views_sqlite));
+        println!("  views_jsonl: {}", off(&sinks.views_jsonl));
+        if let Some(redis) = &sinks.redis {
+            println!(
+                "  views_redis: {} ({}<user_id>, ttl {})",
+                redis.url, redis.key_prefix, redis.ttl
+            );
+        }
+        match kafka {
+            Some(kafka) => {
+                let topics =
+                    skewless::sinks::dlq_kafka::DeadLetterTopics::new(&kafka.topics, sinks.dlq_topic.clone());
+                println!("  dlq: topics {}", topics.all().join(", "));
+            }
+            None => println!("  dlq: {}", off(&sinks.dlq)),
+        }
+    }
+    if let Some(archive) = &sinks.archive {
+        println!("  archive: {}", archive.dir.display());
+    }
+    println!("  summary: {}", off(&sinks.summary));
+}
+
 /// A flag that SIGINT and SIGTERM set: the run stops consuming, flushes its sinks,
 /// commits and exits 0.
 fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
@@ -249,18 +380,7 @@ fn main_inner() -> anyhow::Result<ExitCode> {
                             job.features.states.len(),
                             job.features.features.len()
                         );
-                        let sinks = &job.sinks;
-                        for (name, sink) in [
-                            ("views_sqlite", &sinks.views_sqlite),
-                            ("views_jsonl", &sinks.views_jsonl),
-                            ("dlq", &sinks.dlq),
-                            ("summary", &sinks.summary),
-                        ] {
-                            let target = sink
-                                .as_ref()
-                                .map_or("off".to_owned(), |p| p.display().to_string());
-                            println!("  {name}: {target}");
-                        }
+                        describe(&job);
                     }
                     Err(error) => {
                         ok = false;
@@ -269,6 +389,79 @@ fn main_inner() -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Dlq {
+            command: DlqCommand::Inspect { location, json },
+        } => {
+            let records = dlq::read(&location.location())?;
+            let report = dlq::inspect(&records);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{} dead letters ({} retryable)", report.total, report.retryable);
+                for (reason, n) in &report.by_reason {
+                    println!("  {reason:<28} {n:>10}");
+                }
+                println!("by origin:");
+                for (origin, n) in &report.by_origin {
+                    println!("  {origin:<28} {n:>10}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Requeue {
+                    location,
+                    reason,
+                    to_topic,
+                    dry_run,
+                },
+        } => {
+            let records = dlq::read(&location.location())?;
+            let done = dlq::requeue(
+                &records,
+                &reason,
+                &location.settings(),
+                to_topic.as_deref(),
+                dry_run,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lag {
+            job,
+            brokers,
+            group,
+            topics,
+            json,
+        } => {
+            let job = Job::load(&job)?;
+            let Some(mut kafka) = job.kafka.clone() else {
+                anyhow::bail!("job `{}` has no `[source.kafka]`", job.name);
+            };
+            if let Some(brokers) = brokers {
+                kafka.settings.brokers = brokers;
+            }
+            if let Some(group) = group {
+                kafka.group = group;
+            }
+            if !topics.is_empty() {
+                kafka.topics = topics;
+            }
+            let lags = lag::measure(&kafka)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lags)?);
+            } else {
+                println!("group `{}`", kafka.group);
+                print!("{}", lag::render(&lags, &kafka.lag_tolerance));
+            }
+            let behind = lags.iter().any(|l| l.over(&kafka.lag_tolerance));
+            Ok(if behind {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Produce(args) => {
             let settings = BrokerSettings {

@@ -178,6 +178,7 @@ impl Source for FileSource {
                 topic: &open.path,
                 partition: None,
                 offset: open.line,
+                sequence: reader.records,
                 key: None,
                 broker_timestamp_ms: None,
             });

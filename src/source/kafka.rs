@@ -162,6 +162,7 @@ impl Source for KafkaSource {
                         topic: &assigned.topic,
                         partition: Some(assigned.partition),
                         offset,
+                        sequence: offset,
                         key: message.key(),
                         broker_timestamp_ms: message.timestamp().to_millis(),
                     });

@@ -26,8 +26,12 @@ pub struct Record<'a> {
     pub topic: &'a str,
     /// The Kafka partition; `None` for files.
     pub partition: Option<i32>,
-    /// The Kafka offset, or the 1-based line number.
+    /// The Kafka offset, or the 1-based line number in its file.
     pub offset: i64,
+    /// The record's place in its partition, increasing: the Kafka offset, or for a
+    /// partition of several files, the count of records before it in all of them.
+    /// It orders copies of one event, so it must not restart with each segment.
+    pub sequence: i64,
     /// The Kafka message key.
     pub key: Option<&'a [u8]>,
     /// The broker timestamp in milliseconds.
