@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The test command: starts what the tests need, then runs every test (unit,
-# integration, golden, property and doc tests). Run from anywhere.
+# The test command: starts what the tests need (Redis, and the Kafka-compatible broker
+# tansu, built into ~/.cache/skewless the first time), then runs every test (unit,
+# integration against the real broker and Redis, golden, property and doc tests).
+# Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/redis.sh
+scripts/kafka.sh start
+export SKEWLESS_KAFKA="${SKEWLESS_KAFKA:-127.0.0.1:9092}"
+export SKEWLESS_REDIS="${SKEWLESS_REDIS:-redis://127.0.0.1:6379}"
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --all-targets --no-fail-fast
+  cargo nextest run --lib --bins --tests --no-fail-fast
 else
-  cargo test --all-targets --no-fail-fast
+  cargo test --lib --bins --tests --no-fail-fast
 fi
 cargo test --doc

@@ -79,6 +79,8 @@ pub struct FoldContext {
     pub counts: Rc<RefCell<Counts>>,
     /// When to write views.
     pub flush: FlushPolicy,
+    /// Metrics, when the run exports them.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The fold's outputs.
@@ -118,7 +120,7 @@ pub trait FoldFeatures<'s> {
     /// let views = timely::example(move |scope| {
     ///     let events = events.to_stream(scope).container::<Vec<_>>();
     ///     let clocks = vec![10.0f64].to_stream(scope).container::<Vec<_>>().broadcast();
-    ///     let context = FoldContext { job, counts: Default::default(), flush: FlushPolicy::AtEnd };
+    ///     let context = FoldContext { job, counts: Default::default(), flush: FlushPolicy::AtEnd, metrics: None };
     ///     events.fold_features(clocks, context).views.capture()
     /// });
     /// let views: Vec<_> = views
@@ -377,7 +379,13 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             job,
             counts: shared_counts,
             flush,
+            metrics,
         } = context;
+        let observe = move |delta: &Counts| {
+            if let Some(metrics) = &metrics {
+                metrics.observe(delta);
+            }
+        };
         let mut fold = Fold {
             seen: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
             seen_late: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
@@ -495,17 +503,17 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                                 seconds = snapshot_started.elapsed().as_secs_f64(),
                                 "fold wrote its end-of-input snapshot"
                             );
-                            shared_counts
-                                .borrow_mut()
-                                .merge(&std::mem::take(&mut fold.counts));
+                            let delta = std::mem::take(&mut fold.counts);
+                            observe(&delta);
+                            shared_counts.borrow_mut().merge(&delta);
                             capabilities = None;
                             return;
                         }
                     }
                 }
-                shared_counts
-                    .borrow_mut()
-                    .merge(&std::mem::take(&mut fold.counts));
+                let delta = std::mem::take(&mut fold.counts);
+                observe(&delta);
+                shared_counts.borrow_mut().merge(&delta);
             }
         });
 

@@ -31,6 +31,7 @@ use crate::dead_letter::{DeadLetter, Reason};
 use crate::decode::{Decoded, Decoder, Rejection};
 use crate::event::{Event, LateRecord, Millis, Position, key_hash, to_millis};
 use crate::job::Job;
+use crate::metrics::Metrics;
 use crate::sinks::archive::Archive;
 use crate::source::{Read, Record, Source, SourceError};
 use crate::summary::Counts;
@@ -52,6 +53,8 @@ pub struct IngestShared {
     /// The positions to commit once the dataflow has finished: set when the operator
     /// stops reading, so the worker can commit after every sink has flushed.
     pub final_positions: FinalPositions,
+    /// Metrics, when the run exports them.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Where a worker's partitions stood when it stopped reading: `(partition, position)`.
@@ -169,6 +172,7 @@ pub fn ingest<'s, S: Source + 'static>(
     let mut batch_span_ms: Millis = 0;
     let mut uncommitted = Uncommitted::default();
     let archive_only = job.archive_only();
+    let scope_index = scope.index();
 
     builder.build(move |capabilities| {
         let mut capabilities = Some(capabilities);
@@ -311,6 +315,11 @@ pub fn ingest<'s, S: Source + 'static>(
                 }
             }
             shared.progress.fetch_add(counts.read, Ordering::Relaxed);
+            if let Some(metrics) = &shared.metrics {
+                metrics.observe(&counts);
+                let wall = crate::dead_letter::wall_clock_seconds() as i64;
+                metrics.watermark_lag(scope_index, wall - (partition_clocks.watermark() / 1000) as i64);
+            }
             shared.counts.borrow_mut().merge(&counts);
             if let Some(error) = failure {
                 fail(error);

@@ -22,6 +22,7 @@ pub mod fold;
 pub mod ingest;
 pub mod job;
 pub mod lag;
+pub mod metrics;
 pub mod produce;
 pub mod progress;
 pub mod run;

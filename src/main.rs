@@ -213,6 +213,9 @@ struct RunArgs {
     /// idle this long.
     #[arg(long)]
     exit_when_idle: Option<Span>,
+    /// Serve Prometheus metrics on this address (GET /metrics), such as 127.0.0.1:9464.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -359,6 +362,7 @@ fn main_inner() -> anyhow::Result<ExitCode> {
                 redis: args.redis,
                 exit_when_idle: args.exit_when_idle.map(Span::duration),
                 stop: Some(stop_on_signals()?),
+                metrics_addr: args.metrics_addr,
             };
             let summary = run(job, &options).context("run failed")?;
             println!("{}", serde_json::to_string_pretty(&summary)?);

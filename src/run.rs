@@ -23,6 +23,7 @@ use crate::fold::{FlushPolicy, FoldContext, FoldFeatures};
 use crate::ingest::{IngestShared, Pacing, ingest};
 use crate::job::duration::Span;
 use crate::job::{Job, KafkaJob, LatePolicy, RedisSink, StartPosition};
+use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::sinks::archive::Archive;
 use crate::sinks::dlq_file::DeadLetterFile;
@@ -73,6 +74,8 @@ pub struct RunOptions {
     pub exit_when_idle: Option<Duration>,
     /// Set to stop a run cleanly (flush, commit, summary), as SIGTERM does.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Serve Prometheus metrics on this address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Why a run failed.
@@ -145,6 +148,7 @@ struct Plan {
     pacing: Pacing,
     stop: Arc<AtomicBool>,
     records: Arc<AtomicU64>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Applies the command line's overrides to the job.
@@ -268,6 +272,17 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
             },
         ),
     };
+    let metrics = match options.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let metrics = Arc::new(Metrics::new(&job.name));
+            let bound = metrics
+                .serve(addr)
+                .map_err(|e| RunError::Options(format!("cannot serve metrics on {addr}: {e}")))?;
+            tracing::info!(%bound, "serving metrics on /metrics");
+            Some(metrics)
+        }
+    };
     let records = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(Arc::clone(&records), options.progress);
     let plan = Arc::new(Plan {
@@ -280,6 +295,7 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
         pacing,
         stop: options.stop.clone().unwrap_or_default(),
         records,
+        metrics,
     });
     tracing::info!(job = %plan.job.name, workers, streaming, "run starting");
 
@@ -306,7 +322,12 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
             } => {
                 let mine: Vec<(String, i32)> =
                     partitions.iter().skip(index).step_by(peers).cloned().collect();
-                let source = KafkaSource::open(&kafka.settings, &kafka.group, &mine, *start, None)
+                let on_lag = plan.metrics.clone().map(|metrics| {
+                    Arc::new(move |topic: &str, partition: i32, lag: i64| {
+                        metrics.consumer_lag(topic, partition, lag)
+                    }) as crate::source::kafka::LagReport
+                });
+                let source = KafkaSource::open(&kafka.settings, &kafka.group, &mine, *start, on_lag)
                     .map_err(|e| chain(&e))?;
                 let archive = plan
                     .job
@@ -490,6 +511,7 @@ fn run_worker<S: Source + 'static>(
         max_event_time: Rc::new(Cell::new(None)),
         stop: Arc::clone(&plan.stop),
         final_positions: Rc::new(RefCell::new(None)),
+        metrics: plan.metrics.clone(),
     };
     let sink_failure: SinkFailure = Rc::new(RefCell::new(None));
     let dataflow = worker.next_dataflow_index();
@@ -513,9 +535,12 @@ fn run_worker<S: Source + 'static>(
                 job: Arc::clone(job),
                 counts: Rc::clone(&counts),
                 flush: plan.flush,
+                metrics: plan.metrics.clone(),
             },
         );
-        let sink_dead = folded.views.write_views(view_sinks, Rc::clone(&sink_failure));
+        let sink_dead = folded
+            .views
+            .write_views(view_sinks, Rc::clone(&sink_failure), plan.metrics.clone());
         ingested
             .dead_letters
             .concat(folded.dead_letters)

@@ -21,7 +21,8 @@ pub mod sqlite;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
@@ -33,6 +34,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use crate::dead_letter::DeadLetter;
 use crate::event::Millis;
 use crate::fold::ViewRecord;
+use crate::metrics::Metrics;
 
 /// Why a sink failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,8 @@ pub enum Durability {
 
 /// Somewhere views are written.
 pub trait ViewSink {
+    /// The sink's name in metrics and logs.
+    fn name(&self) -> &'static str;
     /// Writes a batch; it may be buffered until the next [`ViewSink::flush`]. Views
     /// the sink gives up on go to `dead` as dead letters.
     fn write(&mut self, views: &[ViewRecord], dead: &mut Vec<DeadLetter>) -> Result<(), SinkError>;
@@ -107,6 +111,7 @@ pub trait WriteViews<'s> {
         self,
         sinks: Vec<Box<dyn ViewSink>>,
         failure: SinkFailure,
+        metrics: Option<Arc<Metrics>>,
     ) -> Stream<'s, Millis, Vec<DeadLetter>>;
 }
 
@@ -127,7 +132,13 @@ impl<'s> WriteViews<'s> for Stream<'s, Millis, Vec<ViewRecord>> {
         self,
         mut sinks: Vec<Box<dyn ViewSink>>,
         failure: SinkFailure,
+        metrics: Option<Arc<Metrics>>,
     ) -> Stream<'s, Millis, Vec<DeadLetter>> {
+        let timed = move |name: &'static str, started: Instant| {
+            if let Some(metrics) = &metrics {
+                metrics.sink_write(name, started.elapsed().as_secs_f64());
+            }
+        };
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("WriteViews".to_owned(), scope);
         let activator = scope.activator_for(builder.operator_info().address);
@@ -147,7 +158,10 @@ impl<'s> WriteViews<'s> for Stream<'s, Millis, Vec<ViewRecord>> {
                     }
                     let Some(cap) = cap.retain_least(0) else { return };
                     for sink in sinks.iter_mut() {
-                        if let Err(error) = sink.write(views, &mut dead) {
+                        let started = Instant::now();
+                        let written = sink.write(views, &mut dead);
+                        timed(sink.name(), started);
+                        if let Err(error) = written {
                             *failure.borrow_mut() = Some(error);
                             return;
                         }
@@ -179,7 +193,10 @@ impl<'s> WriteViews<'s> for Stream<'s, Millis, Vec<ViewRecord>> {
                 if held.iter().any(|cap| !frontier.less_equal(cap.time())) {
                     let mut ready = true;
                     for sink in sinks.iter_mut() {
-                        match sink.flush(&mut dead) {
+                        let started = Instant::now();
+                        let flushed = sink.flush(&mut dead);
+                        timed(sink.name(), started);
+                        match flushed {
                             Ok(Durability::Done) => {}
                             Ok(Durability::Pending(after)) => {
                                 ready = false;

@@ -140,3 +140,122 @@ pub fn summary_counts(summary: &Summary) -> Value {
         "watermark": summary.watermark,
     })
 }
+
+/// The test broker's address (`SKEWLESS_KAFKA`, default 127.0.0.1:9092).
+pub fn kafka() -> skewless::broker::BrokerSettings {
+    skewless::broker::BrokerSettings::new(
+        std::env::var("SKEWLESS_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+    )
+}
+
+/// The test Redis (`SKEWLESS_REDIS`, default redis://127.0.0.1:6379).
+pub fn redis_url() -> String {
+    std::env::var("SKEWLESS_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes a job file that extends the repository's recsys job with `body`.
+pub fn recsys_job(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let base = repo().join("jobs/recsys.toml");
+    std::fs::write(
+        &path,
+        format!("extends = {:?}\n{body}", base.display().to_string()),
+    )
+    .unwrap();
+    path
+}
+
+/// Every line of the files `inputs` names (in the order `skewless produce` reads them:
+/// sorted by path), routed to partitions as `skewless produce` routes them.
+pub fn expected_partitions(inputs: &[PathBuf], partitions: i32) -> Vec<Vec<Vec<u8>>> {
+    let mut sorted: Vec<&PathBuf> = inputs.iter().collect();
+    sorted.sort_by_key(|p| p.display().to_string());
+    let mut out = vec![Vec::new(); partitions as usize];
+    for (index, path) in sorted.into_iter().enumerate() {
+        let mut bytes = Vec::new();
+        let file = std::fs::File::open(path).unwrap();
+        if path.extension().is_some_and(|e| e == "gz") {
+            std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(file), &mut bytes).unwrap();
+        } else {
+            std::io::Read::read_to_end(&mut std::io::BufReader::new(file), &mut bytes).unwrap();
+        }
+        for line in bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.trim_ascii().is_empty())
+        {
+            let user = skewless::produce::user_key(line);
+            let p = skewless::produce::partition_for(user.as_deref(), partitions, index as u64);
+            out[p as usize].push(line.to_vec());
+        }
+    }
+    out
+}
+
+/// Writes each partition's records to `<dir>/p<N>.jsonl`, for a backfill.
+pub fn write_partitions(dir: &Path, partitions: &[Vec<Vec<u8>>]) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    partitions
+        .iter()
+        .enumerate()
+        .map(|(i, records)| {
+            let path = dir.join(format!("p{i}.jsonl"));
+            let mut text = Vec::new();
+            for record in records {
+                text.extend_from_slice(record);
+                text.push(b'\n');
+            }
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// The views stored in Redis under `prefix`, by user id.
+pub fn redis_views(url: &str, prefix: &str) -> std::collections::BTreeMap<String, Value> {
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut connection)
+        .unwrap();
+    keys.into_iter()
+        .map(|key| {
+            let text: String = redis::cmd("GET").arg(&key).query(&mut connection).unwrap();
+            (
+                key[prefix.len()..].to_owned(),
+                serde_json::from_str(&text).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A view without its `as_of` (when it was written differs between live and replay).
+pub fn features_and_state(view: &Value) -> Value {
+    serde_json::json!({ "user_id": view["user_id"], "features": view["features"], "state": view["state"] })
+}
+
+/// Waits until `ready` holds, polling; panics after `timeout` with `what`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

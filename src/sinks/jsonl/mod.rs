@@ -46,6 +46,10 @@ impl JsonlPart {
 }
 
 impl ViewSink for JsonlPart {
+    fn name(&self) -> &'static str {
+        "jsonl"
+    }
+
     fn write(&mut self, views: &[ViewRecord], _dead: &mut Vec<DeadLetter>) -> Result<(), SinkError> {
         for view in views.iter().filter(|v| v.snapshot) {
             let mut line = view.to_json();

@@ -172,6 +172,10 @@ fn sink_unavailable(job: &str, key: &str, waiting: &Waiting, detail: &str) -> De
 }
 
 impl ViewSink for RedisViews {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
     fn write(&mut self, views: &[ViewRecord], dead: &mut Vec<DeadLetter>) -> Result<(), SinkError> {
         for view in views.iter().filter(|v| v.changed) {
             // The newest view of a user replaces an older one still waiting.

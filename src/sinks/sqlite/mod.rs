@@ -98,6 +98,10 @@ impl SqliteViews {
 }
 
 impl ViewSink for SqliteViews {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn write(&mut self, views: &[ViewRecord], _dead: &mut Vec<DeadLetter>) -> Result<(), SinkError> {
         let rows: Vec<Row> = views
             .iter()
