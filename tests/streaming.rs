@@ -578,3 +578,33 @@ fn a_redis_outage_loses_nothing_and_holds_back_commits() {
         assert!(letter["original_topic"].as_str().unwrap().starts_with(prefix));
     }
 }
+
+#[test]
+fn start_positions_pick_where_reading_begins() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("events");
+    let first = produce(&topic, &inputs()[4..5]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let between = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = produce(&topic, &inputs()[5..6]);
+    let job = Job::load(&repo().join("jobs/recsys.toml")).unwrap();
+    let read_from = |start: &str| {
+        let mut options = streaming_options(&topic, &unique("start"), dir.path());
+        options.start = Some(start.parse().unwrap());
+        run(job.clone(), &options).unwrap().read
+    };
+    assert_eq!(read_from("earliest"), first + second);
+    assert_eq!(read_from(&between), second, "offsets-for-times at {between}");
+    assert_eq!(read_from("latest"), 0);
+    // `committed` with no commits starts at the earliest offset, then resumes.
+    let group = unique("committed");
+    let mut options = streaming_options(&topic, &group, dir.path());
+    options.start = Some("committed".parse().unwrap());
+    assert_eq!(run(job.clone(), &options).unwrap().read, first + second);
+    assert_eq!(
+        run(job.clone(), &options).unwrap().read,
+        0,
+        "a second run resumes after the commits"
+    );
+}

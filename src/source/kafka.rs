@@ -89,17 +89,7 @@ impl KafkaSource {
             StartPosition::Earliest => uniform(&list, Offset::Beginning),
             StartPosition::Latest => uniform(&list, Offset::End),
             StartPosition::Committed => uniform(&list, Offset::Stored),
-            StartPosition::At(millis) => {
-                let mut times = TopicPartitionList::new();
-                for (topic, partition) in partitions {
-                    times
-                        .add_partition_offset(topic, *partition, Offset::Offset(millis))
-                        .map_err(broker)?;
-                }
-                consumer
-                    .offsets_for_times(times, REQUEST_TIMEOUT)
-                    .map_err(broker)?
-            }
+            StartPosition::At(millis) => offsets_at(settings, &consumer, partitions, millis)?,
         };
         consumer.assign(&offsets).map_err(broker)?;
         let mut assigned = Vec::new();
@@ -126,6 +116,74 @@ impl KafkaSource {
     fn classify(&self, error: &rdkafka::error::KafkaError) -> BrokerError {
         BrokerError::classify(error, self.settings.describe(error))
     }
+}
+
+/// The first offset of each partition whose broker timestamp is at or after `millis`.
+///
+/// Each answer is checked by reading the record there: a broker that has no record at
+/// or after the time must answer "end", but the test broker (tansu 0.6) answers the
+/// earliest offset instead; a record older than the time means "end".
+fn offsets_at(
+    settings: &BrokerSettings,
+    consumer: &BaseConsumer<SourceContext>,
+    partitions: &[(String, i32)],
+    millis: i64,
+) -> Result<TopicPartitionList, SourceError> {
+    let broker = |e: rdkafka::error::KafkaError| SourceError::Broker(settings.describe(&e));
+    let mut times = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        times
+            .add_partition_offset(topic, *partition, Offset::Offset(millis))
+            .map_err(broker)?;
+    }
+    let found = consumer
+        .offsets_for_times(times, REQUEST_TIMEOUT)
+        .map_err(broker)?;
+    let mut checked = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        let mut offset = found
+            .find_partition(topic, *partition)
+            .map_or(Offset::End, |e| e.offset());
+        if let Offset::Offset(at) = offset {
+            let (_, end) = consumer
+                .fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)
+                .map_err(broker)?;
+            if at >= end || timestamp_at(settings, topic, *partition, at)?.is_some_and(|t| t < millis) {
+                offset = Offset::End;
+            }
+        }
+        checked
+            .add_partition_offset(topic, *partition, offset)
+            .map_err(broker)?;
+    }
+    Ok(checked)
+}
+
+/// The broker timestamp of the record at `offset`.
+fn timestamp_at(
+    settings: &BrokerSettings,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<Option<i64>, SourceError> {
+    let broker = |e: rdkafka::error::KafkaError| SourceError::Broker(settings.describe(&e));
+    let peek: BaseConsumer = settings
+        .client_config(&[("group.id", "skewless-peek"), ("enable.auto.commit", "false")])
+        .create()
+        .map_err(broker)?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .map_err(broker)?;
+    peek.assign(&list).map_err(broker)?;
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        match peek.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => return Ok(message.timestamp().to_millis()),
+            Some(Err(e)) => return Err(broker(e)),
+            None => {}
+        }
+    }
+    Ok(None)
 }
 
 fn uniform(list: &TopicPartitionList, offset: Offset) -> TopicPartitionList {
