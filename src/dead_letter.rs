@@ -174,6 +174,20 @@ impl DeadLetter {
         }
     }
 
+    /// What identifies this dead letter across re-runs: its origin and reason. A record
+    /// re-read after a restore gives the same key. Dead letters of sink failures (no
+    /// source position) have none: each is its own.
+    pub fn key(&self) -> Option<LetterKey> {
+        (self.origin.offset >= 0).then(|| {
+            (
+                self.origin.topic.clone(),
+                self.origin.partition,
+                self.origin.offset,
+                self.reason.as_str().to_owned(),
+            )
+        })
+    }
+
     /// The DLQ record as one line of JSON, in the contract's field names.
     pub fn to_json(&self) -> String {
         let event = self
@@ -219,6 +233,20 @@ struct DeadLetterJson<'a> {
     retry_count: u32,
     attempt_timestamps: &'a [f64],
     failure_timestamp: f64,
+}
+
+/// A dead letter's identity: original topic, partition, offset, reason.
+pub type LetterKey = (String, Option<i32>, i64, String);
+
+/// The identity of a dead letter read back as JSON (see [`DeadLetter::key`]).
+pub fn key_of(record: &serde_json::Value) -> Option<LetterKey> {
+    let offset = record["original_offset"].as_i64().filter(|&o| o >= 0)?;
+    Some((
+        record["original_topic"].as_str()?.to_owned(),
+        record["original_partition"].as_i64().map(|p| p as i32),
+        offset,
+        record["failure_reason"].as_str()?.to_owned(),
+    ))
 }
 
 /// Wall-clock time in seconds since the epoch.

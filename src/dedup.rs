@@ -40,13 +40,17 @@ impl std::hash::Hasher for IdKeyHasher {
 
 type IdMap = HashMap<IdKey, f64, std::hash::BuildHasherDefault<IdKeyHasher>>;
 
+/// One remembered id: its key, the event time of the copy that won, and the key hash
+/// of its user (so a checkpoint can hand it to the worker that owns the user).
+pub type SeenEntry = (IdKey, f64, u64);
+
 /// The ids a worker has seen inside the horizon.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeenIds {
     horizon: f64,
     seen: IdMap,
     /// Ids in the order they were recorded, for expiry.
-    order: VecDeque<(f64, IdKey)>,
+    order: VecDeque<SeenEntry>,
 }
 
 impl SeenIds {
@@ -59,13 +63,13 @@ impl SeenIds {
     }
 
     /// Whether an event with this key and time is a copy of one already seen; if
-    /// not, remembers it.
-    pub fn check_and_insert(&mut self, key: IdKey, event_time: f64) -> bool {
+    /// not, remembers it for the user whose key hash is `user_hash`.
+    pub fn check_and_insert(&mut self, key: IdKey, event_time: f64, user_hash: u64) -> bool {
         match self.seen.get(&key) {
             Some(&first) if (event_time - first).abs() <= self.horizon => true,
             _ => {
                 self.seen.insert(key, event_time);
-                self.order.push_back((event_time, key));
+                self.order.push_back((key, event_time, user_hash));
                 false
             }
         }
@@ -81,7 +85,7 @@ impl SeenIds {
     /// Forgets ids whose event time is more than the horizon before `watermark` (seconds).
     pub fn expire(&mut self, watermark: f64) {
         let limit = watermark - self.horizon;
-        while let Some(&(time, key)) = self.order.front() {
+        while let Some(&(key, time, _)) = self.order.front() {
             if time >= limit {
                 break;
             }
@@ -89,6 +93,20 @@ impl SeenIds {
             if self.seen.get(&key) == Some(&time) {
                 self.seen.remove(&key);
             }
+        }
+    }
+
+    /// The remembered ids, oldest first (for a checkpoint).
+    pub fn entries(&self) -> impl Iterator<Item = &SeenEntry> {
+        self.order
+            .iter()
+            .filter(|(key, time, _)| self.seen.get(key) == Some(time))
+    }
+
+    /// Remembers an id taken from a checkpoint.
+    pub fn restore(&mut self, (key, time, user_hash): SeenEntry) {
+        if self.seen.insert(key, time).is_none() {
+            self.order.push_back((key, time, user_hash));
         }
     }
 
@@ -111,18 +129,21 @@ mod tests {
     fn second_copy_inside_the_horizon_is_a_duplicate() {
         let mut seen = SeenIds::new(60.0);
         let key = id_key(1, "e1");
-        assert!(!seen.check_and_insert(key, 100.0));
-        assert!(seen.check_and_insert(key, 100.0));
-        assert!(seen.check_and_insert(key, 160.0));
+        assert!(!seen.check_and_insert(key, 100.0, 0));
+        assert!(seen.check_and_insert(key, 100.0, 0));
+        assert!(seen.check_and_insert(key, 160.0, 0));
         assert!(!seen.contains(key, 160.5));
-        assert!(!seen.check_and_insert(id_key(2, "e1"), 100.0), "ids are per user");
+        assert!(
+            !seen.check_and_insert(id_key(2, "e1"), 100.0, 0),
+            "ids are per user"
+        );
     }
 
     #[test]
     fn ids_expire_behind_the_watermark() {
         let mut seen = SeenIds::new(60.0);
-        seen.check_and_insert(id_key(7, "a"), 10.0);
-        seen.check_and_insert(id_key(7, "b"), 50.0);
+        seen.check_and_insert(id_key(7, "a"), 10.0, 0);
+        seen.check_and_insert(id_key(7, "b"), 50.0, 0);
         seen.expire(70.0 + 0.5);
         assert_eq!(seen.len(), 1);
         assert!(seen.contains(id_key(7, "b"), 50.0));

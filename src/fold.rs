@@ -23,6 +23,8 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::batch::Batcher;
+use crate::checkpoint::protocol::Checkpointing;
+use crate::checkpoint::{FoldSnapshot, PartEntry, UserSnapshot, WorkerPart};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::dedup::{SeenIds, id_key};
 use crate::event::{Event, Millis, to_millis};
@@ -81,6 +83,17 @@ pub struct FoldContext {
     pub flush: FlushPolicy,
     /// Metrics, when the run exports them.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The worker's part in taking checkpoints.
+    pub checkpointing: Rc<RefCell<Checkpointing>>,
+    /// State restored from a checkpoint: this worker's users from each part taken,
+    /// and the fold counts carried over (on one worker only).
+    pub restored: Vec<FoldSnapshot>,
+    /// Fold counts carried over from a checkpoint.
+    pub restored_counts: Counts,
+    /// Hold the views output at the earliest change not yet written. Runs without
+    /// checkpoints commit offsets by that; with checkpoints, changes not yet written
+    /// are in the checkpoint (as `dirty` users) instead.
+    pub hold_unflushed: bool,
 }
 
 /// The fold's outputs.
@@ -120,7 +133,16 @@ pub trait FoldFeatures<'s> {
     /// let views = timely::example(move |scope| {
     ///     let events = events.to_stream(scope).container::<Vec<_>>();
     ///     let clocks = vec![10.0f64].to_stream(scope).container::<Vec<_>>().broadcast();
-    ///     let context = FoldContext { job, counts: Default::default(), flush: FlushPolicy::AtEnd, metrics: None };
+    ///     let context = FoldContext {
+    ///         job,
+    ///         counts: Default::default(),
+    ///         flush: FlushPolicy::AtEnd,
+    ///         metrics: None,
+    ///         checkpointing: Default::default(),
+    ///         restored: Vec::new(),
+    ///         restored_counts: Default::default(),
+    ///         hold_unflushed: true,
+    ///     };
     ///     events.fold_features(clocks, context).views.capture()
     /// });
     /// let views: Vec<_> = views
@@ -220,6 +242,8 @@ struct Fold {
     keyed: Vec<(u64, (u32, u32))>,
     dirty: Vec<u32>,
     counts: Counts,
+    /// Counts since the job started (restored ones included), for checkpoints.
+    total: Counts,
     max_clock: Option<f64>,
     /// The earliest time of a change not yet written as a view: the views output holds
     /// its capability there, so nothing downstream counts as durable past it.
@@ -286,7 +310,7 @@ impl Fold {
     fn apply_one(&mut self, job: &Job, event: &Event, ready_at: Millis, dead: &mut Vec<DeadLetter>) {
         let key = id_key(event.user_hash, &event.event_id);
         if !event.late {
-            if self.seen.check_and_insert(key, event.event_time) {
+            if self.seen.check_and_insert(key, event.event_time, event.user_hash) {
                 self.counts.duplicates += 1;
                 return;
             }
@@ -308,7 +332,10 @@ impl Fold {
         // A late copy of an event seen on time is a duplicate; a late event never
         // claims its id against an on-time copy, so which copy arrives first does
         // not decide what is applied.
-        if self.seen.contains(key, event.event_time) || self.seen_late.check_and_insert(key, event.event_time)
+        if self.seen.contains(key, event.event_time)
+            || self
+                .seen_late
+                .check_and_insert(key, event.event_time, event.user_hash)
         {
             self.counts.duplicates += 1;
             return;
@@ -349,6 +376,107 @@ impl Fold {
         }
     }
 
+    /// The fold's state at a cut: everything applied, and the pending events that
+    /// were sent before the cut.
+    fn snapshot(&self, cut: Millis) -> FoldSnapshot {
+        FoldSnapshot {
+            strings: self.interner.strings().to_vec(),
+            users: self
+                .users
+                .entries
+                .iter()
+                .map(|e| UserSnapshot {
+                    user_id: e.user_id.clone(),
+                    hash: e.hash,
+                    state: e.state.clone(),
+                    has_view: e.has_view,
+                    dirty: e.dirty,
+                })
+                .collect(),
+            seen: self.seen.entries().copied().collect(),
+            seen_late: self.seen_late.entries().copied().collect(),
+            pending: self
+                .pending
+                .iter()
+                .filter(|batch| batch.sent_at < cut)
+                .flat_map(|batch| batch.events.iter().map(move |e| (batch.sent_at, e.clone())))
+                .collect(),
+            max_clock: self.max_clock,
+        }
+    }
+
+    /// Takes over state from a checkpoint.
+    fn restore(&mut self, snapshot: FoldSnapshot) {
+        let ids: Vec<u32> = snapshot.strings.iter().map(|s| self.interner.intern(s)).collect();
+        for user in snapshot.users {
+            let slot = self.users.slot(user.hash, &user.user_id, &self.job);
+            let entry = &mut self.users.entries[slot as usize];
+            entry.state = user.state;
+            entry.state.remap(|id| ids[id as usize]);
+            entry.has_view = user.has_view;
+            if user.dirty && !entry.dirty {
+                entry.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+        if !self.dirty.is_empty() {
+            self.unflushed_since = Some(0);
+        }
+        snapshot.seen.into_iter().for_each(|e| self.seen.restore(e));
+        snapshot
+            .seen_late
+            .into_iter()
+            .for_each(|e| self.seen_late.restore(e));
+        // Pending events were sent before the cut, in another run: they count as sent
+        // at time 0 of this one (so the next cut keeps them), and wait for the same
+        // time as before: an event pending at a cut was sent no later than its own
+        // event time, as no capability runs ahead of its watermark.
+        let restored: Vec<Event> = snapshot
+            .pending
+            .into_iter()
+            .map(|(sent_at, event)| {
+                debug_assert!(
+                    sent_at <= to_millis(event.event_time),
+                    "a pending event waits for its own time"
+                );
+                event
+            })
+            .collect();
+        if !restored.is_empty() {
+            self.pending.push(Pending {
+                sent_at: 0,
+                events: restored,
+            });
+        }
+        self.max_clock = match (self.max_clock, snapshot.max_clock) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Writes this worker's part of checkpoint `epoch`, cut at `at`.
+    fn write_part(&self, checkpointing: &Checkpointing, epoch: u64, at: Millis) -> Result<PartEntry, String> {
+        let dir = checkpointing.dir.as_ref().ok_or("no checkpoint directory")?;
+        let ingest = checkpointing
+            .ingest
+            .as_ref()
+            .filter(|i| i.epoch == epoch)
+            .ok_or_else(|| format!("the ingest has no snapshot for epoch {epoch}"))?;
+        let mut fold_counts = self.total.clone();
+        fold_counts.merge(&self.counts);
+        let part = WorkerPart {
+            epoch,
+            cut: at,
+            worker: checkpointing.worker,
+            workers: checkpointing.workers,
+            partitions: ingest.partitions.clone(),
+            ingest_counts: ingest.counts.clone(),
+            fold: self.snapshot(at),
+            fold_counts,
+        };
+        crate::checkpoint::write_part(dir, &part).map_err(|e| e.to_string())
+    }
+
     /// Views of the users that changed since the last flush.
     fn flush_dirty(&mut self, as_of: f64, out: &mut Vec<ViewRecord>) {
         let dirty = std::mem::take(&mut self.dirty);
@@ -380,7 +508,12 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             counts: shared_counts,
             flush,
             metrics,
+            checkpointing,
+            restored,
+            restored_counts,
+            hold_unflushed,
         } = context;
+        checkpointing.borrow_mut().wake.push(activator.clone());
         let observe = move |delta: &Counts| {
             if let Some(metrics) = &metrics {
                 metrics.observe(delta);
@@ -397,9 +530,14 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             keyed: Vec::new(),
             dirty: Vec::new(),
             counts: Counts::default(),
+            total: Counts::default(),
             max_clock: None,
             unflushed_since: None,
         };
+        for snapshot in restored {
+            fold.restore(snapshot);
+        }
+        fold.total = restored_counts;
         let mut last_flush = Instant::now();
         let mut last_frontier: Millis = 0;
         // Users still to write in the end-of-input snapshot, sorted by user id.
@@ -427,6 +565,41 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                 let frontier = frontiers[0].frontier().first().copied();
                 let clocks_done = frontiers[1].frontier().is_empty();
 
+                // A checkpoint's cut: take this worker's part when the frontier is at it.
+                let open_cut = {
+                    let cp = checkpointing.borrow();
+                    cp.cut
+                        .filter(|(epoch, _)| cp.part.as_ref().map(|p| p.0) != Some(*epoch))
+                };
+                if let Some((epoch, at)) = open_cut {
+                    let result = match frontier {
+                        Some(f) if f < at => None,
+                        Some(f) if f == at => {
+                            fold.apply_ready(Some(at), &mut dead);
+                            let started = Instant::now();
+                            let result = fold.write_part(&checkpointing.borrow(), epoch, at);
+                            tracing::debug!(
+                                epoch,
+                                users = fold.users.entries.len(),
+                                seconds = started.elapsed().as_secs_f64(),
+                                "checkpoint part written"
+                            );
+                            Some(result)
+                        }
+                        Some(_) => Some(Err(format!(
+                            "the input frontier passed the cut of epoch {epoch} unseen"
+                        ))),
+                        None => Some(Err(format!("the input ended before the cut of epoch {epoch}"))),
+                    };
+                    if let Some(result) = result {
+                        if let Err(problem) = &result
+                            && frontier.is_some()
+                        {
+                            tracing::warn!(epoch, %problem, "checkpoint part not taken");
+                        }
+                        checkpointing.borrow_mut().part = Some((epoch, result));
+                    }
+                }
                 if snapshot.is_none() {
                     fold.apply_ready(frontier, &mut dead);
                 }
@@ -452,7 +625,10 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                                 .session(&caps[0])
                                 .give_container(&mut views_buffer);
                         }
-                        let views_at = fold.unflushed_since.map_or(frontier, |t| t.min(frontier));
+                        let views_at = match fold.unflushed_since {
+                            Some(t) if hold_unflushed => t.min(frontier),
+                            _ => frontier,
+                        };
                         for (cap, time) in caps.iter_mut().zip([views_at, frontier]) {
                             if *cap.time() < time {
                                 cap.downgrade(&time);
@@ -506,6 +682,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                             let delta = std::mem::take(&mut fold.counts);
                             observe(&delta);
                             shared_counts.borrow_mut().merge(&delta);
+                            fold.total.merge(&delta);
                             capabilities = None;
                             return;
                         }
@@ -514,6 +691,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                 let delta = std::mem::take(&mut fold.counts);
                 observe(&delta);
                 shared_counts.borrow_mut().merge(&delta);
+                fold.total.merge(&delta);
             }
         });
 

@@ -27,6 +27,8 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 
 use crate::batch::Batcher;
+use crate::checkpoint::PartitionState;
+use crate::checkpoint::protocol::{Checkpointing, Gate, OpenCut};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::decode::{Decoded, Decoder, Rejection};
 use crate::event::{Event, LateRecord, Millis, Position, key_hash, to_millis};
@@ -55,6 +57,12 @@ pub struct IngestShared {
     pub final_positions: FinalPositions,
     /// Metrics, when the run exports them.
     pub metrics: Option<Arc<Metrics>>,
+    /// The worker's part in taking checkpoints.
+    pub checkpointing: Rc<RefCell<Checkpointing>>,
+    /// Restored state of this worker's partitions (by index), when resuming.
+    pub restored: Vec<Option<PartitionState>>,
+    /// Ingest counts carried over from a checkpoint.
+    pub restored_counts: Counts,
 }
 
 /// Where a worker's partitions stood when it stopped reading: `(partition, position)`.
@@ -171,6 +179,29 @@ pub fn ingest<'s, S: Source + 'static>(
     let mut reported_max = f64::NEG_INFINITY;
     let mut batch_span_ms: Millis = 0;
     let mut uncommitted = Uncommitted::default();
+    for (partition, state) in shared.restored.iter().enumerate() {
+        if let Some(state) = state {
+            partition_clocks.restore(partition, state.max_seen, state.finished);
+        }
+    }
+    // The counts since the start of the job, for checkpoints.
+    let mut total = shared.restored_counts.clone();
+    let part_names = names.clone();
+    let snapshot_partitions = move |source: &S, clocks: &Clocks| -> Vec<PartitionState> {
+        part_names
+            .iter()
+            .enumerate()
+            .map(|(p, name)| {
+                let (max_seen, finished) = clocks.snapshot(p);
+                PartitionState {
+                    name: name.clone(),
+                    position: source.position(p),
+                    max_seen,
+                    finished,
+                }
+            })
+            .collect()
+    };
     let archive_only = job.archive_only();
     let scope_index = scope.index();
 
@@ -182,31 +213,80 @@ pub fn ingest<'s, S: Source + 'static>(
             let mut source = source.borrow_mut();
             let fail = |error: SourceError| *shared.error.borrow_mut() = Some(error);
 
-            // Commit what the sinks (and the archive) have made durable.
-            uncommitted.settle(&durable);
-            if let Err(error) =
-                uncommitted.commit(&mut *source, archive.as_ref(), pacing.commit_interval, now)
-            {
-                fail(error);
-                capabilities = None;
-                return;
+            // Without checkpoints, commit what the sinks (and the archive) have made
+            // durable; with them, offsets are committed from completed checkpoints.
+            let checkpointing = shared.checkpointing.borrow().enabled();
+            if !checkpointing {
+                uncommitted.settle(&durable);
+                if let Err(error) =
+                    uncommitted.commit(&mut *source, archive.as_ref(), pacing.commit_interval, now)
+                {
+                    fail(error);
+                    capabilities = None;
+                    return;
+                }
             }
+
+            // Take part in a checkpoint: pause while the cut is agreed; snapshot once the
+            // watermark reaches it, then hold the capability there until the fold has
+            // its part.
+            let gate = shared.checkpointing.borrow_mut().gate(*caps[0].time());
+            let mut cut = match gate {
+                Gate::Pause => {
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
+                Gate::Run { cut } => cut,
+            };
+            let snapshot_at =
+                |cut: &mut Option<OpenCut>, source: &S, clocks: &Clocks, total: &Counts, reached: bool| {
+                    if let Some(open) = cut.as_mut()
+                        && !open.snapshotted
+                        && reached
+                    {
+                        let partitions = snapshot_partitions(source, clocks);
+                        shared
+                            .checkpointing
+                            .borrow_mut()
+                            .snapshot(*open, partitions, total.clone());
+                        open.snapshotted = true;
+                    }
+                };
 
             // Stop on a signal, or once every partition has been idle long enough.
             let idle_exit = pacing
                 .exit_when_idle
                 .is_some_and(|d| partition_clocks.idle_for(now) >= d);
-            if shared.stop.load(Ordering::Relaxed) || idle_exit || partition_clocks.all_finished() {
+            let stopping =
+                shared.stop.load(Ordering::Relaxed) || idle_exit || partition_clocks.all_finished();
+            if stopping {
                 if let Some(Err(error)) = archive.as_mut().map(Archive::close_all) {
                     fail(SourceError::Archive(error.to_string()));
                 }
+                // Everything this worker sent is before an open cut.
+                snapshot_at(&mut cut, &source, &partition_clocks, &total, true);
                 let positions = (0..names.len()).map(|p| (p, source.position(p))).collect();
                 *shared.final_positions.borrow_mut() = Some(positions);
+                let partitions = snapshot_partitions(&source, &partition_clocks);
+                shared.checkpointing.borrow_mut().finished = Some((partitions, total.clone()));
                 capabilities = None;
                 return;
             }
 
             let watermark = partition_clocks.watermark();
+            let reached = cut.is_some_and(|c| watermark >= c.at);
+            snapshot_at(&mut cut, &source, &partition_clocks, &total, reached);
+            // The capability catches up with the watermark, up to an open cut.
+            let bound = |target: Millis, cut: &Option<OpenCut>| match cut {
+                Some(open) if open.snapshotted => target.min(open.at),
+                _ => target,
+            };
+            let catch_up = bound(watermark, &cut);
+            for cap in caps.iter_mut() {
+                if *cap.time() < catch_up {
+                    cap.downgrade(&catch_up);
+                }
+            }
             // Wait while this worker is far ahead of the slowest one.
             let skew = pacing.max_skew_ms.max(batch_span_ms.saturating_mul(4));
             if global.less_than(&watermark.saturating_sub(skew)) {
@@ -321,6 +401,7 @@ pub fn ingest<'s, S: Source + 'static>(
                 metrics.watermark_lag(scope_index, wall - (partition_clocks.watermark() / 1000) as i64);
             }
             shared.counts.borrow_mut().merge(&counts);
+            total.merge(&counts);
             if let Some(error) = failure {
                 fail(error);
                 capabilities = None;
@@ -345,8 +426,11 @@ pub fn ingest<'s, S: Source + 'static>(
                 shared.max_event_time.set(Some(max));
                 clock_out.activate().session(&caps[2]).give(max);
             }
-            let next = partition_clocks.advance();
-            batch_span_ms = next.saturating_sub(watermark);
+            let advanced = partition_clocks.advance();
+            let reached = cut.is_some_and(|c| advanced >= c.at);
+            snapshot_at(&mut cut, &source, &partition_clocks, &total, reached);
+            let next = bound(advanced, &cut);
+            batch_span_ms = advanced.saturating_sub(watermark);
             for cap in caps.iter_mut() {
                 if *cap.time() < next {
                     cap.downgrade(&next);

@@ -12,6 +12,8 @@
 
 pub mod batch;
 pub mod broker;
+pub mod checkpoint;
+pub mod control;
 pub mod dead_letter;
 pub mod decode;
 pub mod dedup;

@@ -14,7 +14,7 @@ use skewless::job::duration::Span;
 use skewless::job::{Job, LatePolicy, StartPosition};
 use skewless::lag;
 use skewless::produce::produce_files;
-use skewless::run::{RunOptions, run};
+use skewless::run::{Cluster, RunOptions, run};
 use skewless::synthetic::{GenOptions, generate};
 
 // Workers free events that other workers allocated; glibc's allocator spent a sixth of
@@ -33,7 +33,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a job over its inputs and print the run summary.
-    Run(RunArgs),
+    #[command(disable_help_flag = true)]
+    Run(Box<RunArgs>),
     /// Check job files; report every problem with file, line and key.
     Validate {
         /// Job files to check.
@@ -49,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// List a job's checkpoints, or show one in detail.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// Show a job's consumer lag per partition; exit 1 when over its lag tolerance.
     Lag {
         /// The job file (its `source.kafka` names the topics, group and tolerance).
@@ -63,6 +69,30 @@ enum Command {
         #[arg(long = "topic")]
         topics: Vec<String>,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Every checkpoint in DIR, newest first: epoch, status, cut, workers, users, size.
+    List {
+        /// The checkpoint directory (`checkpoint.dir`, by default out/<job>/checkpoints).
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One checkpoint: its cut, and every part's users, ids, pending events and
+    /// partition positions and clocks. The newest complete one unless --epoch.
+    Inspect {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The epoch to show.
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -170,17 +200,17 @@ struct RunArgs {
     /// Worker threads.
     #[arg(long, short = 'w', default_value_t = 1)]
     workers: usize,
-    /// Write the JSONL view snapshot here.
-    #[arg(long)]
+    /// Write the JSONL view snapshot here ("" for none).
+    #[arg(long, value_parser = any_path)]
     views_jsonl: Option<PathBuf>,
-    /// Write SQLite views here.
-    #[arg(long)]
+    /// Write SQLite views here ("" for none).
+    #[arg(long, value_parser = any_path)]
     views_sqlite: Option<PathBuf>,
-    /// Write dead letters here.
-    #[arg(long)]
+    /// Write dead letters here ("" to keep none).
+    #[arg(long, value_parser = any_path)]
     dlq: Option<PathBuf>,
-    /// Write the run summary here.
-    #[arg(long = "summary-json")]
+    /// Write the run summary here ("" for none).
+    #[arg(long = "summary-json", value_parser = any_path)]
     summary: Option<PathBuf>,
     /// Allowed lateness, such as "5s".
     #[arg(long)]
@@ -216,6 +246,28 @@ struct RunArgs {
     /// Serve Prometheus metrics on this address (GET /metrics), such as 127.0.0.1:9464.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Checkpoint directory; overrides `checkpoint.dir` ("" turns checkpoints off).
+    #[arg(long, value_parser = any_path)]
+    checkpoint_dir: Option<PathBuf>,
+    /// How often to take a checkpoint, such as "30s"; overrides `checkpoint.interval`.
+    #[arg(long)]
+    checkpoint_interval: Option<Span>,
+    /// Start over: remove the job's checkpoints instead of resuming from the latest.
+    #[arg(long)]
+    fresh: bool,
+    /// Processes in the cluster that runs this job (timely's cluster mode).
+    #[arg(long, short = 'n', default_value_t = 1)]
+    processes: usize,
+    /// This process's index in the cluster, from 0.
+    #[arg(long, short = 'p', default_value_t = 0)]
+    process: usize,
+    /// File with one host:port per process, in process order (default: 127.0.0.1:2101,
+    /// 127.0.0.1:2102, ...).
+    #[arg(long, short = 'h')]
+    hostfile: Option<PathBuf>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
 }
 
 #[derive(Args)]
@@ -271,6 +323,13 @@ struct GenArgs {
 }
 
 fn main() -> ExitCode {
+    // A panicking worker would leave the others waiting on it forever: a panic ends
+    // the process, as a crash does (a job with checkpoints resumes from the latest).
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(101);
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -363,6 +422,18 @@ fn main_inner() -> anyhow::Result<ExitCode> {
                 exit_when_idle: args.exit_when_idle.map(Span::duration),
                 stop: Some(stop_on_signals()?),
                 metrics_addr: args.metrics_addr,
+                checkpoint_dir: args.checkpoint_dir,
+                checkpoint_interval: args.checkpoint_interval,
+                fresh: args.fresh,
+                cluster: if args.processes > 1 || args.hostfile.is_some() || args.process > 0 {
+                    Some(Cluster::new(
+                        args.processes,
+                        args.process,
+                        args.hostfile.as_deref(),
+                    )?)
+                } else {
+                    None
+                },
             };
             let summary = run(job, &options).context("run failed")?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -394,6 +465,7 @@ fn main_inner() -> anyhow::Result<ExitCode> {
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Checkpoint { command } => checkpoint_command(command),
         Command::Dlq {
             command: DlqCommand::Inspect { location, json },
         } => {
@@ -512,4 +584,105 @@ fn main_inner() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `skewless checkpoint list|inspect`.
+fn checkpoint_command(command: CheckpointCommand) -> anyhow::Result<ExitCode> {
+    use skewless::checkpoint;
+    match command {
+        CheckpointCommand::List { dir, json } => {
+            let listing = checkpoint::list(&dir);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if listing.is_empty() {
+                println!("no checkpoints in {}", dir.display());
+            }
+            println!(
+                "{:>8}  {:<24}  {:>7}  {:>10}  {:>12}  {:>8}  status",
+                "epoch", "cut (event time)", "workers", "users", "bytes", "took_s"
+            );
+            for entry in &listing {
+                match &entry.manifest {
+                    Some(m) => println!(
+                        "{:>8}  {:<24}  {:>7}  {:>10}  {:>12}  {:>8.3}  {}",
+                        entry.epoch,
+                        format_millis(m.cut),
+                        m.workers,
+                        m.parts.iter().map(|p| p.users).sum::<u64>(),
+                        m.parts.iter().map(|p| p.bytes).sum::<u64>(),
+                        m.took_s,
+                        entry.status
+                    ),
+                    None => println!(
+                        "{:>8}  {:<24}  {:>7}  {:>10}  {:>12}  {:>8}  {}",
+                        entry.epoch, "-", "-", "-", "-", "-", entry.status
+                    ),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CheckpointCommand::Inspect { dir, epoch, json } => {
+            let restored = match epoch {
+                Some(epoch) => checkpoint::load(&dir, epoch)?,
+                None => {
+                    let (restored, refused) = checkpoint::latest(&dir);
+                    for problem in refused {
+                        eprintln!("skipped: {problem}");
+                    }
+                    restored.with_context(|| format!("no complete checkpoint in {}", dir.display()))?
+                }
+            };
+            let report = checkpoint::Inspection::of(&restored);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let m = &restored.manifest;
+            println!(
+                "checkpoint {} of job `{}`: cut at {} ({} ms), {} workers, took {:.3} s",
+                m.epoch,
+                m.job,
+                format_millis(m.cut),
+                m.cut,
+                m.workers,
+                m.took_s
+            );
+            println!(
+                "watermark (slowest partition clock): {}",
+                report
+                    .watermark
+                    .map_or("-".into(), |w| format_millis((w * 1000.0) as u64))
+            );
+            for part in &report.parts {
+                println!(
+                    "part {} ({} bytes): {} users, {} dedup ids, {} late ids, {} pending events, counts read {}",
+                    part.worker, part.bytes, part.users, part.seen, part.seen_late, part.pending, part.read
+                );
+                for p in &part.partitions {
+                    println!(
+                        "  {:<40} position {:>12}  clock {}{}",
+                        p.name,
+                        p.position,
+                        p.max_seen
+                            .map_or("-".into(), |t| format_millis((t * 1000.0) as u64)),
+                        if p.finished { "  (finished)" } else { "" }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A path, where an empty one turns a sink off.
+fn any_path(text: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(text))
+}
+
+/// Event-time milliseconds as RFC 3339.
+fn format_millis(millis: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
+    humantime::format_rfc3339_millis(time).to_string()
 }

@@ -18,6 +18,9 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat, Probe};
 use timely::worker::Worker;
 
+use crate::checkpoint::PartitionState;
+use crate::checkpoint::protocol::{Checkpointing, Control, Coordinator};
+use crate::control::ControlPlane;
 use crate::dead_letter::DeadLetter;
 use crate::fold::{FlushPolicy, FoldContext, FoldFeatures};
 use crate::ingest::{IngestShared, Pacing, ingest};
@@ -76,6 +79,79 @@ pub struct RunOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Serve Prometheus metrics on this address.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Checkpoint directory; empty turns checkpoints off.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// How often a checkpoint is taken.
+    pub checkpoint_interval: Option<Span>,
+    /// Start over: ignore and remove the job's checkpoints.
+    pub fresh: bool,
+    /// Run as one process of a cluster.
+    pub cluster: Option<Cluster>,
+}
+
+/// One process's place in a cluster of processes running one job together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process, from 0.
+    pub process: usize,
+    /// `host:port` of every process, in process order.
+    pub addresses: Vec<String>,
+}
+
+impl Cluster {
+    /// The cluster of `processes` processes whose addresses `hostfile` lists, one
+    /// `host:port` per line (`#` comments and blank lines aside); without a hostfile,
+    /// `127.0.0.1:2101`, `127.0.0.1:2102`, and so on.
+    pub fn new(
+        processes: usize,
+        process: usize,
+        hostfile: Option<&std::path::Path>,
+    ) -> Result<Cluster, RunError> {
+        if process >= processes {
+            return Err(RunError::Options(format!(
+                "--process {process} is not one of the {processes} processes (0 to {})",
+                processes.saturating_sub(1)
+            )));
+        }
+        let addresses = match hostfile {
+            None => (0..processes)
+                .map(|i| format!("127.0.0.1:{}", 2101 + i))
+                .collect(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    RunError::Options(format!("cannot read hostfile {}: {e}", path.display()))
+                })?;
+                let mut addresses = Vec::new();
+                for (number, line) in text.lines().enumerate() {
+                    let line = line.split('#').next().unwrap_or("").trim();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    if line
+                        .rsplit_once(':')
+                        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+                    {
+                        return Err(RunError::Options(format!(
+                            "{}:{}: `{line}` is not host:port",
+                            path.display(),
+                            number + 1
+                        )));
+                    }
+                    addresses.push(line.to_owned());
+                }
+                if addresses.len() < processes {
+                    return Err(RunError::Options(format!(
+                        "{} lists {} addresses for {processes} processes",
+                        path.display(),
+                        addresses.len()
+                    )));
+                }
+                addresses.truncate(processes);
+                addresses
+            }
+        };
+        Ok(Cluster { process, addresses })
+    }
 }
 
 /// Why a run failed.
@@ -96,6 +172,9 @@ pub enum RunError {
     /// The engine failed (a worker panicked, or communication broke).
     #[error("dataflow engine: {0}")]
     Engine(String),
+    /// A checkpoint cannot be restored into this run.
+    #[error("{0}")]
+    Checkpoint(String),
     /// Records were lost or counted twice: a bug.
     #[error(
         "conservation broken: read {read} != applied + duplicates + ignored + late_dropped + dlq ({accounted})"
@@ -113,10 +192,27 @@ pub enum RunError {
 /// broker's read rate unused (scripts/bench-stream.sh).
 pub const DEFAULT_BATCH: usize = 1 << 16;
 
-/// What one worker reports when it is done.
+/// What one worker reports when it is done: its own counts, and on worker 0 the
+/// whole run's (every worker's, gathered over the control dataflow).
 struct WorkerReport {
     counts: Counts,
     max_event_time: Option<f64>,
+    global: Option<(Counts, Option<f64>)>,
+}
+
+/// A run's checkpoints.
+struct CheckpointPlan {
+    dir: PathBuf,
+    interval: Duration,
+    keep: usize,
+    /// The newest epoch under `dir`, complete or not: new ones number on from it.
+    last_epoch: u64,
+}
+
+/// A restored checkpoint, until every local worker has taken its share.
+struct Restoring {
+    restored: Option<crate::checkpoint::Restored>,
+    left: usize,
 }
 
 /// Where a run reads from.
@@ -149,6 +245,26 @@ struct Plan {
     stop: Arc<AtomicBool>,
     records: Arc<AtomicU64>,
     metrics: Option<Arc<Metrics>>,
+    checkpoint: Option<CheckpointPlan>,
+    restoring: std::sync::Mutex<Restoring>,
+}
+
+impl Plan {
+    /// Worker `index`'s share of the restored checkpoint; the last local worker to
+    /// take its share frees the checkpoint.
+    fn take_share(&self, index: usize, peers: usize) -> crate::checkpoint::Share {
+        let mut restoring = self.restoring.lock().unwrap_or_else(|p| p.into_inner());
+        let share = restoring
+            .restored
+            .as_ref()
+            .map(|restored| restored.share(index, peers))
+            .unwrap_or_default();
+        restoring.left = restoring.left.saturating_sub(1);
+        if restoring.left == 0 {
+            restoring.restored = None;
+        }
+        share
+    }
 }
 
 /// Applies the command line's overrides to the job.
@@ -202,6 +318,12 @@ pub fn apply_overrides(job: &mut Job, options: &RunOptions) {
             kafka.start = options.start;
         }
     }
+    if let Some(dir) = &options.checkpoint_dir {
+        job.checkpoint.dir = (!dir.as_os_str().is_empty()).then(|| dir.clone());
+    }
+    if let Some(interval) = options.checkpoint_interval {
+        job.checkpoint.interval = interval;
+    }
 }
 
 /// Runs `job` to the end of its input: archived files to their end, Kafka until
@@ -211,6 +333,11 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
     apply_overrides(&mut job, options);
     let inputs = choose_inputs(&job, options)?;
     let workers = options.workers.max(1);
+    let (processes, process) = match &options.cluster {
+        Some(cluster) => (cluster.addresses.len(), cluster.process),
+        None => (1, 0),
+    };
+    let peers = workers * processes;
     let streaming = matches!(inputs, Inputs::Kafka { .. });
     if job.sinks.archive.is_some() && !streaming {
         return Err(RunError::Options(
@@ -221,12 +348,14 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
         job.sinks.views_sqlite = None;
         job.sinks.views_jsonl = None;
     }
+    let (checkpoint, restored) = prepare_checkpoints(&job, &inputs, options, process)?;
     let sqlite = job
         .sinks
         .views_sqlite
         .as_deref()
         .map(SqliteViews::open)
         .transpose()?;
+    let resuming = restored.is_some();
     let dead_letters = match (&inputs, &options.dlq, &job.sinks.dlq) {
         (Inputs::Kafka { kafka, .. }, None, _) if !job.archive_only() => {
             let topics = DeadLetterTopics::new(&kafka.topics, job.sinks.dlq_topic.clone());
@@ -236,41 +365,37 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
                     .ensure_topic(&topic, 1)
                     .map_err(|e| SourceError::Broker(e.to_string()))?;
             }
-            DeadLetters::Kafka(KafkaDeadLetters::new(&kafka.settings, topics)?)
+            DeadLetters::Kafka(if resuming {
+                KafkaDeadLetters::resume(&kafka.settings, topics)?
+            } else {
+                KafkaDeadLetters::new(&kafka.settings, topics)?
+            })
         }
-        (_, _, Some(path)) => DeadLetters::File(DeadLetterFile::create(path)?),
+        // A resumed run keeps what the file holds; in a cluster, process 0 starts it.
+        (_, _, Some(path)) if resuming => DeadLetters::File(DeadLetterFile::resume(path)?),
+        (_, _, Some(path)) if process == 0 => DeadLetters::File(DeadLetterFile::create(path)?),
+        (_, _, Some(path)) => DeadLetters::File(DeadLetterFile::append(path)?),
         (_, _, None) => DeadLetters::Discard,
     };
     let lateness_ms = (job.allowed_lateness_secs() * 1000.0) as u64;
-    let (flush, pacing) = match &inputs {
-        Inputs::Files(_) => (
-            FlushPolicy::AtEnd,
-            Pacing {
-                batch: if options.batch == 0 {
-                    DEFAULT_BATCH
-                } else {
-                    options.batch
-                },
-                max_skew_ms: (lateness_ms * 10).max(60_000),
-                exit_when_idle: None,
-                commit_interval: Duration::from_secs(1),
-                idle_poll: Duration::from_millis(20),
-            },
-        ),
-        Inputs::Kafka { kafka, .. } => (
-            FlushPolicy::Every(job.sinks.flush_interval.duration()),
-            Pacing {
-                batch: if options.batch == 0 {
-                    DEFAULT_BATCH
-                } else {
-                    options.batch
-                },
-                max_skew_ms: (lateness_ms * 10).max(60_000),
-                exit_when_idle: options.exit_when_idle,
-                commit_interval: kafka.commit_interval.duration(),
-                idle_poll: Duration::from_millis(20),
-            },
-        ),
+    let pacing = Pacing {
+        batch: if options.batch == 0 {
+            DEFAULT_BATCH
+        } else {
+            options.batch
+        },
+        max_skew_ms: (lateness_ms * 10).max(60_000),
+        exit_when_idle: options.exit_when_idle.filter(|_| streaming),
+        commit_interval: match &inputs {
+            Inputs::Kafka { kafka, .. } => kafka.commit_interval.duration(),
+            Inputs::Files(_) => Duration::from_secs(1),
+        },
+        idle_poll: Duration::from_millis(20),
+    };
+    let flush = if streaming {
+        FlushPolicy::Every(job.sinks.flush_interval.duration())
+    } else {
+        FlushPolicy::AtEnd
     };
     let metrics = match options.metrics_addr {
         None => None,
@@ -283,6 +408,7 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
             Some(metrics)
         }
     };
+    let resumed_from = restored.as_ref().map(|r| r.manifest.epoch);
     let records = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(Arc::clone(&records), options.progress);
     let plan = Arc::new(Plan {
@@ -296,24 +422,51 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
         stop: options.stop.clone().unwrap_or_default(),
         records,
         metrics,
+        checkpoint,
+        restoring: std::sync::Mutex::new(Restoring {
+            restored,
+            left: workers,
+        }),
     });
-    tracing::info!(job = %plan.job.name, workers, streaming, "run starting");
+    tracing::info!(job = %plan.job.name, workers, processes, process, streaming, resumed_from, "run starting");
 
+    let config = match &options.cluster {
+        None => timely::Config::process(workers),
+        Some(cluster) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: cluster.process,
+                addresses: cluster.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        },
+    };
     let worker_plan = Arc::clone(&plan);
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let guards = timely::execute(config, move |worker| {
         let plan = &worker_plan;
         let index = worker.index();
         let peers = worker.peers();
+        let share = plan.take_share(index, peers);
+        let resume_of = |names: &[String]| -> Vec<Option<PartitionState>> {
+            names
+                .iter()
+                .map(|name| share.partitions.get(name).cloned())
+                .collect()
+        };
         match &plan.inputs {
             Inputs::Files(partitions) => {
                 let mine: Vec<FilePartition> =
                     partitions.iter().skip(index).step_by(peers).cloned().collect();
-                run_worker(
-                    worker,
-                    FileSource::new(mine, plan.job.max_event_bytes),
-                    None,
-                    plan,
-                )
+                let mut source = FileSource::new(mine, plan.job.max_event_bytes);
+                let resume = resume_of(&source.partition_names());
+                for (partition, state) in resume.iter().enumerate() {
+                    if let Some(state) = state {
+                        source.skip(partition, state.position).map_err(|e| chain(&e))?;
+                    }
+                }
+                run_worker(worker, source, None, plan, share, resume)
             }
             Inputs::Kafka {
                 kafka,
@@ -322,36 +475,40 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
             } => {
                 let mine: Vec<(String, i32)> =
                     partitions.iter().skip(index).step_by(peers).cloned().collect();
+                let names: Vec<String> = mine.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                let resume = resume_of(&names);
+                let offsets: Vec<Option<i64>> =
+                    resume.iter().map(|s| s.as_ref().map(|s| s.position)).collect();
                 let on_lag = plan.metrics.clone().map(|metrics| {
                     Arc::new(move |topic: &str, partition: i32, lag: i64| {
                         metrics.consumer_lag(topic, partition, lag)
                     }) as crate::source::kafka::LagReport
                 });
-                let source = KafkaSource::open(&kafka.settings, &kafka.group, &mine, *start, on_lag)
-                    .map_err(|e| chain(&e))?;
+                let source =
+                    KafkaSource::open(&kafka.settings, &kafka.group, &mine, *start, &offsets, on_lag)
+                        .map_err(|e| chain(&e))?;
                 let archive = plan
                     .job
                     .sinks
                     .archive
                     .as_ref()
                     .map(|sink| Archive::new(sink, &source.partition_names()));
-                run_worker(worker, source, archive, plan)
+                run_worker(worker, source, archive, plan, share, resume)
             }
         }
     })
     .map_err(RunError::Engine)?;
 
-    let mut counts = Counts::default();
-    let mut watermark: Option<f64> = None;
+    let mut local = Counts::default();
+    let mut local_watermark: Option<f64> = None;
+    let mut global = None;
     let mut errors = Vec::new();
     for result in guards.join() {
         match result {
             Ok(Ok(report)) => {
-                counts.merge(&report.counts);
-                watermark = match (watermark, report.max_event_time) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
+                local.merge(&report.counts);
+                local_watermark = max_time(local_watermark, report.max_event_time);
+                global = global.or(report.global);
             }
             Ok(Err(error)) | Err(error) => errors.push(error),
         }
@@ -361,8 +518,21 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
         return Err(RunError::Engine(error));
     }
     let job = &plan.job;
+    let Some((counts, watermark)) = global else {
+        // Another process of the cluster: process 0 gathers the counts and writes
+        // the summary and the views snapshot.
+        let mut summary = Summary::new(
+            &job.name,
+            &local,
+            local_watermark,
+            peers,
+            started.elapsed().as_secs_f64(),
+        );
+        summary.process = Some(process);
+        return Ok(summary);
+    };
     if let Some(path) = &job.sinks.views_jsonl {
-        merge_parts(path, 0..workers)?;
+        merge_parts(path, 0..peers)?;
     }
     if !counts.conserved() {
         return Err(RunError::Conservation {
@@ -370,13 +540,27 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
             accounted: counts.accounted(),
         });
     }
+    // A run over files that reached the end has nothing to resume.
+    if let (Some(checkpoint), false) = (&plan.checkpoint, streaming)
+        && !plan.stop.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        crate::checkpoint::clear(&checkpoint.dir).map_err(|e| RunError::Checkpoint(chain(&e)))?;
+    }
     let mut summary = Summary::new(
         &job.name,
         &counts,
         watermark,
-        workers,
+        peers,
         started.elapsed().as_secs_f64(),
     );
+    summary.resumed_from_checkpoint = resumed_from;
+    if resumed_from.is_some() {
+        let read_now = plan.records.load(std::sync::atomic::Ordering::Relaxed);
+        summary.events_per_s = read_now as f64 / summary.wall_time_s.max(1e-9);
+    }
+    if processes > 1 {
+        summary.processes = Some(processes);
+    }
     describe_outputs(&plan, &mut summary);
     if let Some(path) = &job.sinks.summary {
         crate::sinks::create_parent(path)?;
@@ -388,6 +572,95 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
     }
     tracing::info!(job = %job.name, read = summary.read, seconds = summary.wall_time_s, "run finished");
     Ok(summary)
+}
+
+fn max_time(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Decides whether the run takes checkpoints and which one it resumes from.
+///
+/// Jobs that only archive keep no state and commit offsets as they go; a job that
+/// also archives commits through the archive. Neither takes checkpoints. `--fresh`
+/// removes the job's checkpoints (process 0 does, in a cluster). Otherwise the newest
+/// complete, intact checkpoint is restored; newer ones that are not are reported and
+/// skipped. A checkpoint of another job, of other state declarations, or of inputs
+/// this run does not read is refused.
+fn prepare_checkpoints(
+    job: &Job,
+    inputs: &Inputs,
+    options: &RunOptions,
+    process: usize,
+) -> Result<(Option<CheckpointPlan>, Option<crate::checkpoint::Restored>), RunError> {
+    let Some(dir) = job.checkpoint.dir.clone() else {
+        return Ok((None, None));
+    };
+    if job.sinks.archive.is_some() {
+        tracing::info!("no checkpoints: a job with an archive sink commits offsets through the archive");
+        return Ok((None, None));
+    }
+    let refuse = |message: String| RunError::Checkpoint(format!("{message}; run with --fresh to start over"));
+    if options.fresh && process == 0 {
+        crate::checkpoint::clear(&dir).map_err(|e| RunError::Checkpoint(chain(&e)))?;
+    }
+    let restored = if options.fresh {
+        None
+    } else {
+        let (restored, skipped) = crate::checkpoint::latest(&dir);
+        for problem in &skipped {
+            tracing::warn!(problem = %chain(problem), "skipping a checkpoint that cannot be restored");
+            eprintln!("warning: skipping checkpoint: {}", chain(problem));
+        }
+        restored
+    };
+    if let Some(restored) = &restored {
+        let manifest = &restored.manifest;
+        let at = crate::checkpoint::epoch_dir(&dir, manifest.epoch);
+        if manifest.job != job.name {
+            return Err(refuse(format!(
+                "checkpoint {} belongs to job `{}`, not `{}`",
+                at.display(),
+                manifest.job,
+                job.name
+            )));
+        }
+        if manifest.features != crate::checkpoint::fingerprint(job) {
+            return Err(refuse(format!(
+                "checkpoint {} holds state of other [[state]]/[[features]] declarations than {} has now",
+                at.display(),
+                job.path.display()
+            )));
+        }
+        let names: std::collections::BTreeSet<String> = match inputs {
+            Inputs::Files(partitions) => partitions.iter().map(|p| p.name.clone()).collect(),
+            Inputs::Kafka { partitions, .. } => partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect(),
+        };
+        if let Some(missing) = crate::checkpoint::positions(restored)
+            .keys()
+            .find(|n| !names.contains(*n))
+        {
+            return Err(refuse(format!(
+                "checkpoint {} covers input `{missing}`, which this run does not read",
+                at.display()
+            )));
+        }
+        tracing::info!(
+            epoch = manifest.epoch,
+            cut = manifest.cut,
+            workers = manifest.workers,
+            "resuming from a checkpoint"
+        );
+    }
+    let plan = CheckpointPlan {
+        last_epoch: crate::checkpoint::epochs(&dir).last().copied().unwrap_or(0),
+        dir,
+        interval: job.checkpoint.interval.duration(),
+        keep: job.checkpoint.keep,
+    };
+    Ok((Some(plan), restored))
 }
 
 /// Runs `job` over archived files to the end of its input.
@@ -476,14 +749,18 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// Builds this worker's dataflow over `source` and runs it to completion.
+/// Builds this worker's dataflow over `source` and runs it to completion, taking part
+/// in checkpoints, then reports its counts to worker 0.
 fn run_worker<S: Source + 'static>(
     worker: &mut Worker,
     source: S,
     archive: Option<Archive>,
     plan: &Plan,
+    share: crate::checkpoint::Share,
+    resume: Vec<Option<PartitionState>>,
 ) -> Result<WorkerReport, String> {
     let index = worker.index();
+    let peers = worker.peers();
     let job = &plan.job;
     let mut view_sinks: Vec<Box<dyn ViewSink>> = Vec::new();
     if let Some(store) = &plan.sqlite {
@@ -502,22 +779,46 @@ fn run_worker<S: Source + 'static>(
         DeadLetters::Kafka(producer) => Box::new(producer.clone()),
         DeadLetters::Discard => Box::new(Discard),
     };
-    let counts = Rc::new(RefCell::new(Counts::default()));
+    let crate::checkpoint::Share {
+        fold: restored_fold,
+        ingest_counts,
+        fold_counts,
+        ..
+    } = share;
+    let mut carried = ingest_counts.clone();
+    carried.merge(&fold_counts);
+    let counts = Rc::new(RefCell::new(carried));
+    let restored_max = resume
+        .iter()
+        .flatten()
+        .filter_map(|p| p.max_seen)
+        .reduce(f64::max);
+    let checkpointing = Rc::new(RefCell::new(Checkpointing::new(
+        plan.checkpoint.as_ref().map(|c| c.dir.clone()),
+        &job.name,
+        index,
+        peers,
+    )));
+    let enabled = plan.checkpoint.is_some();
     let source = Rc::new(RefCell::new(source));
     let shared = IngestShared {
         counts: Rc::clone(&counts),
         error: Rc::new(RefCell::new(None)),
         progress: Arc::clone(&plan.records),
-        max_event_time: Rc::new(Cell::new(None)),
+        max_event_time: Rc::new(Cell::new(restored_max)),
         stop: Arc::clone(&plan.stop),
         final_positions: Rc::new(RefCell::new(None)),
         metrics: plan.metrics.clone(),
+        checkpointing: Rc::clone(&checkpointing),
+        restored: resume,
+        restored_counts: ingest_counts,
     };
     let sink_failure: SinkFailure = Rc::new(RefCell::new(None));
+    let mut control = ControlPlane::new(worker);
+    let durable = ProbeHandle::new();
     let dataflow = worker.next_dataflow_index();
     worker.dataflow::<u64, _, _>(|scope| {
         let global = ProbeHandle::new();
-        let durable = ProbeHandle::new();
         let ingested = ingest(
             scope,
             Rc::clone(&source),
@@ -536,6 +837,10 @@ fn run_worker<S: Source + 'static>(
                 counts: Rc::clone(&counts),
                 flush: plan.flush,
                 metrics: plan.metrics.clone(),
+                checkpointing: Rc::clone(&checkpointing),
+                restored: restored_fold,
+                restored_counts: fold_counts,
+                hold_unflushed: !enabled,
             },
         );
         let sink_dead = folded
@@ -548,27 +853,128 @@ fn run_worker<S: Source + 'static>(
             .write_dead_letters(dead_sink, Rc::clone(&sink_failure))
             .probe_with(&durable);
     });
-    while worker.has_dataflows() {
-        if shared.error.borrow().is_some() || sink_failure.borrow().is_some() {
+    let mut coordinator = match (&plan.checkpoint, index) {
+        (Some(c), 0) => Some(Coordinator::new(
+            c.dir.clone(),
+            job,
+            peers,
+            c.interval,
+            c.keep,
+            c.last_epoch,
+        )),
+        _ => None,
+    };
+    let mut gathered: Vec<(Counts, Option<f64>, Option<String>)> = Vec::new();
+    let mut failure: Option<String> = None;
+    while worker.installed_dataflows().contains(&dataflow) {
+        if let Some(error) = shared.error.borrow_mut().take() {
+            failure = Some(chain(&error));
+        } else if let Some(error) = sink_failure.borrow_mut().take() {
+            failure = Some(chain(&error));
+        }
+        if failure.is_some() {
             worker.drop_dataflow(dataflow);
             break;
         }
-        worker.step_or_park(Some(Duration::from_millis(50)));
-    }
-    if let Some(error) = shared.error.borrow_mut().take() {
-        return Err(chain(&error));
-    }
-    if let Some(error) = sink_failure.borrow_mut().take() {
-        return Err(chain(&error));
+        let messages = control.take();
+        for message in &messages {
+            match message {
+                Control::Stats {
+                    counts,
+                    max_event_time,
+                    error,
+                    ..
+                } => gathered.push((counts.clone(), *max_event_time, error.clone())),
+                other => checkpointing.borrow_mut().receive(other),
+            }
+        }
+        if let Some(coordinator) = coordinator.as_mut() {
+            for message in coordinator.step(&messages, Instant::now()) {
+                control.broadcast(message);
+            }
+        }
+        // A checkpoint is complete: commit the source positions it holds.
+        let complete = checkpointing.borrow_mut().complete.take();
+        if let Some(epoch) = complete {
+            let positions = {
+                let mut cp = checkpointing.borrow_mut();
+                let positions = cp.positions.remove(&epoch);
+                cp.positions.retain(|e, _| *e > epoch);
+                positions
+            };
+            if let Some(positions) = positions
+                && let Err(error) = source.borrow_mut().commit(&positions)
+            {
+                failure = Some(chain(&error));
+                worker.drop_dataflow(dataflow);
+                break;
+            }
+        }
+        let outgoing = checkpointing.borrow_mut().outgoing(|at| !durable.less_than(&at));
+        for message in outgoing {
+            control.to_zero(message);
+        }
+        worker.step_or_park(Some(Duration::from_millis(20)));
     }
     // Every sink has flushed: what was read is durable, commit all of it.
-    if let Some(positions) = shared.final_positions.borrow_mut().take() {
-        source.borrow_mut().commit(&positions).map_err(|e| chain(&e))?;
+    let finals = shared.final_positions.borrow_mut().take();
+    if failure.is_none()
+        && let Some(positions) = finals
+        && let Err(error) = source.borrow_mut().commit(&positions)
+    {
+        failure = Some(chain(&error));
     }
-    let counts = counts.borrow().clone();
+    let local = counts.borrow().clone();
+    let max_event_time = shared.max_event_time.get();
+    control.to_zero(Control::Stats {
+        worker: index,
+        counts: local.clone(),
+        max_event_time,
+        error: failure.clone(),
+    });
+    let global = if index == 0 && failure.is_none() {
+        while gathered.len() < peers && gathered.iter().all(|g| g.2.is_none()) {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+            for message in control.take() {
+                if let Control::Stats {
+                    counts,
+                    max_event_time,
+                    error,
+                    ..
+                } = message
+                {
+                    gathered.push((counts, max_event_time, error));
+                }
+            }
+        }
+        let mut total = Counts::default();
+        let mut watermark = None;
+        for (counts, max, error) in &gathered {
+            if let (None, Some(error)) = (&failure, error) {
+                failure = Some(error.clone());
+            }
+            total.merge(counts);
+            watermark = max_time(watermark, *max);
+        }
+        Some((total, watermark))
+    } else {
+        None
+    };
+    control.close();
+    if let Some(error) = failure {
+        // Let the stats reach worker 0 before this worker goes.
+        for _ in 0..10 {
+            worker.step();
+        }
+        return Err(error);
+    }
+    while worker.has_dataflows() {
+        worker.step_or_park(Some(Duration::from_millis(20)));
+    }
     Ok(WorkerReport {
-        counts,
-        max_event_time: shared.max_event_time.get(),
+        counts: local,
+        max_event_time,
+        global,
     })
 }
 

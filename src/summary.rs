@@ -116,6 +116,17 @@ pub struct Summary {
     pub events_per_s: f64,
     /// Where outputs went.
     pub outputs: BTreeMap<String, String>,
+    /// The checkpoint the run resumed from; the counts are the whole job's since its
+    /// fresh start, and `events_per_s` is this run's own rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_checkpoint: Option<u64>,
+    /// Processes of a cluster run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<usize>,
+    /// This process, on processes of a cluster other than 0: their summary holds
+    /// only their own workers' counts (process 0's holds the run's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<usize>,
 }
 
 impl Summary {
@@ -153,6 +164,9 @@ impl Summary {
                 0.0
             },
             outputs: BTreeMap::new(),
+            resumed_from_checkpoint: None,
+            processes: None,
+            process: None,
         }
     }
 }

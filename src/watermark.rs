@@ -100,6 +100,21 @@ impl Clocks {
             .unwrap_or(Duration::MAX)
     }
 
+    /// A partition's clock and whether it is finished, for a checkpoint.
+    pub fn snapshot(&self, partition: usize) -> (Option<f64>, bool) {
+        let clock = &self.clocks[partition];
+        (clock.max_seen, clock.status == PartitionStatus::Finished)
+    }
+
+    /// Restores a partition's clock from a checkpoint.
+    pub fn restore(&mut self, partition: usize, max_seen: Option<f64>, finished: bool) {
+        let clock = &mut self.clocks[partition];
+        clock.max_seen = max_seen;
+        if finished {
+            clock.status = PartitionStatus::Finished;
+        }
+    }
+
     /// Marks `partition` finished: it no longer holds the watermark back.
     pub fn finish(&mut self, partition: usize) {
         self.clocks[partition].status = PartitionStatus::Finished;

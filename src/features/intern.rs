@@ -29,6 +29,11 @@ impl Interner {
         &self.strings[id as usize]
     }
 
+    /// Every string, by id.
+    pub fn strings(&self) -> &[CompactString] {
+        &self.strings
+    }
+
     /// How many distinct strings it holds.
     pub fn len(&self) -> usize {
         self.strings.len()

@@ -47,6 +47,32 @@ pub struct UserState {
 }
 
 impl UserState {
+    /// Rewrites interned ids (state restored from another worker's string table).
+    pub fn remap(&mut self, id: impl Fn(u32) -> u32) {
+        for agg in self.aggs.iter_mut() {
+            match agg {
+                Agg::Distinct(set) => {
+                    for v in set.iter_mut() {
+                        *v = id(*v);
+                    }
+                    set.sort_unstable();
+                }
+                Agg::LastK(list) => {
+                    for v in list.iter_mut() {
+                        *v = id(*v);
+                    }
+                }
+                Agg::Latest(Scalar::Str(v)) => *v = id(*v),
+                Agg::Decayed(scores) => {
+                    for (g, _) in scores.iter_mut() {
+                        *g = id(*g);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Bytes this state holds on the heap (for memory reporting).
     pub fn heap_bytes(&self) -> usize {
         let aggs = self.aggs.len() * std::mem::size_of::<Agg>();

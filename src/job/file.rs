@@ -169,6 +169,19 @@ pub struct SinksSection {
     pub archive: Option<ArchiveSection>,
 }
 
+/// `[checkpoint]`: durable state, so a restart resumes instead of starting over.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Where checkpoints are written; an empty string turns them off. Default:
+    /// `out/<job>/checkpoints`.
+    pub dir: Option<String>,
+    /// How often one is taken (wall clock). Default: 30 s.
+    pub interval: Option<Span>,
+    /// How many complete checkpoints are kept. Default: 3.
+    pub keep: Option<Spanned<usize>>,
+}
+
 /// `[sinks.redis]`: views in Redis, one key per user.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -26,8 +26,8 @@ use crate::schema::Registry;
 use duration::Span;
 pub use file::LatePolicy;
 use file::{
-    ArchiveSection, EventDecl, FeatureDecl, JobSection, KafkaSection, LimitsSection, RedisSection,
-    SinksSection, SourceSection, StateDecl, TimeSection,
+    ArchiveSection, CheckpointSection, EventDecl, FeatureDecl, JobSection, KafkaSection, LimitsSection,
+    RedisSection, SinksSection, SourceSection, StateDecl, TimeSection,
 };
 pub use file::{LagTolerance, StartPosition};
 
@@ -47,6 +47,10 @@ pub const DEFAULT_FLUSH_INTERVAL: Span = Span(std::time::Duration::from_millis(5
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 /// Default `source.kafka.lag_tolerance.messages`.
 pub const DEFAULT_LAG_TOLERANCE_MESSAGES: u64 = 10_000;
+/// Default `checkpoint.interval`.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Span = Span::secs(30);
+/// Default `checkpoint.keep`.
+pub const DEFAULT_CHECKPOINT_KEEP: usize = 3;
 /// How deep `extends` chains may go.
 const MAX_EXTENDS_DEPTH: usize = 8;
 
@@ -71,6 +75,8 @@ pub struct Job {
     pub features: FeatureSpec,
     /// Retries of a retryable failure before it is dead-lettered.
     pub max_retries: u32,
+    /// Checkpoints.
+    pub checkpoint: CheckpointPolicy,
     /// The Kafka source, when the job reads Kafka.
     pub kafka: Option<KafkaJob>,
 }
@@ -125,6 +131,17 @@ pub struct TimePolicy {
     pub dedup_horizon: Span,
     /// When an idle partition stops holding the watermark back.
     pub idle_timeout: Span,
+}
+
+/// When and where a job takes checkpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointPolicy {
+    /// The directory; `None` when the job takes none.
+    pub dir: Option<PathBuf>,
+    /// How often one is taken.
+    pub interval: Span,
+    /// Complete checkpoints kept.
+    pub keep: usize,
 }
 
 /// Where a job writes.
@@ -257,6 +274,7 @@ struct Layer {
     limits: LimitsSection,
     time: TimeSection,
     sinks: SinksSection,
+    checkpoint: CheckpointSection,
     events: Option<Vec<EventDecl>>,
     state: Option<Vec<StateDecl>>,
     features: Option<Vec<FeatureDecl>>,
@@ -269,6 +287,7 @@ struct Merged {
     limits: LimitsSection,
     time: TimeSection,
     sinks: SinksSection,
+    checkpoint: CheckpointSection,
     events: Option<Located<Vec<EventDecl>>>,
     state: Option<Located<Vec<StateDecl>>>,
     features: Option<Located<Vec<FeatureDecl>>>,
@@ -441,6 +460,7 @@ fn parse_layer(file: &SourceFile, problems: &mut Problems) -> (Layer, Option<Spa
             "limits" => layer.limits = section(file, "limits", value, problems).unwrap_or_default(),
             "time" => layer.time = section(file, "time", value, problems).unwrap_or_default(),
             "sinks" => layer.sinks = section(file, "sinks", value, problems).unwrap_or_default(),
+            "checkpoint" => layer.checkpoint = section(file, "checkpoint", value, problems).unwrap_or_default(),
             "events" => layer.events = list_section(file, "events", value, problems),
             "state" => layer.state = list_section(file, "state", value, problems),
             "features" => layer.features = list_section(file, "features", value, problems),
@@ -448,7 +468,7 @@ fn parse_layer(file: &SourceFile, problems: &mut Problems) -> (Layer, Option<Spa
                 file,
                 key.span(),
                 &name,
-                "unknown key; expected one of `extends`, `job`, `source`, `limits`, `time`, `sinks`, `events`, `state`, `features`",
+                "unknown key; expected one of `extends`, `job`, `source`, `limits`, `time`, `sinks`, `checkpoint`, `events`, `state`, `features`",
             ),
         }
     }
@@ -464,6 +484,7 @@ fn merge(layers: Vec<(usize, Layer)>) -> Merged {
         limits: LimitsSection::default(),
         time: TimeSection::default(),
         sinks: SinksSection::default(),
+        checkpoint: CheckpointSection::default(),
         events: None,
         state: None,
         features: None,
@@ -475,6 +496,7 @@ fn merge(layers: Vec<(usize, Layer)>) -> Merged {
             limits,
             time,
             sinks,
+            checkpoint,
             events,
             state,
             features,
@@ -496,6 +518,9 @@ fn merge(layers: Vec<(usize, Layer)>) -> Merged {
         overlay(&mut merged.sinks.dlq_topic, sinks.dlq_topic);
         merge_redis(&mut merged.sinks.redis, sinks.redis);
         merge_archive(&mut merged.sinks.archive, sinks.archive);
+        overlay(&mut merged.checkpoint.dir, checkpoint.dir);
+        overlay(&mut merged.checkpoint.interval, checkpoint.interval);
+        overlay(&mut merged.checkpoint.keep, checkpoint.keep);
         if let Some(value) = events {
             merged.events = Some(Located { file, value });
         }
@@ -615,6 +640,29 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
             }),
         },
     };
+    if let Some(keep) = merged.checkpoint.keep.as_ref().filter(|k| *k.get_ref() == 0) {
+        problems.at(leaf, keep.span(), "checkpoint.keep", "keep at least 1 checkpoint");
+    }
+    if merged.checkpoint.interval.is_some_and(|i| i.duration().is_zero()) {
+        problems.at(
+            leaf,
+            0..0,
+            "checkpoint.interval",
+            "the interval must be longer than 0 s",
+        );
+    }
+    let checkpoint = CheckpointPolicy {
+        dir: match merged.checkpoint.dir {
+            Some(dir) if dir.is_empty() => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => Some(PathBuf::from(format!("out/{name}/checkpoints"))),
+        },
+        interval: merged.checkpoint.interval.unwrap_or(DEFAULT_CHECKPOINT_INTERVAL),
+        keep: merged
+            .checkpoint
+            .keep
+            .map_or(DEFAULT_CHECKPOINT_KEEP, |k| k.into_inner()),
+    };
     let kafka = merged.source.kafka.map(|kafka| KafkaJob {
         settings: BrokerSettings {
             brokers: kafka.brokers.unwrap_or_else(|| DEFAULT_BROKERS.to_owned()),
@@ -644,6 +692,7 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
             idle_timeout: merged.time.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
         },
         sinks,
+        checkpoint,
         registry,
         features,
     })

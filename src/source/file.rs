@@ -107,6 +107,23 @@ impl FileSource {
             line_limit: max_event_bytes,
         }
     }
+
+    /// Reads past the first `records` records of `partition`, to resume where a
+    /// checkpoint left it. Fails when the partition has fewer: it is not the input the
+    /// checkpoint was taken over.
+    pub fn skip(&mut self, partition: usize, records: i64) -> Result<(), SourceError> {
+        while self.partitions[partition].records < records {
+            let want = (records - self.partitions[partition].records).min(1 << 16) as usize;
+            if self.read(partition, want, &mut |_| {})? == Read::Finished {
+                let reader = &self.partitions[partition];
+                return Err(SourceError::Resume(format!(
+                    "{} has {} records, but the checkpoint resumes after {records}",
+                    reader.partition.name, reader.records
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn open_segment(path: &Path, limit: usize) -> Result<Open, SourceError> {

@@ -55,13 +55,15 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// A consumer in `group` reading `partitions` from `start`. `on_lag` receives the
+    /// A consumer in `group` reading `partitions` from `start`, except those with an
+    /// offset in `resume` (from a checkpoint), which start there. `on_lag` receives the
     /// consumer lag per partition from librdkafka's statistics.
     pub fn open(
         settings: &BrokerSettings,
         group: &str,
         partitions: &[(String, i32)],
         start: StartPosition,
+        resume: &[Option<i64>],
         on_lag: Option<LagReport>,
     ) -> Result<KafkaSource, SourceError> {
         let broker = |e: rdkafka::error::KafkaError| SourceError::Broker(settings.describe(&e));
@@ -85,15 +87,24 @@ impl KafkaSource {
         for (topic, partition) in partitions {
             list.add_partition(topic, *partition);
         }
-        let offsets = match start {
+        let mut offsets = match start {
             StartPosition::Earliest => uniform(&list, Offset::Beginning),
             StartPosition::Latest => uniform(&list, Offset::End),
             StartPosition::Committed => uniform(&list, Offset::Stored),
             StartPosition::At(millis) => offsets_at(settings, &consumer, partitions, millis)?,
         };
+        let mut next = vec![-1; partitions.len()];
+        for (i, (topic, partition)) in partitions.iter().enumerate() {
+            if let Some(offset) = resume.get(i).copied().flatten().filter(|&o| o >= 0) {
+                offsets
+                    .set_partition_offset(topic, *partition, Offset::Offset(offset))
+                    .map_err(broker)?;
+                next[i] = offset;
+            }
+        }
         consumer.assign(&offsets).map_err(broker)?;
         let mut assigned = Vec::new();
-        for (topic, partition) in partitions {
+        for ((topic, partition), next) in partitions.iter().zip(next) {
             let queue = consumer.split_partition_queue(topic, *partition).ok_or_else(|| {
                 SourceError::Broker(format!(
                     "cannot read partition {partition} of `{topic}` on its own queue"
@@ -103,7 +114,7 @@ impl KafkaSource {
                 topic: topic.clone(),
                 partition: *partition,
                 queue,
-                next: -1,
+                next,
             });
         }
         Ok(KafkaSource {

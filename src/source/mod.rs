@@ -92,6 +92,9 @@ pub enum SourceError {
     /// The archive of what was read could not be written.
     #[error("archive: {0}")]
     Archive(String),
+    /// A source cannot be put back where a checkpoint left it.
+    #[error("cannot resume from the checkpoint: {0}")]
+    Resume(String),
 }
 
 /// The partitions one worker reads.

@@ -6,7 +6,7 @@
 //! waits until every dead letter sent is acknowledged, and a dead letter that cannot
 //! be delivered fails the run (it would otherwise be lost).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer}
 
 use super::{DeadLetterSink, SinkError};
 use crate::broker::BrokerSettings;
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, LetterKey, key_of};
+use crate::dlq::DlqLocation;
 
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -105,6 +106,9 @@ pub struct KafkaDeadLetters {
     producer: Arc<ThreadedProducer<DeliveryContext>>,
     context: DeliveryContext,
     topics: Arc<DeadLetterTopics>,
+    /// Dead letters already in the topics (when resuming from a checkpoint): records
+    /// read again give them again, and they are not sent twice.
+    present: Arc<HashSet<LetterKey>>,
 }
 
 impl KafkaDeadLetters {
@@ -120,13 +124,37 @@ impl KafkaDeadLetters {
             producer: Arc::new(producer),
             context,
             topics: Arc::new(topics),
+            present: Arc::default(),
         })
+    }
+
+    /// A producer for `topics` that skips the dead letters the topics already hold.
+    pub fn resume(
+        settings: &BrokerSettings,
+        topics: DeadLetterTopics,
+    ) -> Result<KafkaDeadLetters, SinkError> {
+        let mut present = HashSet::new();
+        for topic in topics.all() {
+            let location = DlqLocation::Topic {
+                settings: settings.clone(),
+                topic: topic.clone(),
+            };
+            let records = crate::dlq::read(&location)
+                .map_err(|e| SinkError::Store(format!("reading dead letters back from `{topic}`: {e}")))?;
+            present.extend(records.iter().filter_map(key_of));
+        }
+        let mut resumed = KafkaDeadLetters::new(settings, topics)?;
+        resumed.present = Arc::new(present);
+        Ok(resumed)
     }
 }
 
 impl DeadLetterSink for KafkaDeadLetters {
     fn write(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
         for letter in letters {
+            if !self.present.is_empty() && letter.key().is_some_and(|key| self.present.contains(&key)) {
+                continue;
+            }
             let topic = self.topics.topic_for(letter);
             let payload = letter.to_json();
             let key = letter.origin.key.as_deref().map(str::as_bytes);

@@ -1,0 +1,558 @@
+//! Agreeing on a cut: how the workers of a run (of every process) take one checkpoint.
+//!
+//! Worker 0 coordinates over a small control dataflow of its own (messages broadcast
+//! to every worker, or sent to worker 0):
+//!
+//! 1. `Request(k)`: every ingest operator stops reading and acks the time its
+//!    capability is at.
+//! 2. `Cut(k, B)`, with `B` after every acked time: every ingest reads on as before
+//!    until its watermark reaches `B`; then, before it sends anything at `B`, it
+//!    snapshots its partitions (positions, clocks) and counts, and reads on while
+//!    holding its capability at `B`. Nothing sent before its snapshot is at `B` or
+//!    later; everything sent after is. No capability is pushed ahead of its watermark,
+//!    so taking a checkpoint changes neither when nor in which order events apply.
+//! 3. Every fold waits for its input frontier to be exactly `B` (every event sent
+//!    before the cut has arrived, none after it has been applied), snapshots its state
+//!    (leaving out what was sent at `B` or later) and writes the worker's part. The
+//!    ingest then lets go of `B`. A checkpoint is thus at a watermark boundary: it
+//!    completes once the slowest worker's watermark has reached `B`.
+//! 4. `Done(k)` once the part is written and every output before `B` is durable
+//!    (the probe after the sinks has passed `B`); worker 0 then writes the manifest and
+//!    broadcasts `Complete(k)`, after which Kafka offsets are committed from the
+//!    checkpoint. Views of users that changed before the cut but were not yet written
+//!    are in the checkpoint (their `dirty` flag), so restore writes them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Manifest, PartEntry, PartitionState};
+use crate::event::Millis;
+use crate::summary::Counts;
+
+/// A message of the control dataflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Control {
+    /// Worker 0 asks for checkpoint `epoch`.
+    Request {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// A worker has stopped reading; its capability is at `at`.
+    Ack {
+        /// The epoch.
+        epoch: u64,
+        /// The worker.
+        worker: usize,
+        /// Its capability's time.
+        at: Millis,
+    },
+    /// Worker 0 fixes the cut.
+    Cut {
+        /// The epoch.
+        epoch: u64,
+        /// The cut's time.
+        at: Millis,
+    },
+    /// A worker's part is written and its outputs before the cut are durable (or, with
+    /// `None`, it could not take its part).
+    Done {
+        /// The epoch.
+        epoch: u64,
+        /// The worker.
+        worker: usize,
+        /// The part's manifest entry.
+        entry: Option<PartEntry>,
+    },
+    /// The checkpoint is complete.
+    Complete {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// A worker's final counts, for the run's summary (sent to worker 0 at the end).
+    Stats {
+        /// The worker.
+        worker: usize,
+        /// Its counts.
+        counts: Counts,
+        /// The largest event time its partitions saw.
+        max_event_time: Option<f64>,
+        /// Why it failed, when it did.
+        error: Option<String>,
+    },
+}
+
+/// What the ingest operator snapshotted at a cut.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestCut {
+    /// The epoch.
+    pub epoch: u64,
+    /// The cut's time.
+    pub at: Millis,
+    /// The worker's partitions.
+    pub partitions: Vec<PartitionState>,
+    /// The ingest counts at the cut.
+    pub counts: Counts,
+}
+
+/// What the ingest operator should do in this activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Read; while a cut is open, never let the capability pass its time.
+    Run {
+        /// The open cut, if any.
+        cut: Option<OpenCut>,
+    },
+    /// Do not read: a checkpoint is being agreed.
+    Pause,
+}
+
+/// A cut the fold has not yet taken its part of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenCut {
+    /// The epoch.
+    pub epoch: u64,
+    /// The cut's time.
+    pub at: Millis,
+    /// Whether this worker's ingest has snapshotted for it: it does when its
+    /// watermark reaches the cut, before sending anything at the cut's time.
+    pub snapshotted: bool,
+}
+
+/// One worker's part in the checkpoint protocol, shared by its operators and its
+/// main loop.
+#[derive(Debug, Default)]
+pub struct Checkpointing {
+    /// The checkpoint directory; `None` when the run takes no checkpoints.
+    pub dir: Option<PathBuf>,
+    /// The job's name.
+    pub job: String,
+    /// This worker.
+    pub worker: usize,
+    /// All workers.
+    pub workers: usize,
+    /// The latest request received.
+    pub request: Option<u64>,
+    /// The epoch acked, and the time acked.
+    pub acked: Option<(u64, Millis)>,
+    ack_sent: Option<u64>,
+    /// The latest cut received.
+    pub cut: Option<(u64, Millis)>,
+    /// The ingest's snapshot at the latest cut.
+    pub ingest: Option<IngestCut>,
+    /// The fold's part for an epoch: its manifest entry, or why it could not be taken.
+    pub part: Option<(u64, Result<PartEntry, String>)>,
+    done_sent: Option<u64>,
+    /// The newest complete epoch whose positions this worker has not committed yet.
+    pub complete: Option<u64>,
+    /// The ingest's partitions and counts when it stopped reading for good (a worker
+    /// with nothing left to read still takes part in checkpoints).
+    pub finished: Option<(Vec<PartitionState>, Counts)>,
+    /// Positions snapshotted per epoch, to commit once complete.
+    pub positions: BTreeMap<u64, Vec<(usize, i64)>>,
+    /// Operators to wake when a request or a cut arrives (the fold may already be at
+    /// the cut's time when it learns of the cut).
+    pub wake: Vec<timely::scheduling::Activator>,
+}
+
+impl Checkpointing {
+    /// Worker `worker` of `workers` of job `job`, checkpointing to `dir` (or not).
+    pub fn new(dir: Option<PathBuf>, job: &str, worker: usize, workers: usize) -> Checkpointing {
+        Checkpointing {
+            dir,
+            job: job.to_owned(),
+            worker,
+            workers,
+            ..Checkpointing::default()
+        }
+    }
+
+    /// Whether the run takes checkpoints.
+    pub fn enabled(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    /// What the ingest should do, given where its capability is.
+    pub fn gate(&mut self, capability: Millis) -> Gate {
+        if let Some((epoch, at)) = self.cut
+            && self.part.as_ref().map(|p| p.0) != Some(epoch)
+        {
+            let snapshotted = self.ingest.as_ref().map(|i| i.epoch) == Some(epoch);
+            return Gate::Run {
+                cut: Some(OpenCut {
+                    epoch,
+                    at,
+                    snapshotted,
+                }),
+            };
+        }
+        if let Some(epoch) = self.request
+            && self.cut.map(|c| c.0) != Some(epoch)
+        {
+            if self.acked.map(|a| a.0) != Some(epoch) {
+                self.acked = Some((epoch, capability));
+            }
+            return Gate::Pause;
+        }
+        Gate::Run { cut: None }
+    }
+
+    /// Records the ingest's snapshot for `cut`: its partitions and counts.
+    pub fn snapshot(&mut self, cut: OpenCut, partitions: Vec<PartitionState>, counts: Counts) {
+        self.positions.insert(
+            cut.epoch,
+            partitions
+                .iter()
+                .enumerate()
+                .map(|(p, s)| (p, s.position))
+                .collect(),
+        );
+        self.ingest = Some(IngestCut {
+            epoch: cut.epoch,
+            at: cut.at,
+            partitions,
+            counts,
+        });
+    }
+
+    /// Handles a message from the control dataflow.
+    pub fn receive(&mut self, message: &Control) {
+        if matches!(message, Control::Request { .. } | Control::Cut { .. }) {
+            self.wake.iter().for_each(timely::scheduling::Activator::activate);
+        }
+        match *message {
+            Control::Request { epoch } => {
+                self.request = Some(epoch);
+                if self.finished.is_some() && self.acked.map(|a| a.0) != Some(epoch) {
+                    self.acked = Some((epoch, 0));
+                }
+            }
+            Control::Cut { epoch, at } => {
+                self.cut = Some((epoch, at));
+                if let Some((partitions, counts)) = &self.finished {
+                    self.ingest = Some(IngestCut {
+                        epoch,
+                        at,
+                        partitions: partitions.clone(),
+                        counts: counts.clone(),
+                    });
+                }
+            }
+            Control::Complete { epoch } => self.complete = Some(epoch),
+            _ => {}
+        }
+    }
+
+    /// Messages this worker owes worker 0: an ack, or a done once `durable` (whether
+    /// every output before the cut is durable) holds.
+    pub fn outgoing(&mut self, durable: impl Fn(Millis) -> bool) -> Vec<Control> {
+        let mut out = Vec::new();
+        if let Some((epoch, at)) = self.acked
+            && self.ack_sent != Some(epoch)
+        {
+            self.ack_sent = Some(epoch);
+            out.push(Control::Ack {
+                epoch,
+                worker: self.worker,
+                at,
+            });
+        }
+        if let (Some((epoch, result)), Some((cut_epoch, at))) = (&self.part, self.cut) {
+            let failed = result.is_err();
+            if *epoch == cut_epoch && self.done_sent != Some(*epoch) && (failed || durable(at)) {
+                self.done_sent = Some(*epoch);
+                out.push(Control::Done {
+                    epoch: *epoch,
+                    worker: self.worker,
+                    entry: result.as_ref().ok().cloned(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Worker 0's side: when to ask for a checkpoint, and how to finish one.
+#[derive(Debug)]
+pub struct Coordinator {
+    dir: PathBuf,
+    job: String,
+    features: String,
+    workers: usize,
+    interval: Duration,
+    keep: usize,
+    epoch: u64,
+    last: Instant,
+    current: Option<InProgress>,
+}
+
+#[derive(Debug)]
+struct InProgress {
+    epoch: u64,
+    started: Instant,
+    acks: BTreeMap<usize, Millis>,
+    cut: Option<Millis>,
+    done: BTreeMap<usize, Option<PartEntry>>,
+}
+
+impl Coordinator {
+    /// A coordinator for `workers` workers; epochs continue after `last_epoch`.
+    pub fn new(
+        dir: PathBuf,
+        job: &crate::job::Job,
+        workers: usize,
+        interval: Duration,
+        keep: usize,
+        last_epoch: u64,
+    ) -> Coordinator {
+        Coordinator {
+            dir,
+            job: job.name.clone(),
+            features: super::fingerprint(job),
+            workers,
+            interval,
+            keep,
+            epoch: last_epoch,
+            last: Instant::now(),
+            current: None,
+        }
+    }
+
+    /// Handles messages from workers; returns messages to broadcast.
+    pub fn step(&mut self, incoming: &[Control], now: Instant) -> Vec<Control> {
+        let mut out = Vec::new();
+        for message in incoming {
+            let Some(current) = self.current.as_mut() else {
+                continue;
+            };
+            match message {
+                Control::Ack { epoch, worker, at } if *epoch == current.epoch => {
+                    current.acks.insert(*worker, *at);
+                    if current.acks.len() == self.workers && current.cut.is_none() {
+                        let at = current.acks.values().copied().max().unwrap_or(0) + 1;
+                        current.cut = Some(at);
+                        out.push(Control::Cut {
+                            epoch: current.epoch,
+                            at,
+                        });
+                    }
+                }
+                Control::Done { epoch, worker, entry } if *epoch == current.epoch => {
+                    current.done.insert(*worker, entry.clone());
+                }
+                _ => {}
+            }
+        }
+        if let Some(current) = &self.current {
+            if current.done.len() == self.workers {
+                let current = self.current.take().expect("checked above");
+                self.last = now;
+                match self.finish(current, now) {
+                    Ok(epoch) => out.push(Control::Complete { epoch }),
+                    Err(problem) => tracing::info!(%problem, "checkpoint abandoned"),
+                }
+            }
+        } else if now.duration_since(self.last) >= self.interval {
+            self.epoch += 1;
+            self.current = Some(InProgress {
+                epoch: self.epoch,
+                started: now,
+                acks: BTreeMap::new(),
+                cut: None,
+                done: BTreeMap::new(),
+            });
+            out.push(Control::Request { epoch: self.epoch });
+        }
+        out
+    }
+
+    fn finish(&self, current: InProgress, now: Instant) -> Result<u64, String> {
+        let mut parts = Vec::with_capacity(self.workers);
+        for (worker, entry) in current.done {
+            parts.push(entry.ok_or_else(|| {
+                format!(
+                    "worker {worker} could not take its part of epoch {}",
+                    current.epoch
+                )
+            })?);
+        }
+        let manifest = Manifest {
+            job: self.job.clone(),
+            epoch: current.epoch,
+            cut: current.cut.unwrap_or(0),
+            workers: self.workers,
+            completed_at: crate::dead_letter::wall_clock_seconds(),
+            took_s: now.duration_since(current.started).as_secs_f64(),
+            features: self.features.clone(),
+            parts,
+        };
+        super::write_manifest(&self.dir, &manifest).map_err(|e| e.to_string())?;
+        tracing::info!(
+            epoch = manifest.epoch,
+            seconds = manifest.took_s,
+            "checkpoint complete"
+        );
+        super::prune(&self.dir, self.keep).map_err(|e| e.to_string())?;
+        Ok(current.epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_pauses_acks_cuts_holds_and_reports() {
+        let mut cp = Checkpointing {
+            dir: Some("/tmp".into()),
+            worker: 1,
+            workers: 2,
+            ..Checkpointing::default()
+        };
+        assert_eq!(cp.gate(10), Gate::Run { cut: None });
+        cp.receive(&Control::Request { epoch: 1 });
+        assert_eq!(cp.gate(10), Gate::Pause);
+        assert_eq!(cp.gate(11), Gate::Pause, "the ack keeps the first time");
+        assert_eq!(
+            cp.outgoing(|_| true),
+            vec![Control::Ack {
+                epoch: 1,
+                worker: 1,
+                at: 10
+            }]
+        );
+        assert!(cp.outgoing(|_| true).is_empty(), "acked once");
+        cp.receive(&Control::Cut { epoch: 1, at: 21 });
+        let open = OpenCut {
+            epoch: 1,
+            at: 21,
+            snapshotted: false,
+        };
+        assert_eq!(cp.gate(10), Gate::Run { cut: Some(open) });
+        cp.snapshot(open, vec![], Counts::default());
+        assert_eq!(cp.positions[&1], vec![]);
+        let snapshotted = OpenCut {
+            snapshotted: true,
+            ..open
+        };
+        assert_eq!(
+            cp.gate(21),
+            Gate::Run {
+                cut: Some(snapshotted)
+            }
+        );
+        let entry = PartEntry {
+            worker: 1,
+            file: "f".into(),
+            bytes: 1,
+            checksum: "0".into(),
+            users: 0,
+            partitions: vec![],
+        };
+        cp.part = Some((1, Ok(entry.clone())));
+        assert_eq!(cp.gate(21), Gate::Run { cut: None });
+        assert!(
+            cp.outgoing(|_| false).is_empty(),
+            "not done until outputs before the cut are durable"
+        );
+        assert_eq!(
+            cp.outgoing(|at| at == 21),
+            vec![Control::Done {
+                epoch: 1,
+                worker: 1,
+                entry: Some(entry)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_worker_with_nothing_left_to_read_acks_at_once() {
+        let mut cp = Checkpointing {
+            dir: Some("/tmp".into()),
+            workers: 2,
+            ..Checkpointing::default()
+        };
+        cp.finished = Some((
+            vec![],
+            Counts {
+                read: 5,
+                ..Counts::default()
+            },
+        ));
+        cp.receive(&Control::Request { epoch: 3 });
+        assert_eq!(
+            cp.outgoing(|_| true),
+            vec![Control::Ack {
+                epoch: 3,
+                worker: 0,
+                at: 0
+            }]
+        );
+        cp.receive(&Control::Cut { epoch: 3, at: 9 });
+        assert_eq!(cp.ingest.as_ref().unwrap().counts.read, 5);
+    }
+
+    #[test]
+    fn the_coordinator_cuts_after_every_ack_and_completes_after_every_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = crate::job::Job::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/jobs/recsys.toml"
+        )))
+        .unwrap();
+        let mut co = Coordinator::new(dir.path().to_owned(), &job, 2, Duration::ZERO, 2, 7);
+        let now = Instant::now();
+        assert_eq!(co.step(&[], now), vec![Control::Request { epoch: 8 }]);
+        assert!(
+            co.step(
+                &[Control::Ack {
+                    epoch: 8,
+                    worker: 0,
+                    at: 5
+                }],
+                now
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            co.step(
+                &[Control::Ack {
+                    epoch: 8,
+                    worker: 1,
+                    at: 9
+                }],
+                now
+            ),
+            vec![Control::Cut { epoch: 8, at: 10 }]
+        );
+        let entry = |w| {
+            let part = super::super::WorkerPart {
+                epoch: 8,
+                cut: 10,
+                worker: w,
+                workers: 2,
+                partitions: vec![],
+                ingest_counts: Counts::default(),
+                fold: Default::default(),
+                fold_counts: Counts::default(),
+            };
+            super::super::write_part(dir.path(), &part).unwrap()
+        };
+        let done = [
+            Control::Done {
+                epoch: 8,
+                worker: 0,
+                entry: Some(entry(0)),
+            },
+            Control::Done {
+                epoch: 8,
+                worker: 1,
+                entry: Some(entry(1)),
+            },
+        ];
+        assert_eq!(co.step(&done, now), vec![Control::Complete { epoch: 8 }]);
+        assert_eq!(super::super::load(dir.path(), 8).unwrap().parts.len(), 2);
+    }
+}
