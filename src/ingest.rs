@@ -383,6 +383,7 @@ pub fn ingest<'s, S: Source + 'static>(
                             touched.push(partition);
                         }
                         Ok(Read::Empty) => partition_clocks.poll_empty(partition, now),
+                        Ok(Read::Unavailable) => partition_clocks.touch(partition, now),
                         Ok(Read::Finished) => partition_clocks.finish(partition),
                         Err(error) => {
                             failure = Some(error);

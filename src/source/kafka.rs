@@ -18,22 +18,48 @@ use crate::job::StartPosition;
 /// Receives `(topic, partition, consumer lag)` from librdkafka's statistics.
 pub type LagReport = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
 
-/// The consumer's context: receives librdkafka statistics for lag metrics.
+/// The consumer's context: receives librdkafka statistics, for lag metrics and to
+/// know which partitions' leaders are reachable.
 #[derive(Clone, Default)]
 pub struct SourceContext {
     lag: Option<LagReport>,
+    /// `(topic, partition)` -> whether its leader was up in the latest statistics.
+    reachable: Arc<std::sync::Mutex<std::collections::HashMap<(String, i32), bool>>>,
 }
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
-        let Some(report) = &self.lag else { return };
+        let up: std::collections::HashSet<i32> = statistics
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0 && b.state == "UP")
+            .map(|b| b.nodeid)
+            .collect();
+        let mut reachable = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
         for (topic, stats) in &statistics.topics {
             for (partition, p) in &stats.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
+                if *partition < 0 {
+                    continue;
+                }
+                reachable.insert((topic.clone(), *partition), up.contains(&p.leader));
+                if let Some(report) = &self.lag
+                    && p.consumer_lag >= 0
+                {
                     report(topic, *partition, p.consumer_lag);
                 }
             }
         }
+    }
+}
+
+impl SourceContext {
+    /// False when the latest statistics showed the partition's leader down.
+    fn reachable(&self, topic: &str, partition: i32) -> bool {
+        let reachable = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
+        reachable
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .unwrap_or(true)
     }
 }
 
@@ -75,12 +101,14 @@ impl KafkaSource {
             ("enable.partition.eof", "false"),
             // Freshness: do not wait half a second for a fetch to fill up.
             ("fetch.wait.max.ms", "20"),
-            (
-                "statistics.interval.ms",
-                if on_lag.is_some() { "5000" } else { "0" },
-            ),
+            // Every second: which partitions' leaders are up (a partition that cannot
+            // be fetched is not idle), and consumer lag for the metrics.
+            ("statistics.interval.ms", "1000"),
         ]);
-        let context = SourceContext { lag: on_lag };
+        let context = SourceContext {
+            lag: on_lag,
+            reachable: Default::default(),
+        };
         let consumer: BaseConsumer<SourceContext> = config.create_with_context(context).map_err(broker)?;
         let consumer = Arc::new(consumer);
         let mut list = TopicPartitionList::new();
@@ -254,10 +282,17 @@ impl Source for KafkaSource {
                 BrokerError::Fatal(text) => return Err(SourceError::Broker(text)),
             }
         }
-        Ok(if count == 0 {
+        let assigned = &self.assigned[partition];
+        Ok(if count > 0 {
+            Read::Records(count)
+        } else if self
+            .consumer
+            .context()
+            .reachable(&assigned.topic, assigned.partition)
+        {
             Read::Empty
         } else {
-            Read::Records(count)
+            Read::Unavailable
         })
     }
 

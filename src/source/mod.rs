@@ -58,6 +58,9 @@ pub enum Read {
     Records(usize),
     /// Nothing right now; more may come.
     Empty,
+    /// Nothing, because the source cannot be reached (a broker outage): the
+    /// partition is not idle, since records may be waiting for it.
+    Unavailable,
     /// Nothing, ever again.
     Finished,
 }
