@@ -534,8 +534,16 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             max_clock: None,
             unflushed_since: None,
         };
-        for snapshot in restored {
-            fold.restore(snapshot);
+        if !restored.is_empty() {
+            let started = Instant::now();
+            for snapshot in restored {
+                fold.restore(snapshot);
+            }
+            tracing::debug!(
+                users = fold.users.entries.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "state restored"
+            );
         }
         fold.total = restored_counts;
         let mut last_flush = Instant::now();

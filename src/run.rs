@@ -444,6 +444,14 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
         },
     };
     let worker_plan = Arc::clone(&plan);
+    // timely prints "awaiting connections" on stdout while a cluster connects; stdout
+    // carries the run summary, so it goes to stderr until the workers have started.
+    let stdout = match &options.cluster {
+        Some(_) => {
+            Some(StdoutToStderr::new().map_err(|e| RunError::Engine(format!("redirecting stdout: {e}")))?)
+        }
+        None => None,
+    };
     let guards = timely::execute(config, move |worker| {
         let plan = &worker_plan;
         let index = worker.index();
@@ -497,7 +505,9 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
             }
         }
     })
-    .map_err(RunError::Engine)?;
+    .map_err(RunError::Engine);
+    drop(stdout);
+    let guards = guards?;
 
     let mut local = Counts::default();
     let mut local_watermark: Option<f64> = None;
@@ -574,6 +584,28 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
     Ok(summary)
 }
 
+/// While it lives, what is written to stdout goes to stderr.
+struct StdoutToStderr {
+    saved: std::os::fd::OwnedFd,
+}
+
+impl StdoutToStderr {
+    fn new() -> std::io::Result<StdoutToStderr> {
+        use std::os::fd::AsFd;
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let saved = std::io::stdout().as_fd().try_clone_to_owned()?;
+        rustix::stdio::dup2_stdout(std::io::stderr())?;
+        Ok(StdoutToStderr { saved })
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let _ = rustix::stdio::dup2_stdout(&self.saved);
+    }
+}
+
 fn max_time(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
@@ -606,13 +638,28 @@ fn prepare_checkpoints(
     if options.fresh && process == 0 {
         crate::checkpoint::clear(&dir).map_err(|e| RunError::Checkpoint(chain(&e)))?;
     }
+    let mut load_seconds = 0.0;
     let restored = if options.fresh {
         None
     } else {
+        let loading = Instant::now();
         let (restored, skipped) = crate::checkpoint::latest(&dir);
+        load_seconds = loading.elapsed().as_secs_f64();
         for problem in &skipped {
             tracing::warn!(problem = %chain(problem), "skipping a checkpoint that cannot be restored");
             eprintln!("warning: skipping checkpoint: {}", chain(problem));
+        }
+        // Incomplete checkpoints are what a crash leaves behind; a damaged one with
+        // nothing intact before it means the state is gone, which no run should hide.
+        let damaged = skipped
+            .iter()
+            .find(|p| !matches!(p, crate::checkpoint::CheckpointError::Incomplete(_)));
+        if let (None, Some(problem)) = (&restored, damaged) {
+            return Err(refuse(format!(
+                "no intact checkpoint to resume from in {} ({})",
+                dir.display(),
+                chain(problem)
+            )));
         }
         restored
     };
@@ -651,6 +698,8 @@ fn prepare_checkpoints(
             epoch = manifest.epoch,
             cut = manifest.cut,
             workers = manifest.workers,
+            users = manifest.parts.iter().map(|p| p.users).sum::<u64>(),
+            load_seconds,
             "resuming from a checkpoint"
         );
     }
@@ -1001,7 +1050,36 @@ impl DeadLetterSink for Discard {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{Cluster, redact_url};
+
+    #[test]
+    fn a_hostfile_names_every_process_or_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(
+            &hosts,
+            "# the cluster\n10.0.0.1:2101\n\n10.0.0.2:2101  # second\n10.0.0.3:2101\n",
+        )
+        .unwrap();
+        let cluster = Cluster::new(2, 1, Some(&hosts)).unwrap();
+        assert_eq!(cluster.addresses, ["10.0.0.1:2101", "10.0.0.2:2101"]);
+        assert_eq!(cluster.process, 1);
+        assert_eq!(
+            Cluster::new(3, 0, None).unwrap().addresses,
+            ["127.0.0.1:2101", "127.0.0.1:2102", "127.0.0.1:2103"]
+        );
+
+        let error = Cluster::new(4, 0, Some(&hosts)).unwrap_err().to_string();
+        assert!(error.contains("lists 3 addresses for 4 processes"), "{error}");
+        let error = Cluster::new(2, 2, None).unwrap_err().to_string();
+        assert!(
+            error.contains("--process 2 is not one of the 2 processes"),
+            "{error}"
+        );
+        std::fs::write(&hosts, "10.0.0.1:2101\n10.0.0.2\n").unwrap();
+        let error = Cluster::new(2, 0, Some(&hosts)).unwrap_err().to_string();
+        assert!(error.contains("hosts:2: `10.0.0.2` is not host:port"), "{error}");
+    }
 
     #[test]
     fn urls_lose_their_passwords() {

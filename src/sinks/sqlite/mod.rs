@@ -56,18 +56,31 @@ impl SqliteViews {
         let connection = Connection::open(path).map_err(err)?;
         // Views are ~1 KiB; 16 KiB pages keep several per page and cut b-tree work on
         // the end-of-run write (5M-event bench). The page size applies to new files only.
-        connection
-            .execute_batch(
-                "PRAGMA page_size = 16384;
+        // The processes of a cluster open one file together; switching a new file to
+        // WAL can fail at once with "locked" instead of waiting, so that is retried.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match connection.execute_batch(
+                "PRAGMA busy_timeout = 60000;
+                 PRAGMA page_size = 16384;
                  PRAGMA journal_mode = WAL;
-
                  PRAGMA synchronous = NORMAL;
-                 PRAGMA busy_timeout = 10000;
                  PRAGMA cache_size = -16384;
                  CREATE TABLE IF NOT EXISTS user_features (
                      user_id TEXT PRIMARY KEY, as_of REAL, features TEXT, state TEXT);",
-            )
-            .map_err(err)?;
+            ) {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(
+                        e.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
         let (commands, receiver) = sync_channel(QUEUE);
         let name = path.display().to_string();
         let writer = std::thread::Builder::new()
@@ -157,7 +170,21 @@ fn write_loop(mut connection: Connection, commands: Receiver<Command>, path: Str
             *open = false;
         }
     };
-    while let Ok(command) = commands.recv() {
+    loop {
+        // Commit whenever the queue runs dry, so that other processes of a cluster
+        // writing to the same file never wait long for the lock.
+        let command = match commands.try_recv() {
+            Ok(command) => command,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                commit(&mut connection, &mut transaction_open, &mut failed);
+                uncommitted = 0;
+                match commands.recv() {
+                    Ok(command) => command,
+                    Err(_) => break,
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        };
         match command {
             Command::Rows(rows) => {
                 if failed.is_some() {
@@ -165,7 +192,10 @@ fn write_loop(mut connection: Connection, commands: Receiver<Command>, path: Str
                 }
                 let result = (|| -> rusqlite::Result<()> {
                     if !transaction_open {
-                        connection.execute_batch("BEGIN")?;
+                        // IMMEDIATE takes the write lock now, waiting for it as long
+                        // as busy_timeout says; a deferred transaction that upgrades
+                        // from reading fails at once when another process wrote.
+                        connection.execute_batch("BEGIN IMMEDIATE")?;
                         transaction_open = true;
                     }
                     let mut upsert = connection.prepare_cached(UPSERT)?;
