@@ -44,11 +44,24 @@ fn unique(prefix: &str) -> String {
 fn job(dir: &std::path::Path, prefix: &str) -> Job {
     let path = dir.join("bench-stream.toml");
     let base = concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/recsys.toml");
+    // Checkpoints at the default interval unless CHECKPOINT_INTERVAL says otherwise
+    // ("" for none), in the scratch directory.
+    let interval = std::env::var("CHECKPOINT_INTERVAL").unwrap_or_else(|_| "30s".into());
+    let checkpoints = if interval.is_empty() {
+        String::new()
+    } else {
+        dir.join("checkpoints").display().to_string()
+    };
+    let interval = if interval.is_empty() {
+        "30s".into()
+    } else {
+        interval
+    };
     std::fs::write(
         &path,
         format!(
             "extends = {base:?}\n[source]\nfiles = []\n[sinks]\nviews_sqlite = \"\"\nviews_jsonl = \"\"\nsummary = \"\"\n\
-             [sinks.redis]\nkey_prefix = {prefix:?}\n"
+             [sinks.redis]\nkey_prefix = {prefix:?}\n[checkpoint]\ndir = {checkpoints:?}\ninterval = {interval:?}\n"
         ),
     )
     .unwrap();

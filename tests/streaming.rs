@@ -69,6 +69,7 @@ fn streaming_options(topic: &str, group: &str, dir: &Path) -> RunOptions {
         exit_when_idle: Some(Duration::from_secs(2)),
         views_sqlite: Some(dir.join("live.sqlite")),
         summary: Some(dir.join("live-summary.json")),
+        checkpoint_dir: Some(dir.join("checkpoints")),
         ..RunOptions::default()
     }
 }

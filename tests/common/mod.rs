@@ -36,6 +36,7 @@ pub fn run_job(job_path: &Path, inputs: &[PathBuf], workers: usize) -> Outputs {
         views_jsonl: Some(out("views.jsonl")),
         dlq: Some(out("dlq.jsonl")),
         summary: Some(out("summary.json")),
+        checkpoint_dir: Some(out("checkpoints")),
         ..RunOptions::default()
     };
     let summary = run_files(job, &options)
@@ -91,7 +92,8 @@ pub fn read_sqlite(path: &Path) -> Vec<Value> {
         .expect("rows read")
 }
 
-/// Dead letters without their wall-clock fields, sorted by origin, for comparison.
+/// Dead letters without their wall-clock fields, sorted by origin (topic or file,
+/// partition, offset), for comparison.
 pub fn normalize_dead_letters(letters: &[Value]) -> Vec<Value> {
     let mut out: Vec<Value> = letters
         .iter()
@@ -119,6 +121,7 @@ pub fn normalize_dead_letters(letters: &[Value]) -> Vec<Value> {
     out.sort_by_key(|l| {
         (
             l["original_topic"].as_str().unwrap().to_owned(),
+            l["original_partition"].as_i64().unwrap_or(-1),
             l["original_offset"].as_i64().unwrap(),
         )
     });
@@ -167,13 +170,19 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Writes a job file that extends the repository's recsys job with `body`.
+/// Writes a job file that extends the repository's recsys job with `body`, keeping
+/// its checkpoints in `dir`.
 pub fn recsys_job(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let base = repo().join("jobs/recsys.toml");
+    let checkpoints = dir.join(format!("{name}-checkpoints"));
     std::fs::write(
         &path,
-        format!("extends = {:?}\n{body}", base.display().to_string()),
+        format!(
+            "extends = {:?}\n{body}\n[checkpoint]\ndir = {:?}\n",
+            base.display().to_string(),
+            checkpoints.display().to_string()
+        ),
     )
     .unwrap();
     path
