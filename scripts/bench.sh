@@ -7,12 +7,18 @@
 # Prints events/s and peak RSS (/usr/bin/time -v). Data is cached in $BENCH_DIR.
 #   scripts/bench.sh            # 5M (1 and 2 workers) and 50M (2 workers)
 #   scripts/bench.sh --quick    # 5M only
+#   scripts/bench.sh --data     # only generate the data (for the other benchmarks;
+#                               # with --quick, only the 5M log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH_DIR="${BENCH_DIR:-$HOME/.cache/skewless/bench}"
 RUNS="${RUNS:-3}"
 quick=false
-[[ "${1:-}" == "--quick" ]] && quick=true
+data_only=false
+for arg in "$@"; do
+  [[ "$arg" == "--quick" ]] && quick=true
+  [[ "$arg" == "--data" ]] && data_only=true
+done
 
 cargo build --release --quiet
 bin=target/release/skewless
@@ -34,7 +40,7 @@ run() { # name workers -> "events/s peak_rss_mib wall_s"
   for _ in $(seq 1 "$RUNS"); do
     rm -rf out/bench
     /usr/bin/time -v "$bin" run jobs/recsys-bench.toml --input "$BENCH_DIR/$1/*.jsonl.gz" \
-      --workers "$2" --no-progress >/tmp/skewless-bench.json 2>/tmp/skewless-bench.time
+      --workers "$2" --no-progress --fresh >/tmp/skewless-bench.json 2>/tmp/skewless-bench.time
     local eps; eps=$(python3 -c 'import json;print(round(json.load(open("/tmp/skewless-bench.json"))["events_per_s"]))')
     local kb; kb=$(awk -F: '/Maximum resident/ {gsub(/ /,"",$2); print $2}' /tmp/skewless-bench.time)
     local w; w=$(python3 -c 'import json;print(round(json.load(open("/tmp/skewless-bench.json"))["wall_time_s"],2))')
@@ -45,6 +51,7 @@ run() { # name workers -> "events/s peak_rss_mib wall_s"
 
 gen 5m 5000000 10d
 $quick || gen 50m 50000000 100d
+$data_only && exit 0
 
 printf '%-8s %-8s %12s %10s %14s\n' events workers wall_s events/s peak_rss_MiB
 for workers in 1 2; do

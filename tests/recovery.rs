@@ -192,6 +192,21 @@ fn counts(summary: &Value) -> Value {
     counts
 }
 
+/// A scratch directory with a synthetic log of `events` for `users` (seeded), and the
+/// outputs of an uninterrupted backfill of it with `workers` workers.
+fn with_reference(
+    events: u64,
+    users: u64,
+    seed: u64,
+    workers: usize,
+) -> (tempfile::TempDir, Vec<PathBuf>, Outs) {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = synthetic(dir.path(), events, users, seed);
+    let reference = Outs::new(dir.path().join("reference"));
+    succeed(backfill(&inputs, &reference, workers, None));
+    (dir, inputs, reference)
+}
+
 fn backfill(inputs: &[PathBuf], outs: &Outs, workers: usize, checkpoints: Option<&Path>) -> Command {
     let mut command = skewless();
     command.args(["run", "--no-progress", "--workers", &workers.to_string()]);
@@ -280,10 +295,7 @@ fn kill_after_next_checkpoint(mut command: Command, dir: &Path, dice: &mut Dice)
 
 #[test]
 fn a_backfill_killed_five_times_ends_as_if_never_interrupted() {
-    let dir = tempfile::tempdir().unwrap();
-    let inputs = synthetic(dir.path(), 600_000, 60_000, 11);
-    let reference = Outs::new(dir.path().join("reference"));
-    succeed(backfill(&inputs, &reference, 2, None));
+    let (dir, inputs, reference) = with_reference(600_000, 60_000, 11, 2);
 
     let crashed = Outs::new(dir.path().join("crashed"));
     let checkpoints = dir.path().join("checkpoints");
@@ -316,10 +328,7 @@ fn a_backfill_killed_five_times_ends_as_if_never_interrupted() {
 
 #[test]
 fn a_checkpoint_of_two_workers_restores_on_one_and_on_four() {
-    let dir = tempfile::tempdir().unwrap();
-    let inputs = synthetic(dir.path(), 200_000, 20_000, 12);
-    let reference = Outs::new(dir.path().join("reference"));
-    succeed(backfill(&inputs, &reference, 1, None));
+    let (dir, inputs, reference) = with_reference(200_000, 20_000, 12, 1);
 
     let first = Outs::new(dir.path().join("w2"));
     let checkpoints = dir.path().join("checkpoints");
@@ -354,10 +363,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn damaged_checkpoints_are_refused_with_a_clear_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let inputs = synthetic(dir.path(), 300_000, 30_000, 13);
-    let reference = Outs::new(dir.path().join("reference"));
-    succeed(backfill(&inputs, &reference, 2, None));
+    let (dir, inputs, reference) = with_reference(300_000, 30_000, 13, 2);
 
     let outs = Outs::new(dir.path().join("crashed"));
     let checkpoints = dir.path().join("checkpoints");
@@ -533,6 +539,31 @@ fn assert_same_letters(got: &[Value], expected: &[Value]) {
     }
 }
 
+/// Asserts a streaming run's outputs (summary counts, the Redis views under a prefix,
+/// the dead letters in a topic), given as `(summary, prefix, topic)`, equal an
+/// uninterrupted run's.
+fn assert_same_stream(
+    broker: &skewless::broker::BrokerSettings,
+    got: (&Value, &str, &str),
+    expected: (&Value, &str, &str),
+) {
+    assert_eq!(counts(got.0), counts(expected.0), "summary counts differ");
+    let (views_got, views_expected) = (views(got.1), views(expected.1));
+    assert_eq!(
+        views_got.len(),
+        views_expected.len(),
+        "a different number of views"
+    );
+    assert!(
+        views_got == views_expected,
+        "views differ from the uninterrupted run's"
+    );
+    assert_same_letters(
+        &dead_letter_topic(broker, got.2),
+        &dead_letter_topic(broker, expected.2),
+    );
+}
+
 fn views(prefix: &str) -> BTreeMap<String, Value> {
     redis_views(&redis_url(), prefix)
         .into_iter()
@@ -589,16 +620,10 @@ fn a_stream_killed_five_times_ends_as_if_never_interrupted() {
     ));
     let reference: Value = serde_json::from_slice(&output.stdout).unwrap();
 
-    assert_eq!(counts(&crashed), counts(&reference));
-    let (crashed_views, reference_views) = (views(&crash_prefix), views(&reference_prefix));
-    assert_eq!(crashed_views.len(), reference_views.len());
-    assert!(
-        crashed_views == reference_views,
-        "views differ from the uninterrupted run's"
-    );
-    assert_same_letters(
-        &dead_letter_topic(&kafka(), &crash_dlq),
-        &dead_letter_topic(&kafka(), &reference_dlq),
+    assert_same_stream(
+        &kafka(),
+        (&crashed, &crash_prefix, &crash_dlq),
+        (&reference, &reference_prefix, &reference_dlq),
     );
 }
 
@@ -730,25 +755,16 @@ fn a_broker_restart_mid_stream_changes_nothing() {
         &outs,
     ));
     let reference: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(counts(&restarted), counts(&reference));
-    let (restarted_views, reference_views) = (views(&restart_prefix), views(&steady_prefix));
-    assert_eq!(restarted_views.len(), reference_views.len());
-    assert!(
-        restarted_views == reference_views,
-        "views differ after the broker restart"
-    );
-    assert_same_letters(
-        &dead_letter_topic(&settings, "restart-dlq"),
-        &dead_letter_topic(&settings, "steady-dlq"),
+    assert_same_stream(
+        &settings,
+        (&restarted, &restart_prefix, "restart-dlq"),
+        (&reference, &steady_prefix, "steady-dlq"),
     );
 }
 
 #[test]
 fn two_processes_give_what_one_process_with_one_worker_gives() {
-    let dir = tempfile::tempdir().unwrap();
-    let inputs = synthetic(dir.path(), 300_000, 30_000, 17);
-    let reference = Outs::new(dir.path().join("reference"));
-    succeed(backfill(&inputs, &reference, 1, None));
+    let (dir, inputs, reference) = with_reference(300_000, 30_000, 17, 1);
 
     // Two processes of two workers, killed together after a checkpoint...
     let outs = Outs::new(dir.path().join("cluster"));
