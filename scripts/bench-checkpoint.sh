@@ -3,7 +3,7 @@
 # (500k Zipf-skewed users, scripts/bench.sh --data):
 #
 #  1. size and time of a checkpoint: the 5M log with 2 workers and a checkpoint every
-#     second, killed after its 4th; for each checkpoint, users, bytes, the slowest
+#     second, killed after its 3rd; for each checkpoint, users, bytes, the slowest
 #     part's write time (serialize, fsync, rename) and request-to-complete time, and
 #     both per million users;
 #  2. recovery: that run resumed; time to load the checkpoint (read, verify,
@@ -68,19 +68,19 @@ def size_and_recovery():
     env = dict(os.environ, RUST_LOG="skewless=debug")
     with open(f"{OUT}/first.log", "w") as log:
         job = subprocess.Popen(run_args("5m", 2, ck, "1s"), stdout=subprocess.DEVNULL, stderr=log, env=env)
-        while newest(ck) < 4 and job.poll() is None:
+        while newest(ck) < 3 and job.poll() is None:
             time.sleep(0.01)
         job.send_signal(signal.SIGKILL)
         job.wait()
-    if newest(ck) < 4:
-        sys.exit("the 5M run ended before its 4th checkpoint")
+    if newest(ck) < 3:
+        sys.exit("the 5M run ended before its 3rd checkpoint")
     parts = {}
     for line in open(f"{OUT}/first.log"):
         if "checkpoint part written" in line:
             f = fields(line)
             epoch = int(f["epoch"])
             parts[epoch] = max(parts.get(epoch, 0.0), float(f["seconds"]))
-    print("1. checkpoints of the 5M log, 2 workers (every 1 s, killed after the 4th)")
+    print("1. checkpoints of the 5M log, 2 workers (every 1 s, killed after the 3rd)")
     print(f"{'epoch':>6} {'users':>9} {'MB':>8} {'write_s':>8} {'took_s':>7} {'MB/M users':>11} {'write_s/M users':>16}")
     listing = json.loads(subprocess.check_output([BIN, "checkpoint", "list", ck, "--json"]))
     for entry in reversed(listing):

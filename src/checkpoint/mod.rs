@@ -13,7 +13,7 @@ pub mod protocol;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use compact_str::CompactString;
@@ -197,21 +197,57 @@ fn write_atomic(
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// A writer that hashes and counts what passes through it.
+struct Hashing<'w, W> {
+    out: &'w mut W,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// Writes a worker's part; returns its manifest entry.
+///
+/// The payload is serialized straight into the file (its length and checksum are
+/// filled into the header afterwards), so no second copy of the state is held in
+/// memory while it is written.
 pub fn write_part(dir: &Path, part: &WorkerPart) -> Result<PartEntry, CheckpointError> {
     let path = epoch_dir(dir, part.epoch).join(part_name(part.worker));
-    let payload = bincode::serialize(part).expect("a checkpoint part serializes");
-    let checksum = xxhash_rust::xxh3::xxh3_64(&payload);
+    let (mut length, mut checksum) = (0, 0);
     write_atomic(&path, |out| {
         out.write_all(MAGIC)?;
-        out.write_all(&(payload.len() as u64).to_le_bytes())?;
-        out.write_all(&checksum.to_le_bytes())?;
-        out.write_all(&payload)
+        out.write_all(&[0; 16])?;
+        // bincode writes field by field: buffer before hashing, not only after.
+        let mut buffered = BufWriter::with_capacity(
+            1 << 16,
+            Hashing {
+                out: &mut *out,
+                hasher: xxhash_rust::xxh3::Xxh3::new(),
+                bytes: 0,
+            },
+        );
+        bincode::serialize_into(&mut buffered, part).map_err(std::io::Error::other)?;
+        let hashing = buffered.into_inner().map_err(|e| e.into_error())?;
+        (length, checksum) = (hashing.bytes, hashing.hasher.digest());
+        out.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+        out.write_all(&length.to_le_bytes())?;
+        out.write_all(&checksum.to_le_bytes())
     })?;
     Ok(PartEntry {
         worker: part.worker,
         file: part_name(part.worker),
-        bytes: (payload.len() + 24) as u64,
+        bytes: length + 24,
         checksum: format!("{checksum:016x}"),
         users: part.fold.users.len() as u64,
         partitions: part
