@@ -24,7 +24,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::batch::Batcher;
 use crate::checkpoint::protocol::Checkpointing;
-use crate::checkpoint::{FoldSnapshot, PartEntry, UserSnapshot, WorkerPart};
+use crate::checkpoint::{FoldSnapshot, PartEntry};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::dedup::{SeenIds, id_key};
 use crate::event::{Event, Millis, to_millis};
@@ -161,12 +161,40 @@ pub trait FoldFeatures<'s> {
     fn fold_features(self, clocks: Stream<'s, Millis, Vec<f64>>, context: FoldContext) -> Folded<'s>;
 }
 
+/// Serializes exactly as [`crate::checkpoint::UserSnapshot`] (same fields, same order), so that a
+/// checkpoint is written from the live entries.
+#[derive(serde::Serialize)]
 struct UserEntry {
     user_id: CompactString,
     hash: u64,
     state: UserState,
     has_view: bool,
     dirty: bool,
+}
+
+/// A worker's part of a checkpoint, borrowing the live state: serializes exactly as
+/// [`crate::checkpoint::WorkerPart`] (same fields, same order).
+#[derive(serde::Serialize)]
+struct PartView<'a> {
+    epoch: u64,
+    cut: Millis,
+    worker: usize,
+    workers: usize,
+    partitions: &'a [crate::checkpoint::PartitionState],
+    ingest_counts: &'a Counts,
+    fold: FoldView<'a>,
+    fold_counts: Counts,
+}
+
+/// The fold's state at a cut, borrowed: serializes exactly as [`FoldSnapshot`].
+#[derive(serde::Serialize)]
+struct FoldView<'a> {
+    strings: &'a [CompactString],
+    users: &'a [UserEntry],
+    seen: Vec<&'a crate::dedup::SeenEntry>,
+    seen_late: Vec<&'a crate::dedup::SeenEntry>,
+    pending: Vec<(Millis, &'a Event)>,
+    max_clock: Option<f64>,
 }
 
 /// A worker's users: dense entries, found by key hash.
@@ -378,7 +406,9 @@ impl Fold {
 
     /// The fold's state at a cut: everything applied, and the pending events that
     /// were sent before the cut.
+    #[cfg(test)]
     fn snapshot(&self, cut: Millis) -> FoldSnapshot {
+        use crate::checkpoint::UserSnapshot;
         FoldSnapshot {
             strings: self.interner.strings().to_vec(),
             users: self
@@ -464,17 +494,42 @@ impl Fold {
             .ok_or_else(|| format!("the ingest has no snapshot for epoch {epoch}"))?;
         let mut fold_counts = self.total.clone();
         fold_counts.merge(&self.counts);
-        let part = WorkerPart {
+        let part = PartView {
             epoch,
             cut: at,
             worker: checkpointing.worker,
             workers: checkpointing.workers,
-            partitions: ingest.partitions.clone(),
-            ingest_counts: ingest.counts.clone(),
-            fold: self.snapshot(at),
+            partitions: &ingest.partitions,
+            ingest_counts: &ingest.counts,
+            fold: self.snapshot_view(at),
             fold_counts,
         };
-        crate::checkpoint::write_part(dir, &part).map_err(|e| e.to_string())
+        crate::checkpoint::write_part_as(
+            dir,
+            epoch,
+            checkpointing.worker,
+            &part,
+            self.users.entries.len() as u64,
+            &ingest.partitions,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The state at the cut as a view that serializes exactly as a [`FoldSnapshot`].
+    fn snapshot_view(&self, cut: Millis) -> FoldView<'_> {
+        FoldView {
+            strings: self.interner.strings(),
+            users: &self.users.entries,
+            seen: self.seen.entries().collect(),
+            seen_late: self.seen_late.entries().collect(),
+            pending: self
+                .pending
+                .iter()
+                .filter(|batch| batch.sent_at < cut)
+                .flat_map(|batch| batch.events.iter().map(move |e| (batch.sent_at, e)))
+                .collect(),
+            max_clock: self.max_clock,
+        }
     }
 
     /// Views of the users that changed since the last flush.
@@ -704,5 +759,88 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
         });
 
         Folded { views, dead_letters }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{PartitionState, UserSnapshot, WorkerPart};
+
+    /// A checkpoint is written from a view of the live state; it must be byte for
+    /// byte what the owned snapshot would serialize to, or restores would fail.
+    #[test]
+    fn the_part_view_serializes_as_the_owned_part() {
+        let job = Arc::new(
+            Job::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/recsys.toml")).unwrap(),
+        );
+        let mut fold = Fold {
+            seen: SeenIds::new(86_400.0),
+            seen_late: SeenIds::new(86_400.0),
+            job,
+            users: Users::default(),
+            interner: Interner::default(),
+            pending: Vec::new(),
+            order: Vec::new(),
+            keyed: Vec::new(),
+            dirty: Vec::new(),
+            counts: Counts::default(),
+            total: Counts::default(),
+            max_clock: Some(12.5),
+            unflushed_since: None,
+        };
+        let empty = UserState::new(&fold.job.features);
+        let users = ["u1", "u2", "u3"].map(|u| UserSnapshot {
+            user_id: u.into(),
+            hash: crate::event::key_hash(u),
+            state: empty.clone(),
+            has_view: u != "u2",
+            dirty: u == "u3",
+        });
+        let seen = id_key(crate::event::key_hash("u1"), "e1");
+        fold.restore(FoldSnapshot {
+            strings: vec!["books".into(), "music".into()],
+            users: users.to_vec(),
+            seen: vec![(seen, 10.0, 0)],
+            seen_late: Vec::new(),
+            pending: Vec::new(),
+            max_clock: Some(12.5),
+        });
+        let partitions = vec![PartitionState {
+            name: "p0".into(),
+            position: 7,
+            max_seen: Some(12.5),
+            finished: false,
+        }];
+        let counts = Counts {
+            read: 9,
+            ..Counts::default()
+        };
+        let owned = WorkerPart {
+            epoch: 3,
+            cut: 11_000,
+            worker: 1,
+            workers: 2,
+            partitions: partitions.clone(),
+            ingest_counts: counts.clone(),
+            fold: fold.snapshot(11_000),
+            fold_counts: counts.clone(),
+        };
+        let view = PartView {
+            epoch: 3,
+            cut: 11_000,
+            worker: 1,
+            workers: 2,
+            partitions: &partitions,
+            ingest_counts: &counts,
+            fold: fold.snapshot_view(11_000),
+            fold_counts: counts.clone(),
+        };
+        assert_eq!(owned.fold.users.len(), 3);
+        assert_eq!(owned.fold.seen.len(), 1);
+        assert_eq!(
+            bincode::serialize(&view).unwrap(),
+            bincode::serialize(&owned).unwrap()
+        );
     }
 }

@@ -223,7 +223,28 @@ impl<W: Write> Write for Hashing<'_, W> {
 /// filled into the header afterwards), so no second copy of the state is held in
 /// memory while it is written.
 pub fn write_part(dir: &Path, part: &WorkerPart) -> Result<PartEntry, CheckpointError> {
-    let path = epoch_dir(dir, part.epoch).join(part_name(part.worker));
+    write_part_as(
+        dir,
+        part.epoch,
+        part.worker,
+        part,
+        part.fold.users.len() as u64,
+        &part.partitions,
+    )
+}
+
+/// Writes a worker's part from anything that serializes exactly as a [`WorkerPart`]
+/// does (a view borrowing the live state, say, so that the state is not copied);
+/// returns its manifest entry.
+pub fn write_part_as(
+    dir: &Path,
+    epoch: u64,
+    worker: usize,
+    part: &impl Serialize,
+    users: u64,
+    partitions: &[PartitionState],
+) -> Result<PartEntry, CheckpointError> {
+    let path = epoch_dir(dir, epoch).join(part_name(worker));
     let (mut length, mut checksum) = (0, 0);
     write_atomic(&path, |out| {
         out.write_all(MAGIC)?;
@@ -245,16 +266,12 @@ pub fn write_part(dir: &Path, part: &WorkerPart) -> Result<PartEntry, Checkpoint
         out.write_all(&checksum.to_le_bytes())
     })?;
     Ok(PartEntry {
-        worker: part.worker,
-        file: part_name(part.worker),
+        worker,
+        file: part_name(worker),
         bytes: length + 24,
         checksum: format!("{checksum:016x}"),
-        users: part.fold.users.len() as u64,
-        partitions: part
-            .partitions
-            .iter()
-            .map(|p| (p.name.clone(), p.position))
-            .collect(),
+        users,
+        partitions: partitions.iter().map(|p| (p.name.clone(), p.position)).collect(),
     })
 }
 
