@@ -279,6 +279,25 @@ struct Fold {
 }
 
 impl Fold {
+    /// An empty fold for `job`.
+    fn new(job: Arc<Job>) -> Fold {
+        Fold {
+            seen: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
+            seen_late: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
+            job,
+            users: Users::default(),
+            interner: Interner::default(),
+            pending: Vec::new(),
+            order: Vec::new(),
+            keyed: Vec::new(),
+            dirty: Vec::new(),
+            counts: Counts::default(),
+            total: Counts::default(),
+            max_clock: None,
+            unflushed_since: None,
+        }
+    }
+
     /// Applies every pending event ready before `frontier` (all, when `None`), in
     /// [`Event::apply_order`]. Events are sorted by index and dropped in place, never
     /// moved.
@@ -574,21 +593,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                 metrics.observe(delta);
             }
         };
-        let mut fold = Fold {
-            seen: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
-            seen_late: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
-            job,
-            users: Users::default(),
-            interner: Interner::default(),
-            pending: Vec::new(),
-            order: Vec::new(),
-            keyed: Vec::new(),
-            dirty: Vec::new(),
-            counts: Counts::default(),
-            total: Counts::default(),
-            max_clock: None,
-            unflushed_since: None,
-        };
+        let mut fold = Fold::new(job);
         if !restored.is_empty() {
             let started = Instant::now();
             for snapshot in restored {
@@ -774,21 +779,7 @@ mod tests {
         let job = Arc::new(
             Job::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/recsys.toml")).unwrap(),
         );
-        let mut fold = Fold {
-            seen: SeenIds::new(86_400.0),
-            seen_late: SeenIds::new(86_400.0),
-            job,
-            users: Users::default(),
-            interner: Interner::default(),
-            pending: Vec::new(),
-            order: Vec::new(),
-            keyed: Vec::new(),
-            dirty: Vec::new(),
-            counts: Counts::default(),
-            total: Counts::default(),
-            max_clock: Some(12.5),
-            unflushed_since: None,
-        };
+        let mut fold = Fold::new(job);
         let empty = UserState::new(&fold.job.features);
         let users = ["u1", "u2", "u3"].map(|u| UserSnapshot {
             user_id: u.into(),
