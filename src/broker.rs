@@ -80,6 +80,32 @@ impl BrokerSettings {
         self.redact(&error.to_string())
     }
 
+    /// The record at `offset` of a partition, read by a throwaway consumer of
+    /// `group` that commits nothing; `None` when none arrives within the timeout.
+    pub fn record_at(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<Option<rdkafka::message::OwnedMessage>, KafkaError> {
+        let consumer: BaseConsumer = self
+            .client_config(&[("group.id", group), ("enable.auto.commit", "false")])
+            .create()?;
+        let mut list = rdkafka::TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
+        consumer.assign(&list)?;
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => return Ok(Some(message.detach())),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        Ok(None)
+    }
+
     /// The partitions of `topics`, sorted by topic then partition.
     pub fn partitions(&self, topics: &[String]) -> Result<Vec<(String, i32)>, BrokerError> {
         let consumer: BaseConsumer = self

@@ -2,8 +2,6 @@
 //! the end offset, the lag in messages, and the lag in event time (the newest record's
 //! event time minus that of the first record not yet committed).
 
-use std::time::Duration;
-
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -97,32 +95,14 @@ fn event_time_at(
     partition: i32,
     offset: i64,
 ) -> Result<Option<f64>, BrokerError> {
-    let broker = |e: rdkafka::error::KafkaError| BrokerError::classify(&e, settings.describe(&e));
-    let consumer: BaseConsumer = settings
-        .client_config(&[
-            ("group.id", "skewless-lag-reader"),
-            ("enable.auto.commit", "false"),
-        ])
-        .create()
-        .map_err(broker)?;
-    let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, partition, Offset::Offset(offset))
-        .map_err(broker)?;
-    consumer.assign(&list).map_err(broker)?;
-    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
-    while std::time::Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                let time = serde_json::from_slice::<serde_json::Value>(message.payload().unwrap_or_default())
-                    .ok()
-                    .and_then(|v| v["event_time"].as_f64());
-                return Ok(time);
-            }
-            Some(Err(e)) => return Err(broker(e)),
-            None => {}
-        }
-    }
-    Ok(None)
+    let record = settings
+        .record_at("skewless-lag-reader", topic, partition, offset)
+        .map_err(|e| BrokerError::classify(&e, settings.describe(&e)))?;
+    Ok(record.and_then(|message| {
+        serde_json::from_slice::<serde_json::Value>(message.payload().unwrap_or_default())
+            .ok()
+            .and_then(|v| v["event_time"].as_f64())
+    }))
 }
 
 /// The lag report as a table.

@@ -528,16 +528,19 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
         return Err(RunError::Engine(error));
     }
     let job = &plan.job;
+    let summary_of = |counts: &Counts, watermark: Option<f64>| {
+        Summary::new(
+            &job.name,
+            counts,
+            watermark,
+            peers,
+            started.elapsed().as_secs_f64(),
+        )
+    };
     let Some((counts, watermark)) = global else {
         // Another process of the cluster: process 0 gathers the counts and writes
         // the summary and the views snapshot.
-        let mut summary = Summary::new(
-            &job.name,
-            &local,
-            local_watermark,
-            peers,
-            started.elapsed().as_secs_f64(),
-        );
+        let mut summary = summary_of(&local, local_watermark);
         summary.process = Some(process);
         return Ok(summary);
     };
@@ -556,13 +559,7 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
     {
         crate::checkpoint::clear(&checkpoint.dir).map_err(|e| RunError::Checkpoint(chain(&e)))?;
     }
-    let mut summary = Summary::new(
-        &job.name,
-        &counts,
-        watermark,
-        peers,
-        started.elapsed().as_secs_f64(),
-    );
+    let mut summary = summary_of(&counts, watermark);
     summary.resumed_from_checkpoint = resumed_from;
     if resumed_from.is_some() {
         let read_now = plan.records.load(std::sync::atomic::Ordering::Relaxed);

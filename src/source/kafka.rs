@@ -23,8 +23,8 @@ pub type LagReport = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct SourceContext {
     lag: Option<LagReport>,
-    /// `(topic, partition)` -> whether its leader was up in the latest statistics.
-    reachable: Arc<std::sync::Mutex<std::collections::HashMap<(String, i32), bool>>>,
+    /// Topic -> partition -> whether its leader was up in the latest statistics.
+    reachable: Arc<std::sync::Mutex<std::collections::HashMap<String, std::collections::HashMap<i32, bool>>>>,
 }
 
 impl ClientContext for SourceContext {
@@ -41,7 +41,10 @@ impl ClientContext for SourceContext {
                 if *partition < 0 {
                     continue;
                 }
-                reachable.insert((topic.clone(), *partition), up.contains(&p.leader));
+                reachable
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(*partition, up.contains(&p.leader));
                 if let Some(report) = &self.lag
                     && p.consumer_lag >= 0
                 {
@@ -57,7 +60,8 @@ impl SourceContext {
     fn reachable(&self, topic: &str, partition: i32) -> bool {
         let reachable = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
         reachable
-            .get(&(topic.to_owned(), partition))
+            .get(topic)
+            .and_then(|partitions| partitions.get(&partition))
             .copied()
             .unwrap_or(true)
     }
@@ -205,24 +209,10 @@ fn timestamp_at(
     partition: i32,
     offset: i64,
 ) -> Result<Option<i64>, SourceError> {
-    let broker = |e: rdkafka::error::KafkaError| SourceError::Broker(settings.describe(&e));
-    let peek: BaseConsumer = settings
-        .client_config(&[("group.id", "skewless-peek"), ("enable.auto.commit", "false")])
-        .create()
-        .map_err(broker)?;
-    let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, partition, Offset::Offset(offset))
-        .map_err(broker)?;
-    peek.assign(&list).map_err(broker)?;
-    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
-    while std::time::Instant::now() < deadline {
-        match peek.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => return Ok(message.timestamp().to_millis()),
-            Some(Err(e)) => return Err(broker(e)),
-            None => {}
-        }
-    }
-    Ok(None)
+    let record = settings
+        .record_at("skewless-peek", topic, partition, offset)
+        .map_err(|e| SourceError::Broker(settings.describe(&e)))?;
+    Ok(record.and_then(|m| m.timestamp().to_millis()))
 }
 
 fn uniform(list: &TopicPartitionList, offset: Offset) -> TopicPartitionList {
