@@ -78,6 +78,14 @@ pub struct LateRecord {
     pub origin: Origin,
 }
 
+static CONTAINERS: crate::batch::Pool<Event> = crate::batch::Pool::new();
+
+impl crate::batch::Pooled for Event {
+    fn pool() -> &'static crate::batch::Pool<Event> {
+        &CONTAINERS
+    }
+}
+
 /// The stable hash that routes a key to its worker.
 pub fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())

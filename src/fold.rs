@@ -22,7 +22,7 @@ use timely::dataflow::channels::pact::{ExchangeCore, Pipeline};
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Pooled};
 use crate::checkpoint::protocol::Checkpointing;
 use crate::checkpoint::{FoldSnapshot, PartEntry};
 use crate::dead_letter::{DeadLetter, Reason};
@@ -344,7 +344,11 @@ impl Fold {
         self.pending.retain_mut(|batch| {
             let sent_at = batch.sent_at;
             batch.events.retain(|e| ready_at(sent_at, e) >= limit);
-            !batch.events.is_empty()
+            if batch.events.is_empty() {
+                Event::pool().give(std::mem::take(&mut batch.events));
+                return false;
+            }
+            true
         });
         if let Some(frontier) = frontier {
             let watermark = frontier as f64 / 1000.0;

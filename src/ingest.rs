@@ -143,8 +143,9 @@ impl Uncommitted {
     }
 }
 
-/// Builds the ingest operator over `source`. `global` is a probe of the events stream,
-/// which shows the slowest worker's watermark; `durable` is a probe after the sinks,
+/// Builds the ingest operator over `source`. `global` is a probe of the clocks stream
+/// (whose capability moves with the events'), which shows the slowest worker's
+/// watermark; `durable` is a probe after the sinks,
 /// which shows what is durable.
 #[allow(clippy::too_many_arguments)]
 pub fn ingest<'s, S: Source + 'static>(
