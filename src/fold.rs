@@ -535,7 +535,7 @@ impl Fold {
             self.users.entries.len() as u64,
             &ingest.partitions,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
     }
 
     /// The state at the cut as a view that serializes exactly as a [`FoldSnapshot`].

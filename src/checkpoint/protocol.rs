@@ -388,13 +388,13 @@ impl Coordinator {
             features: self.features.clone(),
             parts,
         };
-        super::write_manifest(&self.dir, &manifest).map_err(|e| e.to_string())?;
+        super::write_manifest(&self.dir, &manifest).map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
         tracing::info!(
             epoch = manifest.epoch,
             seconds = manifest.took_s,
             "checkpoint complete"
         );
-        super::prune(&self.dir, self.keep).map_err(|e| e.to_string())?;
+        super::prune(&self.dir, self.keep).map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
         Ok(current.epoch)
     }
 }
