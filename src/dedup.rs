@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 
 use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
 use serde::{Deserialize, Serialize};
 
 /// The dedup key: a 128-bit hash of (user id, event id).
@@ -65,14 +66,18 @@ impl SeenIds {
     /// Whether an event with this key and time is a copy of one already seen; if
     /// not, remembers it for the user whose key hash is `user_hash`.
     pub fn check_and_insert(&mut self, key: IdKey, event_time: f64, user_hash: u64) -> bool {
-        match self.seen.get(&key) {
-            Some(&first) if (event_time - first).abs() <= self.horizon => true,
-            _ => {
-                self.seen.insert(key, event_time);
-                self.order.push_back((key, event_time, user_hash));
-                false
+        // One probe: the entry either holds a copy inside the horizon, or takes this one.
+        match self.seen.entry(key) {
+            Entry::Occupied(first) if (event_time - *first.get()).abs() <= self.horizon => return true,
+            Entry::Occupied(mut first) => {
+                first.insert(event_time);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(event_time);
             }
         }
+        self.order.push_back((key, event_time, user_hash));
+        false
     }
 
     /// Whether this key is already remembered (without recording it).
@@ -90,8 +95,10 @@ impl SeenIds {
                 break;
             }
             self.order.pop_front();
-            if self.seen.get(&key) == Some(&time) {
-                self.seen.remove(&key);
+            if let Entry::Occupied(entry) = self.seen.entry(key)
+                && *entry.get() == time
+            {
+                entry.remove();
             }
         }
     }
