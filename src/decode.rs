@@ -94,20 +94,99 @@ impl Loose<'_> {
 }
 
 /// The envelope's fields; everything else is skipped unparsed.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
     event_id: Loose<'a>,
-    #[serde(borrow, default)]
     event_type: Loose<'a>,
-    #[serde(borrow, default)]
     event_version: Loose<'a>,
-    #[serde(borrow, default)]
     event_time: Loose<'a>,
-    #[serde(borrow, default)]
     user_id: Loose<'a>,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
+    payload: Payload<'a>,
+}
+
+/// The payload as the envelope's pass left it.
+#[derive(Default)]
+enum Payload<'a> {
+    /// Absent or null.
+    #[default]
+    Absent,
+    /// Kept as text: it came before the type and version that choose its schema.
+    Raw(&'a RawValue),
+    /// Parsed in the envelope's pass against the schema its type and version chose
+    /// (they came first, as producers write them): the declared fields, by index.
+    Parsed(Result<Vec<Loose<'a>>, NotAnObject>),
+}
+
+/// A payload that is valid JSON but not an object.
+struct NotAnObject;
+
+const ENVELOPE_FIELDS: [&str; 6] = [
+    "event_id",
+    "event_type",
+    "event_version",
+    "event_time",
+    "user_id",
+    "payload",
+];
+
+/// Reads the envelope in one pass over the record; a repeated envelope field is an
+/// error, as JSON objects with duplicate keys are refused.
+struct EnvelopeVisitor<'r> {
+    registry: &'r Registry,
+}
+
+impl<'de> Visitor<'de> for EnvelopeVisitor<'_> {
+    type Value = Envelope<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
+        let mut envelope = Envelope::default();
+        let mut seen = [false; ENVELOPE_FIELDS.len()];
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let Some(field) = ENVELOPE_FIELDS.iter().position(|f| *f == key) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if std::mem::replace(&mut seen[field], true) {
+                return Err(de::Error::duplicate_field(ENVELOPE_FIELDS[field]));
+            }
+            let slot = match field {
+                0 => &mut envelope.event_id,
+                1 => &mut envelope.event_type,
+                2 => &mut envelope.event_version,
+                3 => &mut envelope.event_time,
+                4 => &mut envelope.user_id,
+                _ => {
+                    envelope.payload = match self.schema_of(&envelope) {
+                        Some(schema) => map.next_value_seed(PayloadSeed(schema))?,
+                        None => match map.next_value::<Option<&'de RawValue>>()? {
+                            Some(raw) => Payload::Raw(raw),
+                            None => Payload::Absent,
+                        },
+                    };
+                    continue;
+                }
+            };
+            *slot = map.next_value()?;
+        }
+        Ok(envelope)
+    }
+}
+
+impl EnvelopeVisitor<'_> {
+    /// The schema the fields read so far choose, when the record would get as far as
+    /// checking its payload against one.
+    fn schema_of(&self, envelope: &Envelope<'_>) -> Option<&VersionSchema> {
+        let (Loose::Str(event_type), Loose::Str(version)) = (&envelope.event_type, &envelope.event_version)
+        else {
+            return None;
+        };
+        let type_index = self.registry.type_index(event_type)?;
+        self.registry.version(type_index, parse_version(version)??)
+    }
 }
 
 fn reject(reason: Reason, detail: impl Into<String>, event_time: Option<f64>, parsed: bool) -> Decoded {
@@ -160,7 +239,13 @@ impl<'r> Decoder<'r> {
                 Err(e) => reject(Reason::InvalidJson, e.to_string(), None, false),
             };
         }
-        let envelope: Envelope<'_> = match serde_json::from_str(text) {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let parsed = deserializer
+            .deserialize_map(EnvelopeVisitor {
+                registry: self.registry,
+            })
+            .and_then(|envelope| deserializer.end().map(|()| envelope));
+        let envelope: Envelope<'_> = match parsed {
             Ok(envelope) => envelope,
             Err(e) => return reject(Reason::InvalidJson, e.to_string(), None, false),
         };
@@ -240,7 +325,7 @@ impl<'r> Decoder<'r> {
     fn payload(
         &self,
         schema: &VersionSchema,
-        payload: Option<&RawValue>,
+        payload: Payload<'_>,
         carried: usize,
         at: Option<f64>,
     ) -> Result<Values, Rejection> {
@@ -248,21 +333,21 @@ impl<'r> Decoder<'r> {
         if schema.fields.is_empty() {
             return Ok(values);
         }
-        let mut found: Vec<Loose<'_>> = (0..schema.fields.len()).map(|_| Loose::Absent).collect();
-        match payload {
-            None if schema.payload_required() => return Err(missing("payload", at)),
-            None => {}
-            Some(raw) => {
+        let found = match payload {
+            Payload::Absent if schema.payload_required() => return Err(missing("payload", at)),
+            Payload::Absent => absent(schema),
+            Payload::Raw(raw) => {
                 let mut deserializer = serde_json::Deserializer::from_str(raw.get());
-                let visitor = PayloadVisitor {
-                    schema,
-                    found: &mut found,
-                };
-                if deserializer.deserialize_any(visitor).is_err() {
-                    return Err(invalid("payload", at));
+                match PayloadSeed(schema).deserialize(&mut deserializer) {
+                    Ok(Payload::Parsed(found)) => found,
+                    _ => Err(NotAnObject),
                 }
             }
-        }
+            Payload::Parsed(found) => found,
+        };
+        let Ok(found) = found else {
+            return Err(invalid("payload", at));
+        };
         for (field, value) in schema.fields.iter().zip(found) {
             let value = match value {
                 Loose::Absent | Loose::Null if field.required => return Err(missing(&field.path, at)),
@@ -413,35 +498,71 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// Reads a payload object, parsing only the fields the schema declares.
-struct PayloadVisitor<'s, 'de> {
-    schema: &'s VersionSchema,
-    found: &'s mut Vec<Loose<'de>>,
+fn absent<'a>(schema: &VersionSchema) -> Result<Vec<Loose<'a>>, NotAnObject> {
+    Ok((0..schema.fields.len()).map(|_| Loose::Absent).collect())
 }
 
-impl<'de> Visitor<'de> for PayloadVisitor<'_, 'de> {
-    type Value = ();
+/// Reads a payload, parsing only the fields the schema declares. Any JSON value is
+/// accepted (a syntax error is the record's); one that is not an object is reported as
+/// such, and null as absent.
+struct PayloadSeed<'s>(&'s VersionSchema);
+
+impl<'de> DeserializeSeed<'de> for PayloadSeed<'_> {
+    type Value = Payload<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PayloadSeed<'_> {
+    type Value = Payload<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a payload object")
+        f.write_str("a payload")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let schema = self.0;
+        let mut found = absent(schema).unwrap_or_default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            match self.schema.fields.iter().position(|f| f.name == key) {
-                Some(index) => {
-                    self.found[index] = map.next_value_seed(FieldSeed(self.schema.fields[index].ty))?
-                }
+            match schema.fields.iter().position(|f| f.name == key) {
+                Some(index) => found[index] = map.next_value_seed(FieldSeed(schema.fields[index].ty))?,
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(())
+        Ok(Payload::Parsed(Ok(found)))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<(), A::Error> {
-        Err(de::Error::custom("payload is not an object"))
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Payload::Parsed(Err(NotAnObject)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Payload::Absent)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Payload::Parsed(Err(NotAnObject)))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Payload::Parsed(Err(NotAnObject)))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Payload::Parsed(Err(NotAnObject)))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Payload::Parsed(Err(NotAnObject)))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Payload::Parsed(Err(NotAnObject)))
     }
 }
 
@@ -468,6 +589,73 @@ impl<'de> DeserializeSeed<'de> for FieldSeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_both_orders(payload: &str) -> (Decoded, Decoded) {
+        let job = crate::job::Job::load(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/recsys.toml").as_ref())
+            .expect("the recsys job loads");
+        let decoder = Decoder::new(&job.registry, job.max_event_bytes);
+        let envelope = r#""event_id":"e1","event_type":"ecommerce.purchase_completed","event_version":"2.0","event_time":10,"user_id":"u1""#;
+        // Producers write the payload last, where it is parsed in the envelope's pass;
+        // before the type and version it is kept as text and parsed afterwards.
+        let last = format!("{{{envelope},\"payload\":{payload}}}");
+        let first = format!("{{\"payload\":{payload},{envelope}}}");
+        (decoder.decode(last.as_bytes()), decoder.decode(first.as_bytes()))
+    }
+
+    fn reason(decoded: &Decoded) -> Option<(Reason, &str)> {
+        match decoded {
+            Decoded::Rejected(r) => Some((r.reason, r.detail.as_str())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_payload_decodes_the_same_wherever_it_stands() {
+        let (last, first) =
+            decode_both_orders(r#"{"item_id":"i1","category":"books","price":9.5,"extra":[1]}"#);
+        assert!(matches!(last, Decoded::Event(_)), "{last:?}");
+        assert_eq!(last, first);
+        for (payload, expected) in [
+            ("[1,2]", Some((Reason::InvalidFieldType, "payload"))),
+            (r#""text""#, Some((Reason::InvalidFieldType, "payload"))),
+            ("7", Some((Reason::InvalidFieldType, "payload"))),
+            ("true", Some((Reason::InvalidFieldType, "payload"))),
+            ("null", Some((Reason::MissingRequiredField, "payload"))),
+            (
+                r#"{"item_id":"i1"}"#,
+                Some((Reason::MissingRequiredField, "payload.price")),
+            ),
+            (
+                r#"{"item_id":1,"category":"c","price":1}"#,
+                Some((Reason::InvalidFieldType, "payload.item_id")),
+            ),
+        ] {
+            let (last, first) = decode_both_orders(payload);
+            assert_eq!(reason(&last), expected, "{payload}: {last:?}");
+            assert_eq!(last, first, "{payload}");
+        }
+        let (last, first) = decode_both_orders(r#"{"item_id":"i1",}"#);
+        assert_eq!(reason(&last).map(|r| r.0), Some(Reason::InvalidJson));
+        assert_eq!(reason(&first).map(|r| r.0), Some(Reason::InvalidJson));
+    }
+
+    #[test]
+    fn a_repeated_envelope_field_is_invalid_json() {
+        let job = crate::job::Job::load(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/recsys.toml").as_ref())
+            .expect("the recsys job loads");
+        let decoder = Decoder::new(&job.registry, job.max_event_bytes);
+        let record = br#"{"event_id":"a","event_id":"b","event_type":"session.started","event_version":"1.0","event_time":1,"user_id":"u"}"#;
+        let decoded = decoder.decode(record);
+        let Decoded::Rejected(rejection) = &decoded else {
+            panic!("{decoded:?}")
+        };
+        assert_eq!(rejection.reason, Reason::InvalidJson);
+        assert!(
+            rejection.detail.contains("duplicate field `event_id`"),
+            "{}",
+            rejection.detail
+        );
+    }
 
     #[test]
     fn versions_are_digits_dot_digits() {
