@@ -134,7 +134,7 @@ impl Uncommitted {
             .iter()
             .map(|(&p, &position)| (p, archive.map_or(position, |a| position.min(a.durable(p)))))
             .collect();
-        source.commit(&positions)?;
+        source.commit_in_background(&positions)?;
         if archive.is_none() {
             self.durable.clear();
         }

@@ -954,7 +954,7 @@ fn run_worker<S: Source + 'static>(
                 positions
             };
             if let Some(positions) = positions
-                && let Err(error) = source.borrow_mut().commit(&positions)
+                && let Err(error) = source.borrow_mut().commit_in_background(&positions)
             {
                 failure = Some(chain(&error));
                 worker.drop_dataflow(dataflow);

@@ -67,7 +67,13 @@ impl SourceContext {
     }
 }
 
-impl ConsumerContext for SourceContext {}
+impl ConsumerContext for SourceContext {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::warn!(%error, "offset commit failed; a later commit will cover it");
+        }
+    }
+}
 
 struct Assigned {
     topic: String,
@@ -291,6 +297,25 @@ impl Source for KafkaSource {
     }
 
     fn commit(&mut self, positions: &[(usize, i64)]) -> Result<(), SourceError> {
+        self.commit_with(positions, CommitMode::Sync)
+    }
+
+    fn commit_in_background(&mut self, positions: &[(usize, i64)]) -> Result<(), SourceError> {
+        self.commit_with(positions, CommitMode::Async)
+    }
+
+    fn set_waker(&mut self, waker: Arc<dyn Fn() + Send + Sync>) {
+        for assigned in &mut self.assigned {
+            let waker = Arc::clone(&waker);
+            assigned.queue.set_nonempty_callback(move || waker());
+        }
+    }
+}
+
+impl KafkaSource {
+    /// Commits `positions`; with [`CommitMode::Async`] the broker's answer comes to
+    /// [`SourceContext::commit_callback`].
+    fn commit_with(&mut self, positions: &[(usize, i64)], mode: CommitMode) -> Result<(), SourceError> {
         let mut list = TopicPartitionList::new();
         for &(partition, next) in positions {
             if next >= 0 {
@@ -302,7 +327,7 @@ impl Source for KafkaSource {
         if list.count() == 0 {
             return Ok(());
         }
-        match self.consumer.commit(&list, CommitMode::Sync) {
+        match self.consumer.commit(&list, mode) {
             Ok(()) => Ok(()),
             Err(error) => match self.classify(&error) {
                 // A later commit covers these offsets too.
@@ -312,13 +337,6 @@ impl Source for KafkaSource {
                 }
                 BrokerError::Fatal(text) => Err(SourceError::Broker(format!("committing offsets: {text}"))),
             },
-        }
-    }
-
-    fn set_waker(&mut self, waker: Arc<dyn Fn() + Send + Sync>) {
-        for assigned in &mut self.assigned {
-            let waker = Arc::clone(&waker);
-            assigned.queue.set_nonempty_callback(move || waker());
         }
     }
 }

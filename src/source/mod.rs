@@ -125,6 +125,14 @@ pub trait Source {
         Ok(())
     }
 
+    /// As [`Source::commit`], without waiting for the broker's answer: for the periodic
+    /// commits of a running job, so that its worker never stalls on a round trip. A
+    /// failure the broker reports later is logged, and the next commit covers the
+    /// same positions.
+    fn commit_in_background(&mut self, positions: &[(usize, i64)]) -> Result<(), SourceError> {
+        self.commit(positions)
+    }
+
     /// Asks the source to call `waker` when a partition that was empty has records.
     fn set_waker(&mut self, waker: Arc<dyn Fn() + Send + Sync>) {
         let _ = waker;
