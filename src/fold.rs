@@ -575,7 +575,7 @@ impl Fold {
             self.users.entries.len() as u64,
             &ingest.partitions,
         )
-        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+        .map_err(|e| crate::error_chain(&e))
     }
 
     /// The state at the cut as a view that serializes exactly as a [`FoldSnapshot`].

@@ -34,3 +34,16 @@ pub mod source;
 pub mod summary;
 pub mod synthetic;
 pub mod watermark;
+
+/// An error and its causes on one line, for errors that cross threads or end up in a
+/// log as text.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}

@@ -22,6 +22,7 @@ use crate::checkpoint::PartitionState;
 use crate::checkpoint::protocol::{Checkpointing, Control, Coordinator};
 use crate::control::ControlPlane;
 use crate::dead_letter::DeadLetter;
+use crate::error_chain as chain;
 use crate::fold::{FlushPolicy, FoldContext, FoldFeatures};
 use crate::ingest::{IngestShared, Pacing, ingest};
 use crate::job::duration::Span;
@@ -1027,18 +1028,6 @@ fn run_worker<S: Source + 'static>(
         max_event_time,
         global,
     })
-}
-
-/// An error and its causes on one line, for errors that cross threads as text.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 /// A dead-letter sink for runs that keep no dead letters (they are still counted).

@@ -388,13 +388,13 @@ impl Coordinator {
             features: self.features.clone(),
             parts,
         };
-        super::write_manifest(&self.dir, &manifest).map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        super::write_manifest(&self.dir, &manifest).map_err(|e| crate::error_chain(&e))?;
         tracing::info!(
             epoch = manifest.epoch,
             seconds = manifest.took_s,
             "checkpoint complete"
         );
-        super::prune(&self.dir, self.keep).map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        super::prune(&self.dir, self.keep).map_err(|e| crate::error_chain(&e))?;
         Ok(current.epoch)
     }
 }
