@@ -26,14 +26,11 @@ use crate::batch::{Batcher, Pooled};
 use crate::checkpoint::protocol::Checkpointing;
 use crate::checkpoint::{FoldSnapshot, PartEntry};
 use crate::dead_letter::{DeadLetter, Reason};
-use crate::dedup::{IdKey, SeenIds, id_key};
+use crate::dedup::{SeenIds, id_key};
 use crate::event::{Event, Millis, to_millis};
 use crate::features::{Interner, UserState, render_features, render_state};
 use crate::job::{Job, LatePolicy};
 use crate::summary::Counts;
-
-/// Events looked up ahead of being applied (see [`Fold::apply_ready`]).
-const LOOKAHEAD: usize = 32;
 
 /// Views emitted per activation while a snapshot is written, to bound memory.
 const SNAPSHOT_CHUNK: usize = 1024;
@@ -208,14 +205,6 @@ struct Users {
 }
 
 impl Users {
-    /// The index of a user's entry, if it exists.
-    fn find(&self, hash: u64, user_id: &CompactString) -> Option<u32> {
-        let entries = &self.entries;
-        self.index
-            .find(hash, |&i| entries[i as usize].user_id == *user_id)
-            .copied()
-    }
-
     /// The index of a user's entry, created empty if new.
     fn slot(&mut self, hash: u64, user_id: &CompactString, job: &Job) -> u32 {
         let entries = &mut self.entries;
@@ -345,31 +334,10 @@ impl Fold {
         self.order.extend(self.keyed.iter().map(|&(_, index)| index));
         let job = Arc::clone(&self.job);
         let order = std::mem::take(&mut self.order);
-        // Applying an event is a few dependent cache misses (the dedup table, the user's
-        // entry, its state); a first pass over a chunk looks them up for every event of
-        // the chunk, independently of each other, so the misses overlap instead of
-        // following one another; the second pass applies in order, from cache.
-        let mut looked_up: Vec<(IdKey, Option<u32>)> = Vec::with_capacity(LOOKAHEAD);
-        for chunk in order.chunks(LOOKAHEAD) {
-            looked_up.clear();
-            let mut touched = 0u64;
-            for &(c, e) in chunk {
-                let event = &pending[c as usize].events[e as usize];
-                let key = id_key(event.user_hash, &event.event_id);
-                touched += u64::from(self.seen.contains(key, event.event_time));
-                let slot = self.users.find(event.user_hash, &event.user_id);
-                if let Some(slot) = slot {
-                    let aggs = &self.users.entries[slot as usize].state.aggs;
-                    touched += u64::from(matches!(aggs.first(), Some(crate::features::Agg::Count(_))));
-                }
-                looked_up.push((key, slot));
-            }
-            std::hint::black_box(touched);
-            for (&(c, e), &(key, slot)) in chunk.iter().zip(&looked_up) {
-                let batch = &pending[c as usize];
-                let event = &batch.events[e as usize];
-                self.apply_one(&job, event, key, slot, batch.ready_at(event), dead);
-            }
+        for &(c, e) in &order {
+            let batch = &pending[c as usize];
+            let event = &batch.events[e as usize];
+            self.apply_one(&job, event, batch.ready_at(event), dead);
         }
         self.order = order;
         self.pending = pending;
@@ -390,16 +358,8 @@ impl Fold {
     }
 
     /// Steps 5-7 for one event: dedup, lateness, apply.
-    /// `key` is the event's [`id_key`]; `slot` its user's entry, when it was found.
-    fn apply_one(
-        &mut self,
-        job: &Job,
-        event: &Event,
-        key: IdKey,
-        slot: Option<u32>,
-        ready_at: Millis,
-        dead: &mut Vec<DeadLetter>,
-    ) {
+    fn apply_one(&mut self, job: &Job, event: &Event, ready_at: Millis, dead: &mut Vec<DeadLetter>) {
+        let key = id_key(event.user_hash, &event.event_id);
         if !event.late {
             if self.seen.check_and_insert(key, event.event_time, event.user_hash) {
                 self.counts.duplicates += 1;
@@ -409,7 +369,7 @@ impl Fold {
             if !job.features.reads(event.event_type) {
                 return;
             }
-            let slot = slot.unwrap_or_else(|| self.users.slot(event.user_hash, &event.user_id, job));
+            let slot = self.users.slot(event.user_hash, &event.user_id, job);
             let entry = &mut self.users.entries[slot as usize];
             entry.state.apply(&job.features, &mut self.interner, event);
             entry.has_view = true;
