@@ -112,13 +112,12 @@ enum Payload<'a> {
     Absent,
     /// Kept as text: it came before the type and version that choose its schema.
     Raw(&'a RawValue),
-    /// Parsed in the envelope's pass against the schema its type and version chose
-    /// (they came first, as producers write them): the declared fields, by index.
-    Parsed(Result<Vec<Loose<'a>>, NotAnObject>),
+    /// Parsed against the schema its type and version chose: the declared fields, by
+    /// index. In the envelope's pass when they came first, as producers write them.
+    Fields(Vec<Loose<'a>>),
+    /// Valid JSON, but not an object.
+    NotAnObject,
 }
-
-/// A payload that is valid JSON but not an object.
-struct NotAnObject;
 
 const ENVELOPE_FIELDS: [&str; 6] = [
     "event_id",
@@ -333,20 +332,18 @@ impl<'r> Decoder<'r> {
         if schema.fields.is_empty() {
             return Ok(values);
         }
+        let payload = match payload {
+            // Valid JSON (the envelope's pass checked it): only its shape can fail.
+            Payload::Raw(raw) => PayloadSeed(schema)
+                .deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+                .unwrap_or(Payload::NotAnObject),
+            other => other,
+        };
         let found = match payload {
             Payload::Absent if schema.payload_required() => return Err(missing("payload", at)),
             Payload::Absent => absent(schema),
-            Payload::Raw(raw) => {
-                let mut deserializer = serde_json::Deserializer::from_str(raw.get());
-                match PayloadSeed(schema).deserialize(&mut deserializer) {
-                    Ok(Payload::Parsed(found)) => found,
-                    _ => Err(NotAnObject),
-                }
-            }
-            Payload::Parsed(found) => found,
-        };
-        let Ok(found) = found else {
-            return Err(invalid("payload", at));
+            Payload::Fields(found) => found,
+            Payload::Raw(_) | Payload::NotAnObject => return Err(invalid("payload", at)),
         };
         for (field, value) in schema.fields.iter().zip(found) {
             let value = match value {
@@ -498,8 +495,8 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-fn absent<'a>(schema: &VersionSchema) -> Result<Vec<Loose<'a>>, NotAnObject> {
-    Ok((0..schema.fields.len()).map(|_| Loose::Absent).collect())
+fn absent<'a>(schema: &VersionSchema) -> Vec<Loose<'a>> {
+    (0..schema.fields.len()).map(|_| Loose::Absent).collect()
 }
 
 /// Reads a payload, parsing only the fields the schema declares. Any JSON value is
@@ -524,7 +521,7 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let schema = self.0;
-        let mut found = absent(schema).unwrap_or_default();
+        let mut found = absent(schema);
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match schema.fields.iter().position(|f| f.name == key) {
                 Some(index) => found[index] = map.next_value_seed(FieldSeed(schema.fields[index].ty))?,
@@ -533,12 +530,12 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
                 }
             }
         }
-        Ok(Payload::Parsed(Ok(found)))
+        Ok(Payload::Fields(found))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Payload::Parsed(Err(NotAnObject)))
+        Ok(Payload::NotAnObject)
     }
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
@@ -546,23 +543,23 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Payload::Parsed(Err(NotAnObject)))
+        Ok(Payload::NotAnObject)
     }
 
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Payload::Parsed(Err(NotAnObject)))
+        Ok(Payload::NotAnObject)
     }
 
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Payload::Parsed(Err(NotAnObject)))
+        Ok(Payload::NotAnObject)
     }
 
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Payload::Parsed(Err(NotAnObject)))
+        Ok(Payload::NotAnObject)
     }
 
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Payload::Parsed(Err(NotAnObject)))
+        Ok(Payload::NotAnObject)
     }
 }
 
@@ -590,9 +587,13 @@ impl<'de> DeserializeSeed<'de> for FieldSeed {
 mod tests {
     use super::*;
 
+    fn recsys() -> crate::job::Job {
+        crate::job::Job::load(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/recsys.toml").as_ref())
+            .expect("the recsys job loads")
+    }
+
     fn decode_both_orders(payload: &str) -> (Decoded, Decoded) {
-        let job = crate::job::Job::load(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/recsys.toml").as_ref())
-            .expect("the recsys job loads");
+        let job = recsys();
         let decoder = Decoder::new(&job.registry, job.max_event_bytes);
         let envelope = r#""event_id":"e1","event_type":"ecommerce.purchase_completed","event_version":"2.0","event_time":10,"user_id":"u1""#;
         // Producers write the payload last, where it is parsed in the envelope's pass;
@@ -641,8 +642,7 @@ mod tests {
 
     #[test]
     fn a_repeated_envelope_field_is_invalid_json() {
-        let job = crate::job::Job::load(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/recsys.toml").as_ref())
-            .expect("the recsys job loads");
+        let job = recsys();
         let decoder = Decoder::new(&job.registry, job.max_event_bytes);
         let record = br#"{"event_id":"a","event_id":"b","event_type":"session.started","event_version":"1.0","event_time":1,"user_id":"u"}"#;
         let decoded = decoder.decode(record);
