@@ -34,7 +34,7 @@ use crate::sinks::dlq_file::DeadLetterFile;
 use crate::sinks::dlq_kafka::{DeadLetterTopics, KafkaDeadLetters};
 use crate::sinks::jsonl::{JsonlPart, merge_parts};
 use crate::sinks::redis::RedisViews;
-use crate::sinks::sqlite::SqliteViews;
+use crate::sinks::sqlite::{Journal, SqliteViews};
 use crate::sinks::{DeadLetterSink, SinkError, SinkFailure, ViewSink, WriteDeadLetters, WriteViews};
 use crate::source::file::{FilePartition, FileSource, resolve_partitions};
 use crate::source::kafka::KafkaSource;
@@ -356,7 +356,16 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
         .sinks
         .views_sqlite
         .as_deref()
-        .map(SqliteViews::open)
+        .map(|path| {
+            SqliteViews::open(
+                path,
+                if streaming {
+                    Journal::Wal
+                } else {
+                    Journal::Rollback
+                },
+            )
+        })
         .transpose()?;
     let resuming = restored.is_some();
     let dead_letters = match (&inputs, &options.dlq, &job.sinks.dlq) {
