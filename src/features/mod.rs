@@ -10,7 +10,7 @@ mod state;
 mod view;
 
 pub use intern::Interner;
-pub use state::{Agg, Scalar, UserState};
+pub use state::{Agg, GroupScore, Scalar, UserState};
 pub use view::{render_features, render_state};
 
 use std::collections::BTreeSet;

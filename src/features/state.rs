@@ -22,6 +22,18 @@ pub enum Scalar {
     Str(u32),
 }
 
+/// One group's decayed score, 12 bytes: a `(u32, f64)` pads to 16, and these scores
+/// are the part of a user's state that grows most as the user's history grows (a
+/// user's categories in the recsys job). Serialized as the pair it was.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[repr(C, packed(4))]
+pub struct GroupScore {
+    /// The interned group.
+    pub group: u32,
+    /// Its score.
+    pub score: f64,
+}
+
 /// One aggregation's accumulator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Agg {
@@ -36,7 +48,7 @@ pub enum Agg {
     /// The latest value.
     Latest(Scalar),
     /// Score per interned group, in first-seen order.
-    Decayed(Vec<(u32, f64)>),
+    Decayed(Vec<GroupScore>),
 }
 
 /// A user's folded state.
@@ -64,8 +76,8 @@ impl UserState {
                 }
                 Agg::Latest(Scalar::Str(v)) => *v = id(*v),
                 Agg::Decayed(scores) => {
-                    for (g, _) in scores.iter_mut() {
-                        *g = id(*g);
+                    for entry in scores.iter_mut() {
+                        entry.group = id(entry.group);
                     }
                 }
                 _ => {}
@@ -82,7 +94,7 @@ impl UserState {
             .map(|agg| match agg {
                 Agg::Distinct(set) => set.capacity() * 4,
                 Agg::LastK(list) => list.capacity() * 4,
-                Agg::Decayed(scores) => scores.capacity() * std::mem::size_of::<(u32, f64)>(),
+                Agg::Decayed(scores) => scores.capacity() * std::mem::size_of::<GroupScore>(),
                 _ => 0,
             })
             .sum::<usize>()
@@ -144,13 +156,17 @@ impl UserState {
                 (Agg::Decayed(scores), Value::Str(group)) => {
                     let id = interner.intern(group);
                     let (decay, increment) = update.weight;
-                    match scores.iter_mut().find(|(g, _)| *g == id) {
-                        Some((_, score)) => *score = *score * decay + increment,
+                    match scores.iter_mut().find(|entry| entry.group == id) {
+                        Some(entry) => entry.score = entry.score * decay + increment,
                         None => {
-                            grow(scores.len(), scores.capacity(), usize::MAX, |n| {
-                                scores.reserve_exact(n)
+                            // Exactly one more: a user meets a new group rarely (at
+                            // most once per group), and the allocator mostly grows
+                            // the block in place.
+                            scores.reserve_exact(1);
+                            scores.push(GroupScore {
+                                group: id,
+                                score: increment,
                             });
-                            scores.push((id, increment));
                         }
                     }
                 }

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 
-use super::{Agg, FeatureSpec, Interner, Scalar, UserState};
+use super::{Agg, FeatureSpec, GroupScore, Interner, Scalar, UserState};
 use crate::job::file::FeatureFn;
 
 /// The view's `state` object.
@@ -70,8 +70,10 @@ impl Serialize for AggJson<'_> {
             Agg::Count(count) => serializer.serialize_u64(*count),
             Agg::Latest(scalar) => ScalarJson(*scalar, interner).serialize(serializer),
             Agg::Decayed(scores) => {
-                let mut sorted: Vec<(&str, f64)> =
-                    scores.iter().map(|&(g, s)| (interner.resolve(g), s)).collect();
+                let mut sorted: Vec<(&str, f64)> = scores
+                    .iter()
+                    .map(|e| (interner.resolve(e.group), e.score))
+                    .collect();
                 sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 let mut map = serializer.serialize_map(Some(sorted.len()))?;
                 for (group, score) in sorted {
@@ -154,7 +156,7 @@ fn present(agg: &Agg) -> bool {
 
 /// The `k` best `[group, score]` pairs: score descending, ties by group ascending.
 struct TopK<'a> {
-    scores: &'a [(u32, f64)],
+    scores: &'a [GroupScore],
     k: usize,
     interner: &'a Interner,
 }
@@ -164,7 +166,7 @@ impl Serialize for TopK<'_> {
         let mut ranked: Vec<(&str, f64)> = self
             .scores
             .iter()
-            .map(|&(g, s)| (self.interner.resolve(g), s))
+            .map(|e| (self.interner.resolve(e.group), e.score))
             .collect();
         ranked.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         ranked.truncate(self.k);
