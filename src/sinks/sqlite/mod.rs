@@ -43,7 +43,7 @@ pub enum Journal {
     /// Write-ahead log (`synchronous=NORMAL`): readers and the writer never block each
     /// other. Every page is written twice, to the log and then back into the file.
     Wal,
-    /// Rollback journal (`TRUNCATE`, `synchronous=FULL`), for runs that write their
+    /// Rollback journal (`DELETE`, `synchronous=FULL`), for runs that write their
     /// views once at the end (backfills): pages that did not exist before a transaction
     /// need no journal, so a backfill into a new file writes each page once (a quarter
     /// less time than WAL for the 5M-event bench's end-of-run write). A file already in
@@ -86,7 +86,7 @@ impl SqliteViews {
                 .and_then(|mode| {
                     let journal = match journal {
                         Journal::Rollback if !mode.eq_ignore_ascii_case("wal") => {
-                            "PRAGMA journal_mode = TRUNCATE; PRAGMA synchronous = FULL;"
+                            "PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL;"
                         }
                         _ => "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
                     };
