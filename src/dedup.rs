@@ -5,11 +5,8 @@
 //! passed its event time plus the horizon, so memory holds only the ids still inside
 //! the horizon.
 
-use std::collections::VecDeque;
-
 use hashbrown::HashMap;
 use hashbrown::hash_map::Entry;
-use serde::{Deserialize, Serialize};
 
 /// The dedup key: a 128-bit hash of (user id, event id).
 pub type IdKey = u128;
@@ -39,44 +36,68 @@ impl std::hash::Hasher for IdKeyHasher {
     }
 }
 
-type IdMap = HashMap<IdKey, f64, std::hash::BuildHasherDefault<IdKeyHasher>>;
-
-/// One remembered id: its key, the event time of the copy that won, and the key hash
+/// What is remembered of an id: the event time of the copy that won, and the key hash
 /// of its user (so a checkpoint can hand it to the worker that owns the user).
+type Seen = (f64, u64);
+
+type IdMap = HashMap<IdKey, Seen, std::hash::BuildHasherDefault<IdKeyHasher>>;
+
+/// One remembered id, as a checkpoint holds it: key, event time, user key hash.
 pub type SeenEntry = (IdKey, f64, u64);
 
 /// The ids a worker has seen inside the horizon.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// Forgetting is exact but lazy: an id older than the horizon behind the watermark
+/// counts as absent at once, and is swept out of the table once a quarter as many ids
+/// as it holds have been added since the last sweep. A sweep is one pass over the
+/// table in memory order, where removing each id as it expired cost a random access
+/// per event, and a queue of 32 bytes per id to know the order.
+#[derive(Debug, Clone)]
 pub struct SeenIds {
     horizon: f64,
+    /// Ids whose event time is before this are forgotten.
+    limit: f64,
     seen: IdMap,
-    /// Ids in the order they were recorded, for expiry.
-    order: VecDeque<SeenEntry>,
+    /// Ids added since the last sweep.
+    added: usize,
 }
+
+/// Ids added between sweeps, at least.
+const MIN_SWEEP: usize = 4096;
 
 impl SeenIds {
     /// Remembers ids for `horizon` seconds of event time.
     pub fn new(horizon: f64) -> SeenIds {
         SeenIds {
             horizon,
-            ..SeenIds::default()
+            limit: f64::NEG_INFINITY,
+            seen: IdMap::default(),
+            added: 0,
         }
+    }
+
+    /// Whether `first`, remembered, makes a copy at `event_time` a duplicate.
+    fn covers(limit: f64, horizon: f64, first: f64, event_time: f64) -> bool {
+        first >= limit && (event_time - first).abs() <= horizon
     }
 
     /// Whether an event with this key and time is a copy of one already seen; if
     /// not, remembers it for the user whose key hash is `user_hash`.
     pub fn check_and_insert(&mut self, key: IdKey, event_time: f64, user_hash: u64) -> bool {
         // One probe: the entry either holds a copy inside the horizon, or takes this one.
+        let (limit, horizon) = (self.limit, self.horizon);
         match self.seen.entry(key) {
-            Entry::Occupied(first) if (event_time - *first.get()).abs() <= self.horizon => return true,
+            Entry::Occupied(first) if Self::covers(limit, horizon, first.get().0, event_time) => {
+                return true;
+            }
             Entry::Occupied(mut first) => {
-                first.insert(event_time);
+                first.insert((event_time, user_hash));
             }
             Entry::Vacant(slot) => {
-                slot.insert(event_time);
+                slot.insert((event_time, user_hash));
+                self.added += 1;
             }
         }
-        self.order.push_back((key, event_time, user_hash));
         false
     }
 
@@ -84,45 +105,38 @@ impl SeenIds {
     pub fn contains(&self, key: IdKey, event_time: f64) -> bool {
         self.seen
             .get(&key)
-            .is_some_and(|&first| (event_time - first).abs() <= self.horizon)
+            .is_some_and(|&(first, _)| Self::covers(self.limit, self.horizon, first, event_time))
     }
 
     /// Forgets ids whose event time is more than the horizon before `watermark` (seconds).
     pub fn expire(&mut self, watermark: f64) {
-        let limit = watermark - self.horizon;
-        while let Some(&(key, time, _)) = self.order.front() {
-            if time >= limit {
-                break;
-            }
-            self.order.pop_front();
-            if let Entry::Occupied(entry) = self.seen.entry(key)
-                && *entry.get() == time
-            {
-                entry.remove();
-            }
+        self.limit = self.limit.max(watermark - self.horizon);
+        if self.added >= (self.seen.len() / 4).max(MIN_SWEEP) {
+            let limit = self.limit;
+            self.seen.retain(|_, (time, _)| *time >= limit);
+            self.added = 0;
         }
     }
 
-    /// The remembered ids, oldest first (for a checkpoint).
-    pub fn entries(&self) -> impl Iterator<Item = &SeenEntry> {
-        self.order
+    /// The remembered ids (for a checkpoint).
+    pub fn entries(&self) -> impl Iterator<Item = SeenEntry> + '_ {
+        self.seen
             .iter()
-            .filter(|(key, time, _)| self.seen.get(key) == Some(time))
+            .filter(|(_, (time, _))| *time >= self.limit)
+            .map(|(&key, &(time, user_hash))| (key, time, user_hash))
     }
 
     /// Remembers an id taken from a checkpoint.
     pub fn restore(&mut self, (key, time, user_hash): SeenEntry) {
-        if self.seen.insert(key, time).is_none() {
-            self.order.push_back((key, time, user_hash));
-        }
+        self.seen.insert(key, (time, user_hash));
     }
 
-    /// How many ids are remembered.
+    /// How many ids the table holds (forgotten ones not yet swept included).
     pub fn len(&self) -> usize {
         self.seen.len()
     }
 
-    /// Whether none are.
+    /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }
@@ -152,8 +166,30 @@ mod tests {
         seen.check_and_insert(id_key(7, "a"), 10.0, 0);
         seen.check_and_insert(id_key(7, "b"), 50.0, 0);
         seen.expire(70.0 + 0.5);
-        assert_eq!(seen.len(), 1);
+        assert!(
+            !seen.contains(id_key(7, "a"), 10.0),
+            "forgotten before it is swept"
+        );
         assert!(seen.contains(id_key(7, "b"), 50.0));
+        assert_eq!(seen.entries().count(), 1);
+        assert!(
+            !seen.check_and_insert(id_key(7, "a"), 10.0, 0),
+            "a forgotten id is new again"
+        );
+    }
+
+    #[test]
+    fn sweeps_keep_the_table_to_the_ids_inside_the_horizon() {
+        let mut seen = SeenIds::new(10.0);
+        for i in 0..100_000u32 {
+            let time = f64::from(i) / 100.0;
+            seen.check_and_insert(id_key(1, &i.to_string()), time, 1);
+            seen.expire(time);
+        }
+        // 10 s of ids at 100 per second are inside the horizon; a sweep is due every
+        // quarter of that, so at most 1.25x as many (and the minimum batch) are held.
+        assert_eq!(seen.entries().count(), 1001);
+        assert!(seen.len() <= 1001 + MIN_SWEEP, "{}", seen.len());
     }
 
     #[test]

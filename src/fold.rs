@@ -191,8 +191,8 @@ struct PartView<'a> {
 struct FoldView<'a> {
     strings: &'a [CompactString],
     users: &'a [UserEntry],
-    seen: Vec<&'a crate::dedup::SeenEntry>,
-    seen_late: Vec<&'a crate::dedup::SeenEntry>,
+    seen: Vec<crate::dedup::SeenEntry>,
+    seen_late: Vec<crate::dedup::SeenEntry>,
     pending: Vec<(Millis, &'a Event)>,
     max_clock: Option<f64>,
 }
@@ -446,8 +446,8 @@ impl Fold {
                     dirty: e.dirty,
                 })
                 .collect(),
-            seen: self.seen.entries().copied().collect(),
-            seen_late: self.seen_late.entries().copied().collect(),
+            seen: self.seen.entries().collect(),
+            seen_late: self.seen_late.entries().collect(),
             pending: self
                 .pending
                 .iter()
