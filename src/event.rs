@@ -59,8 +59,12 @@ pub struct Event {
     pub user_id: CompactString,
     /// Hash of `user_id`: routes the event to its worker and finds its state.
     pub user_hash: u64,
-    /// The dedup key.
+    /// The event's id.
     pub event_id: CompactString,
+    /// The dedup key: [`crate::dedup::id_key`] of the user and the id, computed where
+    /// the id was just parsed rather than in the fold, where reading it again was a
+    /// cache miss per event.
+    pub id_key: crate::dedup::IdKey,
     /// Where it was read.
     pub position: Position,
     /// The values its type carries, in slot order.
@@ -94,11 +98,13 @@ pub fn key_hash(key: &str) -> u64 {
 impl Event {
     /// An event that passed decoding at `position`, on time.
     pub fn accepted(decoded: DecodedEvent, position: Position) -> Event {
+        let user_hash = key_hash(&decoded.user_id);
         Event {
             event_time: decoded.event_time,
             event_type: decoded.event_type,
             late: false,
-            user_hash: key_hash(&decoded.user_id),
+            id_key: crate::dedup::id_key(user_hash, &decoded.event_id),
+            user_hash,
             user_id: decoded.user_id,
             event_id: decoded.event_id,
             position,

@@ -26,7 +26,7 @@ use crate::batch::{Batcher, Pooled};
 use crate::checkpoint::protocol::Checkpointing;
 use crate::checkpoint::{FoldSnapshot, PartEntry};
 use crate::dead_letter::{DeadLetter, Reason};
-use crate::dedup::{SeenIds, id_key};
+use crate::dedup::SeenIds;
 use crate::event::{Event, Millis, to_millis};
 use crate::features::{Interner, UserState, render_features, render_state};
 use crate::job::{Job, LatePolicy};
@@ -359,7 +359,7 @@ impl Fold {
 
     /// Steps 5-7 for one event: dedup, lateness, apply.
     fn apply_one(&mut self, job: &Job, event: &Event, ready_at: Millis, dead: &mut Vec<DeadLetter>) {
-        let key = id_key(event.user_hash, &event.event_id);
+        let key = event.id_key;
         if !event.late {
             if self.seen.check_and_insert(key, event.event_time, event.user_hash) {
                 self.counts.duplicates += 1;
@@ -792,7 +792,7 @@ mod tests {
             has_view: u != "u2",
             dirty: u == "u3",
         });
-        let seen = id_key(crate::event::key_hash("u1"), "e1");
+        let seen = crate::dedup::id_key(crate::event::key_hash("u1"), "e1");
         fold.restore(FoldSnapshot {
             strings: vec!["books".into(), "music".into()],
             users: users.to_vec(),

@@ -24,8 +24,8 @@ use crate::event::{Event, Millis};
 use crate::features::UserState;
 use crate::summary::Counts;
 
-/// The first bytes of a part file (format version 1).
-const MAGIC: &[u8; 8] = b"SKWLCKP1";
+/// The first bytes of a part file (format version 2: events carry their dedup key).
+const MAGIC: &[u8; 8] = b"SKWLCKP2";
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";
 
@@ -285,6 +285,12 @@ pub fn read_part(path: &Path) -> Result<WorkerPart, CheckpointError> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io(path))?;
+    if bytes.len() >= 24 && bytes[..7] == MAGIC[..7] && bytes[7] != MAGIC[7] {
+        return Err(corrupt(format!(
+            "format version {} where this build reads version {}",
+            bytes[7] as char, MAGIC[7] as char
+        )));
+    }
     if bytes.len() < 24 || &bytes[..8] != MAGIC {
         return Err(corrupt("not a skewless checkpoint part (bad header)".into()));
     }
@@ -651,6 +657,11 @@ mod tests {
             error.contains("corrupt") && error.contains("truncated"),
             "{error}"
         );
+        let mut older = bytes.clone();
+        older[7] = b'1';
+        std::fs::write(&file, &older).unwrap();
+        let error = load(dir.path(), 1).unwrap_err().to_string();
+        assert!(error.contains("format version 1"), "{error}");
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
