@@ -6,6 +6,7 @@
 //! decayed score per group (`x -> decay * x + increment`, affine maps that compose).
 
 mod intern;
+mod last_ids;
 mod state;
 mod view;
 

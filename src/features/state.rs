@@ -1,10 +1,9 @@
 //! Per-user state: one compact accumulator per declared aggregation, and the fold
 //! that applies one event to it.
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
 
+use super::last_ids::{LastIds, grow};
 use super::{FeatureSpec, Interner, StateKind};
 use crate::event::{Event, Value};
 use crate::schema::FieldRef;
@@ -40,7 +39,7 @@ pub enum Agg {
     /// Distinct interned strings, sorted by id.
     Distinct(Vec<u32>),
     /// The last k interned strings, oldest first.
-    LastK(VecDeque<u32>),
+    LastK(LastIds),
     /// A sum.
     Sum(f64),
     /// A count.
@@ -69,11 +68,7 @@ impl UserState {
                     }
                     set.sort_unstable();
                 }
-                Agg::LastK(list) => {
-                    for v in list.iter_mut() {
-                        *v = id(*v);
-                    }
-                }
+                Agg::LastK(list) => list.remap(&id),
                 Agg::Latest(Scalar::Str(v)) => *v = id(*v),
                 Agg::Decayed(scores) => {
                     for entry in scores.iter_mut() {
@@ -93,7 +88,7 @@ impl UserState {
             .iter()
             .map(|agg| match agg {
                 Agg::Distinct(set) => set.capacity() * 4,
-                Agg::LastK(list) => list.capacity() * 4,
+                Agg::LastK(list) => list.heap_bytes(),
                 Agg::Decayed(scores) => scores.capacity() * std::mem::size_of::<GroupScore>(),
                 _ => 0,
             })
@@ -107,7 +102,7 @@ impl UserState {
             .iter()
             .map(|s| match s.kind {
                 StateKind::Distinct => Agg::Distinct(Vec::new()),
-                StateKind::LastK(_) => Agg::LastK(VecDeque::new()),
+                StateKind::LastK(_) => Agg::LastK(LastIds::default()),
                 StateKind::Sum => Agg::Sum(0.0),
                 StateKind::Count => Agg::Count(0),
                 StateKind::Latest => Agg::Latest(Scalar::Null),
@@ -137,11 +132,7 @@ impl UserState {
                     let StateKind::LastK(k) = spec.states[update.state].kind else {
                         unreachable!()
                     };
-                    if list.len() == k {
-                        list.pop_front();
-                    }
-                    grow(list.len(), list.capacity(), k, |n| list.reserve_exact(n));
-                    list.push_back(interner.intern(s));
+                    list.push(interner.intern(s), k);
                 }
                 (Agg::Sum(sum), Value::Num(n)) => *sum += n,
                 (Agg::Count(count), _) => *count += 1,
@@ -174,34 +165,5 @@ impl UserState {
                 _ => {}
             }
         }
-    }
-}
-
-/// Grows a full collection by half (at least to 4, at most to `limit` elements) rather
-/// than doubling: per-user state is most of a job's memory, and a last-100 list that
-/// doubled would hold room for 128.
-fn grow(len: usize, capacity: usize, limit: usize, reserve_exact: impl FnOnce(usize)) {
-    if len == capacity {
-        let target = (capacity + capacity / 2).max(4).min(limit.max(len + 1));
-        reserve_exact(target - len);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::grow;
-
-    #[test]
-    fn grows_by_half_and_stops_at_the_limit() {
-        let mut v: Vec<u32> = Vec::new();
-        let mut capacities = Vec::new();
-        for i in 0..100 {
-            grow(v.len(), v.capacity(), 100, |n| v.reserve_exact(n));
-            v.push(i);
-            capacities.push(v.capacity());
-        }
-        assert_eq!(capacities[0], 4);
-        assert_eq!(*capacities.last().unwrap(), 100);
-        assert!(capacities.iter().all(|&c| c <= 100));
     }
 }

@@ -65,7 +65,7 @@ impl Serialize for AggJson<'_> {
                 names.sort_unstable();
                 serializer.collect_seq(names)
             }
-            Agg::LastK(list) => serializer.collect_seq(list.iter().map(|&id| interner.resolve(id))),
+            Agg::LastK(list) => serializer.collect_seq(list.iter().map(|id| interner.resolve(id))),
             Agg::Sum(sum) => serializer.serialize_f64(*sum),
             Agg::Count(count) => serializer.serialize_u64(*count),
             Agg::Latest(scalar) => ScalarJson(*scalar, interner).serialize(serializer),
