@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::state::grow;
+
 /// The last `k` ids, oldest first, as 16-bit words: one word an id while `wide` is
 /// false, two (low, high) after. Once full, the buffer is a ring whose oldest id is at
 /// `head`. At 32 bytes, with the `bool` as a niche, an [`super::Agg`] holding it stays
@@ -113,16 +115,6 @@ fn split(id: u32) -> [u16; 2] {
     [id as u16, (id >> 16) as u16]
 }
 
-/// Grows a full collection by half (at least to 4, at most to `limit` elements) rather
-/// than doubling: per-user state is most of a job's memory, and a last-100 list that
-/// doubled would hold room for 128.
-pub(super) fn grow(len: usize, capacity: usize, limit: usize, reserve_exact: impl FnOnce(usize)) {
-    if len == capacity {
-        let target = (capacity + capacity / 2).max(4).min(limit.max(len + 1));
-        reserve_exact(target - len);
-    }
-}
-
 // Serialized as the sequence of its ids, oldest first, as the `VecDeque<u32>` it
 // replaced was: checkpoints do not depend on the width.
 
@@ -145,20 +137,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    #[test]
-    fn grows_by_half_and_stops_at_the_limit() {
-        let mut v: Vec<u32> = Vec::new();
-        let mut capacities = Vec::new();
-        for i in 0..100 {
-            grow(v.len(), v.capacity(), 100, |n| v.reserve_exact(n));
-            v.push(i);
-            capacities.push(v.capacity());
-        }
-        assert_eq!(capacities[0], 4);
-        assert_eq!(*capacities.last().unwrap(), 100);
-        assert!(capacities.iter().all(|&c| c <= 100));
-    }
 
     #[test]
     fn small_ids_take_two_bytes_until_a_large_one_comes() {

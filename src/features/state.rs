@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::last_ids::{LastIds, grow};
+use super::last_ids::LastIds;
 use super::{FeatureSpec, Interner, StateKind};
 use crate::event::{Event, Value};
 use crate::schema::FieldRef;
@@ -165,5 +165,34 @@ impl UserState {
                 _ => {}
             }
         }
+    }
+}
+
+/// Grows a full collection by half (at least to 4, at most to `limit` elements) rather
+/// than doubling: per-user state is most of a job's memory, and a last-100 list that
+/// doubled would hold room for 128.
+pub(super) fn grow(len: usize, capacity: usize, limit: usize, reserve_exact: impl FnOnce(usize)) {
+    if len == capacity {
+        let target = (capacity + capacity / 2).max(4).min(limit.max(len + 1));
+        reserve_exact(target - len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grow;
+
+    #[test]
+    fn grows_by_half_and_stops_at_the_limit() {
+        let mut v: Vec<u32> = Vec::new();
+        let mut capacities = Vec::new();
+        for i in 0..100 {
+            grow(v.len(), v.capacity(), 100, |n| v.reserve_exact(n));
+            v.push(i);
+            capacities.push(v.capacity());
+        }
+        assert_eq!(capacities[0], 4);
+        assert_eq!(*capacities.last().unwrap(), 100);
+        assert!(capacities.iter().all(|&c| c <= 100));
     }
 }
