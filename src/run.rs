@@ -352,20 +352,17 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
         job.sinks.views_jsonl = None;
     }
     let (checkpoint, restored) = prepare_checkpoints(&job, &inputs, options, process)?;
+    // A backfill writes its views once, at the end: see `Journal::Rollback`.
+    let journal = if streaming {
+        Journal::Wal
+    } else {
+        Journal::Rollback
+    };
     let sqlite = job
         .sinks
         .views_sqlite
         .as_deref()
-        .map(|path| {
-            SqliteViews::open(
-                path,
-                if streaming {
-                    Journal::Wal
-                } else {
-                    Journal::Rollback
-                },
-            )
-        })
+        .map(|path| SqliteViews::open(path, journal))
         .transpose()?;
     let resuming = restored.is_some();
     let dead_letters = match (&inputs, &options.dlq, &job.sinks.dlq) {
