@@ -346,29 +346,40 @@ impl<'r> Decoder<'r> {
             Payload::Raw(_) | Payload::NotAnObject => return Err(invalid("payload", at)),
         };
         for (field, value) in schema.fields.iter().zip(found) {
-            let value = match value {
-                Loose::Absent | Loose::Null if field.required => return Err(missing(&field.path, at)),
-                Loose::Absent | Loose::Null => match &field.default {
-                    Some(default) => default.clone(),
-                    None => Value::Null,
-                },
-                value => match (field.ty, value) {
-                    (FieldType::String, Loose::Str(s)) => Value::Str(CompactString::from(s.as_ref())),
-                    (FieldType::Number, Loose::Num(n)) => Value::Num(n),
-                    (FieldType::Bool, Loose::Bool(b)) => Value::Bool(b),
-                    (FieldType::StringList, Loose::List(Some(items))) => {
-                        Value::List(items.iter().map(|s| CompactString::from(s.as_ref())).collect())
-                    }
-                    (FieldType::Object, Loose::Raw(text)) if text.starts_with('{') => {
-                        Value::Json(text.to_owned())
-                    }
-                    (FieldType::Any, Loose::Raw(text)) => Value::Json(text.to_owned()),
-                    _ => return Err(invalid(&field.path, at)),
-                },
-            };
-            if let Some(slot) = field.slot {
-                values[slot] = value;
+            if value.is_absent() {
+                if field.required {
+                    return Err(missing(&field.path, at));
+                }
+                if let (Some(slot), Some(default)) = (field.slot, &field.default) {
+                    values[slot] = default.clone();
+                }
+                continue;
             }
+            let typed = match (field.ty, &value) {
+                (FieldType::String, Loose::Str(_))
+                | (FieldType::Number, Loose::Num(_))
+                | (FieldType::Bool, Loose::Bool(_))
+                | (FieldType::StringList, Loose::List(Some(_)))
+                | (FieldType::Any, Loose::Raw(_)) => true,
+                (FieldType::Object, Loose::Raw(text)) => text.starts_with('{'),
+                _ => false,
+            };
+            if !typed {
+                return Err(invalid(&field.path, at));
+            }
+            // A field no feature reads is validated and never built (no copy of an
+            // impression's item list or of a purchase's payment method).
+            let Some(slot) = field.slot else { continue };
+            values[slot] = match value {
+                Loose::Str(s) => Value::Str(CompactString::from(s.as_ref())),
+                Loose::Num(n) => Value::Num(n),
+                Loose::Bool(b) => Value::Bool(b),
+                Loose::List(Some(items)) => {
+                    Value::List(items.iter().map(|s| CompactString::from(s.as_ref())).collect())
+                }
+                Loose::Raw(text) => Value::Json(text.to_owned()),
+                _ => unreachable!("checked against the field's type above"),
+            };
         }
         Ok(values)
     }
