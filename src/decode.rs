@@ -622,6 +622,32 @@ mod tests {
     }
 
     #[test]
+    fn a_field_no_feature_reads_is_still_checked() {
+        let job = recsys();
+        let decoder = Decoder::new(&job.registry, job.max_event_bytes);
+        let impression = |items: &str| {
+            format!(
+                r#"{{"event_id":"e1","event_type":"recommendation.items_shown","event_version":"1.0","event_time":10,"user_id":"u1","payload":{{"impression_id":"i","model_version":"m","recommended_items":{items}}}}}"#
+            )
+        };
+        let decoded = decoder.decode(impression(r#"["a","b"]"#).as_bytes());
+        assert!(matches!(decoded, Decoded::Event(_)), "{decoded:?}");
+        for items in ["[\"a\",1]", "\"a\"", "{}", "[[\"a\"]]"] {
+            let decoded = decoder.decode(impression(items).as_bytes());
+            assert_eq!(
+                reason(&decoded),
+                Some((Reason::InvalidFieldType, "payload.recommended_items")),
+                "{items}"
+            );
+        }
+        let decoded = decoder.decode(impression("null").as_bytes());
+        assert_eq!(
+            reason(&decoded),
+            Some((Reason::MissingRequiredField, "payload.recommended_items"))
+        );
+    }
+
+    #[test]
     fn the_payload_decodes_the_same_wherever_it_stands() {
         let (last, first) =
             decode_both_orders(r#"{"item_id":"i1","category":"books","price":9.5,"extra":[1]}"#);
