@@ -54,12 +54,25 @@ pub type SeenEntry = (IdKey, f64, u64);
 /// per event, and a queue of 32 bytes per id to know the order.
 #[derive(Debug, Clone)]
 pub struct SeenIds {
-    horizon: f64,
-    /// Ids whose event time is before this are forgotten.
-    limit: f64,
+    window: Window,
     seen: IdMap,
     /// Ids added since the last sweep.
     added: usize,
+}
+
+/// Which remembered ids count, and for how long.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    horizon: f64,
+    /// Ids whose event time is before this are forgotten.
+    limit: f64,
+}
+
+impl Window {
+    /// Whether `first`, remembered, makes a copy at `event_time` a duplicate.
+    fn covers(self, first: f64, event_time: f64) -> bool {
+        first >= self.limit && (event_time - first).abs() <= self.horizon
+    }
 }
 
 /// Ids added between sweeps, at least.
@@ -69,27 +82,22 @@ impl SeenIds {
     /// Remembers ids for `horizon` seconds of event time.
     pub fn new(horizon: f64) -> SeenIds {
         SeenIds {
-            horizon,
-            limit: f64::NEG_INFINITY,
+            window: Window {
+                horizon,
+                limit: f64::NEG_INFINITY,
+            },
             seen: IdMap::default(),
             added: 0,
         }
-    }
-
-    /// Whether `first`, remembered, makes a copy at `event_time` a duplicate.
-    fn covers(limit: f64, horizon: f64, first: f64, event_time: f64) -> bool {
-        first >= limit && (event_time - first).abs() <= horizon
     }
 
     /// Whether an event with this key and time is a copy of one already seen; if
     /// not, remembers it for the user whose key hash is `user_hash`.
     pub fn check_and_insert(&mut self, key: IdKey, event_time: f64, user_hash: u64) -> bool {
         // One probe: the entry either holds a copy inside the horizon, or takes this one.
-        let (limit, horizon) = (self.limit, self.horizon);
+        let window = self.window;
         match self.seen.entry(key) {
-            Entry::Occupied(first) if Self::covers(limit, horizon, first.get().0, event_time) => {
-                return true;
-            }
+            Entry::Occupied(first) if window.covers(first.get().0, event_time) => return true,
             Entry::Occupied(mut first) => {
                 first.insert((event_time, user_hash));
             }
@@ -105,14 +113,15 @@ impl SeenIds {
     pub fn contains(&self, key: IdKey, event_time: f64) -> bool {
         self.seen
             .get(&key)
-            .is_some_and(|&(first, _)| Self::covers(self.limit, self.horizon, first, event_time))
+            .is_some_and(|&(first, _)| self.window.covers(first, event_time))
     }
 
     /// Forgets ids whose event time is more than the horizon before `watermark` (seconds).
     pub fn expire(&mut self, watermark: f64) {
-        self.limit = self.limit.max(watermark - self.horizon);
+        let window = &mut self.window;
+        window.limit = window.limit.max(watermark - window.horizon);
         if self.added >= (self.seen.len() / 4).max(MIN_SWEEP) {
-            let limit = self.limit;
+            let limit = self.window.limit;
             self.seen.retain(|_, (time, _)| *time >= limit);
             self.added = 0;
         }
@@ -122,7 +131,7 @@ impl SeenIds {
     pub fn entries(&self) -> impl Iterator<Item = SeenEntry> + '_ {
         self.seen
             .iter()
-            .filter(|(_, (time, _))| *time >= self.limit)
+            .filter(|(_, (time, _))| *time >= self.window.limit)
             .map(|(&key, &(time, user_hash))| (key, time, user_hash))
     }
 
