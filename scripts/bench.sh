@@ -9,9 +9,15 @@
 #   scripts/bench.sh --quick    # 5M only
 #   scripts/bench.sh --data     # only generate the data (for the other benchmarks;
 #                               # with --quick, only the 5M log)
+#   BENCH_USERS=50000 scripts/bench.sh
+#                               # fewer users: their state is near its bounds already
+#                               # at 5M, so the 50M run shows what events alone cost
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BENCH_DIR="${BENCH_DIR:-$HOME/.cache/skewless/bench}"
+USERS="${BENCH_USERS:-500000}"
+default_dir="$HOME/.cache/skewless/bench"
+[[ "$USERS" == 500000 ]] || default_dir+="-u$USERS"
+BENCH_DIR="${BENCH_DIR:-$default_dir}"
 RUNS="${RUNS:-3}"
 quick=false
 data_only=false
@@ -26,12 +32,14 @@ bin=target/release/skewless
 
 gen() { # name events span
   local dir="$BENCH_DIR/$1"
-  if [[ ! -f "$dir/.done" ]]; then
+  # .done holds the user count the data was made for (empty: an older cache, 500k).
+  local made; made=$(cat "$dir/.done" 2>/dev/null || echo none)
+  if [[ "${made:-500000}" != "$USERS" ]]; then
     rm -rf "$dir"
     echo "generating $2 events into $dir ..." >&2
-    "$bin" gen --out "$dir" --events "$2" --users 500000 --zipf 1.0 --partitions 4 --span "$3" \
+    "$bin" gen --out "$dir" --events "$2" --users "$USERS" --zipf 1.0 --partitions 4 --span "$3" \
       --v1 0.2 --duplicates 0.005 --late 0.001 --malformed 0.001 --unknown 0.02 --seed 42
-    touch "$dir/.done"
+    echo "$USERS" >"$dir/.done"
   fi
 }
 
