@@ -8,10 +8,10 @@
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
-use skewless::decode::{Decoded, Decoder};
-use skewless::event::{Event, Position};
-use skewless::features::{Interner, UserState, render_features, render_state};
+use skewless::dataflow::ingest::decode::{Decoded, Decoder};
 use skewless::job::Job;
+use skewless::model::event::{Event, Position};
+use skewless::model::features::{Interner, UserState, render_features, render_state};
 use skewless::source::lines::{Line, LineReader};
 use skewless::synthetic::{GenOptions, generate};
 

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use skewless::broker::BrokerSettings;
 use skewless::job::Job;
-use skewless::produce::{Publisher, partition_for, produce_files};
+use skewless::kafka::produce::{partition_for, produce_files};
+use skewless::kafka::producer::Publisher;
+use skewless::kafka::settings::BrokerSettings;
 use skewless::run::{RunOptions, run};
 use skewless::synthetic::{GenOptions, generate};
 
@@ -174,7 +175,7 @@ fn freshness(settings: &BrokerSettings, redis: &str) {
         group: Some(unique("bench-fresh-group")),
         brokers: Some(settings.brokers.clone()),
         redis: Some(redis.to_owned()),
-        start: Some(skewless::job::StartPosition::Latest),
+        start: Some(skewless::kafka::settings::StartPosition::Latest),
         stop: Some(Arc::clone(&stop)),
         ..RunOptions::default()
     };

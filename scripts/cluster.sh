@@ -42,11 +42,11 @@ stop_all() {
 trap 'stop_all; exit 130' INT TERM
 
 for ((i = 1; i < processes; i++)); do
-  "$bin" run "$@" -n "$processes" -p "$i" -h "$hostfile" >"$logs/process-$i.out" 2>"$logs/process-$i.log" &
+  "$bin" run "$@" -n "$processes" -p "$i" -H "$hostfile" >"$logs/process-$i.out" 2>"$logs/process-$i.log" &
   pids+=("$!")
 done
 status=0
-"$bin" run "$@" -n "$processes" -p 0 -h "$hostfile" 2> >(tee "$logs/process-0.log" >&2) || status=$?
+"$bin" run "$@" -n "$processes" -p 0 -H "$hostfile" 2> >(tee "$logs/process-0.log" >&2) || status=$?
 # The others cannot finish without process 0.
 if [[ $status -ne 0 ]]; then stop_all; fi
 for ((i = 1; i <= ${#pids[@]}; i++)); do

@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The layout first: an import cycle or an 800-line file fails fast.
+scripts/check-layout.py
+
 scripts/redis.sh
 scripts/kafka.sh start
 export SKEWLESS_KAFKA="${SKEWLESS_KAFKA:-127.0.0.1:9092}"

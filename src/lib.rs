@@ -8,32 +8,19 @@
 //! ([`dedup`]) and folds each user's events into the job's [`features`]; [`sinks`]
 //! write the views. [`job`] loads the TOML that declares all of this, and [`run`]
 //! puts it together.
-#![deny(missing_docs)]
 
-pub mod batch;
-pub mod broker;
 pub mod checkpoint;
-pub mod control;
-pub mod dead_letter;
-pub mod decode;
-pub mod dedup;
+pub mod dataflow;
 pub mod dlq;
-pub mod event;
-pub mod features;
-pub mod fold;
-pub mod ingest;
 pub mod job;
-pub mod lag;
+pub mod kafka;
 pub mod metrics;
-pub mod produce;
-pub mod progress;
+pub mod model;
 pub mod run;
-pub mod schema;
 pub mod sinks;
 pub mod source;
 pub mod summary;
 pub mod synthetic;
-pub mod watermark;
 
 /// An error and its causes on one line, for errors that cross threads or end up in a
 /// log as text.

@@ -12,7 +12,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::dead_letter::Reason;
+use crate::dlq::letter::Reason;
 use crate::summary::Counts;
 
 /// The job's metrics.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dead_letter::Reason;
+use crate::dlq::letter::Reason;
 
 /// Outcome counters of one worker, or of a whole run once merged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

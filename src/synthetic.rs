@@ -159,7 +159,8 @@ fn generate_partition(options: &GenOptions, partition: usize) -> Result<(PathBuf
     // file published with `skewless produce` to as many partitions lands whole in one.
     let users_here: Vec<u64> = (0..options.users)
         .filter(|&u| {
-            crate::produce::partition_for(Some(&user_name(u)), options.partitions as i32, 0) as u64 == p
+            crate::kafka::produce::partition_for(Some(&user_name(u)), options.partitions as i32, 0) as u64
+                == p
         })
         .collect();
     if users_here.is_empty() {

@@ -461,7 +461,7 @@ fn rounds(inputs: &[PathBuf], rounds: usize, dir: &Path) -> Vec<Vec<PathBuf>> {
 
 /// Publishes `rounds` to `topic`, `gap` apart, from a thread; returns the records sent.
 fn produce_slowly(
-    settings: &skewless::broker::BrokerSettings,
+    settings: &skewless::kafka::settings::BrokerSettings,
     topic: &str,
     rounds: Vec<Vec<PathBuf>>,
     gap: Duration,
@@ -471,7 +471,7 @@ fn produce_slowly(
         let mut produced = 0;
         for round in rounds {
             let names: Vec<String> = round.iter().map(|p| p.display().to_string()).collect();
-            produced += skewless::produce::produce_files(&settings, &topic, 4, &names, None)
+            produced += skewless::kafka::produce::produce_files(&settings, &topic, 4, &names, None)
                 .unwrap()
                 .records;
             std::thread::sleep(gap);
@@ -496,7 +496,7 @@ fn stream(job: &Path, topic: &str, group: &str, workers: usize, idle: &str, outs
 }
 
 fn stream_on(
-    broker: &skewless::broker::BrokerSettings,
+    broker: &skewless::kafka::settings::BrokerSettings,
     job: &Path,
     topic: &str,
     group: &str,
@@ -516,13 +516,13 @@ fn stream_on(
     command
 }
 
-fn dead_letter_topic(settings: &skewless::broker::BrokerSettings, topic: &str) -> Vec<Value> {
+fn dead_letter_topic(settings: &skewless::kafka::settings::BrokerSettings, topic: &str) -> Vec<Value> {
     let records = skewless::dlq::read(&skewless::dlq::DlqLocation::Topic {
         settings: settings.clone(),
         topic: topic.to_owned(),
     })
     .unwrap();
-    normalize_dead_letters(&records)
+    normalize_dead_letters(&records.letters)
 }
 
 /// Asserts two normalized dead-letter lists are equal, naming the first difference.
@@ -543,7 +543,7 @@ fn assert_same_letters(got: &[Value], expected: &[Value]) {
 /// the dead letters in a topic), given as `(summary, prefix, topic)`, equal an
 /// uninterrupted run's.
 fn assert_same_stream(
-    broker: &skewless::broker::BrokerSettings,
+    broker: &skewless::kafka::settings::BrokerSettings,
     got: (&Value, &str, &str),
     expected: (&Value, &str, &str),
 ) {
@@ -656,8 +656,8 @@ impl OwnBroker {
         broker
     }
 
-    fn settings(&self) -> skewless::broker::BrokerSettings {
-        skewless::broker::BrokerSettings::new(format!("127.0.0.1:{}", self.port))
+    fn settings(&self) -> skewless::kafka::settings::BrokerSettings {
+        skewless::kafka::settings::BrokerSettings::new(format!("127.0.0.1:{}", self.port))
     }
 
     fn script(&self, action: &str) {
@@ -704,7 +704,7 @@ fn a_broker_restart_mid_stream_changes_nothing() {
     let mut produced = 0;
     let produce = |round: &[PathBuf]| {
         let names: Vec<String> = round.iter().map(|p| p.display().to_string()).collect();
-        let records = skewless::produce::produce_files(&settings, topic, 4, &names, None)
+        let records = skewless::kafka::produce::produce_files(&settings, topic, 4, &names, None)
             .unwrap()
             .records;
         std::thread::sleep(Duration::from_millis(700));

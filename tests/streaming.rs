@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use skewless::job::{Job, KafkaJob, LagTolerance};
-use skewless::lag;
-use skewless::produce::produce_files;
+use skewless::job::Job;
+use skewless::kafka::lag;
+use skewless::kafka::produce::produce_files;
+use skewless::kafka::settings::{KafkaJob, LagTolerance};
 use skewless::run::{RunOptions, run};
 
 /// The committed sample and two golden inputs (rejections of every kind, late events).
@@ -42,7 +43,7 @@ fn kafka_job(topic: &str, group: &str) -> KafkaJob {
         group: group.to_owned(),
         start: None,
         lag_tolerance: LagTolerance::default(),
-        commit_interval: skewless::job::duration::Span::secs(1),
+        commit_interval: skewless::model::span::Span::secs(1),
     }
 }
 
@@ -123,7 +124,8 @@ fn replay_equals_live_and_dead_letters_reach_their_topic() {
         settings: kafka(),
         topic: format!("{topic}.dlq"),
     })
-    .unwrap();
+    .unwrap()
+    .letters;
     assert_eq!(letters.len() as u64, live.dlq_total);
     let inspection = skewless::dlq::inspect(&letters);
     for (reason, n) in &live.dlq {
@@ -564,7 +566,8 @@ fn a_redis_outage_loses_nothing_and_holds_back_commits() {
         settings: kafka(),
         topic: format!("{topic}.dlq"),
     })
-    .unwrap();
+    .unwrap()
+    .letters;
     let unavailable: Vec<&Value> = letters
         .iter()
         .filter(|l| l["failure_reason"] == "sink_unavailable")

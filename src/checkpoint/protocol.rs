@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Manifest, PartEntry, PartitionState};
-use crate::event::Millis;
+use crate::model::event::Millis;
 use crate::summary::Counts;
 
 /// A message of the control dataflow.
@@ -383,7 +383,7 @@ impl Coordinator {
             epoch: current.epoch,
             cut: current.cut.unwrap_or(0),
             workers: self.workers,
-            completed_at: crate::dead_letter::wall_clock_seconds(),
+            completed_at: crate::dlq::letter::wall_clock_seconds(),
             took_s: now.duration_since(current.started).as_secs_f64(),
             features: self.features.clone(),
             parts,

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::duration::Span;
+use crate::kafka::settings::{LagTolerance, StartPosition};
+use crate::model::features::{AggKind, FeatureFn};
+use crate::model::schema::FieldType;
+use crate::model::span::Span;
 
 /// `[job]`: what the job is called.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -28,57 +31,6 @@ pub struct SourceSection {
     pub files: Option<Vec<String>>,
     /// `[source.kafka]`: read Kafka topics (used when `files` is empty or absent).
     pub kafka: Option<KafkaSection>,
-}
-
-/// Where a Kafka source starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartPosition {
-    /// The group's committed offsets (earliest where none).
-    Committed,
-    /// The earliest retained offset.
-    Earliest,
-    /// The end: only new records.
-    Latest,
-    /// The first offset whose broker timestamp is at or after this time (ms since the epoch).
-    At(i64),
-}
-
-impl std::str::FromStr for StartPosition {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<StartPosition, String> {
-        match text {
-            "committed" => Ok(StartPosition::Committed),
-            "earliest" => Ok(StartPosition::Earliest),
-            "latest" => Ok(StartPosition::Latest),
-            time => humantime::parse_rfc3339_weak(time)
-                .map_err(|_| {
-                    format!("invalid start `{time}`: write committed, earliest, latest or an RFC 3339 time")
-                })
-                .and_then(|t| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| StartPosition::At(d.as_millis() as i64))
-                        .map_err(|_| format!("start `{time}` is before 1970"))
-                }),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for StartPosition {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<StartPosition, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// How far behind a consumer group may be before `skewless lag` fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LagTolerance {
-    /// Messages behind the end offset, per partition.
-    pub messages: Option<u64>,
-    /// Event time behind the newest message, per partition.
-    pub event_time: Option<Span>,
 }
 
 /// `[source.kafka]`: Kafka topics as the job's partitions.
@@ -206,38 +158,6 @@ pub struct ArchiveSection {
     pub roll_interval: Option<Span>,
 }
 
-/// The JSON type a payload field must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FieldType {
-    /// A JSON string.
-    String,
-    /// A JSON number (not a bool).
-    Number,
-    /// A JSON bool.
-    Bool,
-    /// A JSON array of strings.
-    StringList,
-    /// A JSON object.
-    Object,
-    /// Any JSON value.
-    Any,
-}
-
-impl FieldType {
-    /// The name job files use for this type.
-    pub fn name(self) -> &'static str {
-        match self {
-            FieldType::String => "string",
-            FieldType::Number => "number",
-            FieldType::Bool => "bool",
-            FieldType::StringList => "string_list",
-            FieldType::Object => "object",
-            FieldType::Any => "any",
-        }
-    }
-}
-
 /// One payload field of an event schema.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,38 +189,6 @@ pub struct EventDecl {
     pub fields: BTreeMap<Spanned<String>, Spanned<FieldDecl>>,
 }
 
-/// How a state aggregation folds events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AggKind {
-    /// The set of distinct values of a string field.
-    Distinct,
-    /// The last `k` values of a string field, oldest first.
-    LastK,
-    /// The sum of a number field.
-    Sum,
-    /// The number of events.
-    Count,
-    /// The value from the latest event (by event time, then event id).
-    Latest,
-    /// Per group, `score = score * decay + increment`, with per-event-type weights.
-    DecayedScore,
-}
-
-impl AggKind {
-    /// The name job files use for this aggregation.
-    pub fn name(self) -> &'static str {
-        match self {
-            AggKind::Distinct => "distinct",
-            AggKind::LastK => "last_k",
-            AggKind::Sum => "sum",
-            AggKind::Count => "count",
-            AggKind::Latest => "latest",
-            AggKind::DecayedScore => "decayed_score",
-        }
-    }
-}
-
 /// The `(decay, increment)` an event type applies to a decayed score.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -329,20 +217,6 @@ pub struct StateDecl {
     pub weights: Option<BTreeMap<Spanned<String>, WeightDecl>>,
     /// `last_k`: how many values to keep.
     pub k: Option<Spanned<usize>>,
-}
-
-/// What a feature computes from a state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FeatureFn {
-    /// Size of a set, list or score map; value of a count.
-    Count,
-    /// The state's value (sum, count, latest).
-    Value,
-    /// The `k` highest `[group, score]` pairs, score descending, ties by group ascending.
-    TopK,
-    /// Whether the state holds anything (latest set, count above zero, non-empty).
-    Present,
 }
 
 /// `[[features]]`: one output feature of the view.

@@ -31,10 +31,10 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use crate::dead_letter::DeadLetter;
-use crate::event::Millis;
-use crate::fold::ViewRecord;
+use crate::dlq::letter::DeadLetter;
 use crate::metrics::Metrics;
+use crate::model::event::Millis;
+use crate::model::view::ViewRecord;
 
 /// Why a sink failed.
 #[derive(Debug, thiserror::Error)]

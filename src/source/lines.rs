@@ -3,7 +3,7 @@
 
 use std::io::{self, Read};
 
-use crate::dead_letter::MAX_RAW_BYTES;
+use crate::model::event::MAX_RAW_BYTES;
 
 /// One line of input.
 #[derive(Debug, PartialEq, Eq)]

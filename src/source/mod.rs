@@ -2,22 +2,22 @@
 //!
 //! A [`Source`] owns the partitions one worker reads and hands out raw records, one
 //! partition at a time and in partition order. It knows nothing of JSON, schemas or
-//! time: everything after the bytes is shared by every source (see [`crate::ingest`]),
+//! time: everything after the bytes is shared by every source (the dataflow's ingest operator),
 //! which is what makes a backfill of an archive give the same answer as the live run.
 
 pub mod file;
-pub mod kafka;
+
 pub mod lines;
 
 use std::sync::Arc;
 
-use crate::dead_letter::Origin;
+use crate::model::event::Origin;
 
 /// A raw record and where it came from.
 #[derive(Debug)]
 pub struct Record<'a> {
     /// The record's bytes (without the line terminator), or its first
-    /// [`crate::dead_letter::MAX_RAW_BYTES`] when it is oversized.
+    /// [`crate::model::event::MAX_RAW_BYTES`] when it is oversized.
     pub bytes: &'a [u8],
     /// The record's full length, when `bytes` holds only its head because it was too
     /// large to keep.

@@ -145,8 +145,8 @@ pub fn summary_counts(summary: &Summary) -> Value {
 }
 
 /// The test broker's address (`SKEWLESS_KAFKA`, default 127.0.0.1:9092).
-pub fn kafka() -> skewless::broker::BrokerSettings {
-    skewless::broker::BrokerSettings::new(
+pub fn kafka() -> skewless::kafka::settings::BrokerSettings {
+    skewless::kafka::settings::BrokerSettings::new(
         std::env::var("SKEWLESS_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into()),
     )
 }
@@ -206,8 +206,8 @@ pub fn expected_partitions(inputs: &[PathBuf], partitions: i32) -> Vec<Vec<Vec<u
             .split(|&b| b == b'\n')
             .filter(|l| !l.trim_ascii().is_empty())
         {
-            let user = skewless::produce::user_key(line);
-            let p = skewless::produce::partition_for(user.as_deref(), partitions, index as u64);
+            let user = skewless::kafka::produce::user_key(line);
+            let p = skewless::kafka::produce::partition_for(user.as_deref(), partitions, index as u64);
             out[p as usize].push(line.to_vec());
         }
     }

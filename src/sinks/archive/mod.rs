@@ -16,7 +16,18 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 
 use super::SinkError;
-use crate::job::ArchiveSink;
+use crate::model::span::Span;
+
+/// A job's archive sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchiveSink {
+    /// Root directory.
+    pub dir: PathBuf,
+    /// Segment size limit (uncompressed bytes).
+    pub roll_bytes: u64,
+    /// Segment age limit.
+    pub roll_interval: Span,
+}
 
 /// An open segment.
 struct Segment {
@@ -164,7 +175,7 @@ fn close(p: &mut PartitionArchive) -> Result<(), SinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::duration::Span;
+    use crate::model::span::Span;
     use crate::source::file::{FileSource, resolve_partitions};
     use crate::source::{Read, Source};
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{DeadLetterSink, SinkError, create_parent};
-use crate::dead_letter::{DeadLetter, LetterKey, key_of};
+use crate::dlq::letter::{DeadLetter, LetterKey, key_of};
 
 struct Inner {
     file: File,
@@ -141,7 +141,8 @@ impl DeadLetterSink for DeadLetterFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dead_letter::{Origin, Reason};
+    use crate::dlq::letter::Reason;
+    use crate::model::event::Origin;
 
     fn letter(offset: i64) -> DeadLetter {
         let origin = Origin {

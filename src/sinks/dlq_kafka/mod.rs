@@ -7,49 +7,12 @@
 //! be delivered fails the run (it would otherwise be lost).
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use rdkafka::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use std::sync::Arc;
 
 use super::{DeadLetterSink, SinkError};
-use crate::broker::BrokerSettings;
-use crate::dead_letter::{DeadLetter, LetterKey, key_of};
-use crate::dlq::DlqLocation;
-
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Records delivery failures.
-#[derive(Clone, Default)]
-pub struct DeliveryContext {
-    failures: Arc<Mutex<Vec<String>>>,
-}
-
-impl DeliveryContext {
-    /// The delivery failures recorded so far.
-    pub fn failures_lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl ClientContext for DeliveryContext {}
-
-impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
-        if let Err((error, message)) = result {
-            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            failures.push(format!(
-                "dead letter to `{}` not delivered: {error}",
-                message.topic()
-            ));
-        }
-    }
-}
+use crate::dlq::letter::{DeadLetter, LetterKey, key_of};
+use crate::kafka::producer::Publisher;
+use crate::kafka::settings::BrokerSettings;
 
 /// Where a job's dead letters go in Kafka.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,9 +65,7 @@ impl DeadLetterTopics {
 /// A producer of dead letters, shared by a process's workers.
 #[derive(Clone)]
 pub struct KafkaDeadLetters {
-    settings: BrokerSettings,
-    producer: Arc<ThreadedProducer<DeliveryContext>>,
-    context: DeliveryContext,
+    producer: Arc<Publisher>,
     topics: Arc<DeadLetterTopics>,
     /// Dead letters already in the topics (when resuming from a checkpoint): records
     /// read again give them again, and they are not sent twice.
@@ -114,15 +75,11 @@ pub struct KafkaDeadLetters {
 impl KafkaDeadLetters {
     /// A producer for `topics` on the brokers of `settings`.
     pub fn new(settings: &BrokerSettings, topics: DeadLetterTopics) -> Result<KafkaDeadLetters, SinkError> {
-        let context = DeliveryContext::default();
-        let producer: ThreadedProducer<DeliveryContext> = settings
-            .client_config(&[("linger.ms", "5"), ("message.timeout.ms", "120000")])
-            .create_with_context(context.clone())
-            .map_err(|e| SinkError::Store(format!("dead-letter producer: {}", settings.describe(&e))))?;
+        let producer =
+            Publisher::with_config(settings, &[("linger.ms", "5"), ("message.timeout.ms", "120000")])
+                .map_err(|e| SinkError::Store(format!("dead-letter producer: {e}")))?;
         Ok(KafkaDeadLetters {
-            settings: settings.clone(),
             producer: Arc::new(producer),
-            context,
             topics: Arc::new(topics),
             present: Arc::default(),
         })
@@ -135,13 +92,13 @@ impl KafkaDeadLetters {
     ) -> Result<KafkaDeadLetters, SinkError> {
         let mut present = HashSet::new();
         for topic in topics.all() {
-            let location = DlqLocation::Topic {
-                settings: settings.clone(),
-                topic: topic.clone(),
-            };
-            let records = crate::dlq::read(&location)
-                .map_err(|e| SinkError::Store(format!("reading dead letters back from `{topic}`: {e}")))?;
-            present.extend(records.iter().filter_map(key_of));
+            // A record that is not a letter cannot be one this sink wrote: skip it.
+            crate::kafka::read::read_to_end(settings, &topic, "skewless-dlq-resume", |_, payload| {
+                if let Ok(letter) = serde_json::from_slice::<serde_json::Value>(payload) {
+                    present.extend(key_of(&letter));
+                }
+            })
+            .map_err(|e| SinkError::Store(format!("reading dead letters back from `{topic}`: {e}")))?;
         }
         let mut resumed = KafkaDeadLetters::new(settings, topics)?;
         resumed.present = Arc::new(present);
@@ -158,47 +115,25 @@ impl DeadLetterSink for KafkaDeadLetters {
             let topic = self.topics.topic_for(letter);
             let payload = letter.to_json();
             let key = letter.origin.key.as_deref().map(str::as_bytes);
-            loop {
-                let mut record: BaseRecord<'_, [u8], str> = BaseRecord::to(&topic).payload(payload.as_str());
-                if let Some(key) = key {
-                    record = record.key(key);
-                }
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                    Err((error, _)) => {
-                        return Err(SinkError::Store(format!(
-                            "dead letter to `{topic}`: {}",
-                            self.settings.describe(&error)
-                        )));
-                    }
-                }
-            }
+            self.producer
+                .send(&topic, None, key, payload.as_bytes())
+                .map_err(|e| SinkError::Store(format!("dead letter to `{topic}`: {e}")))?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.producer.flush(FLUSH_TIMEOUT).map_err(|e| {
-            SinkError::Store(format!(
-                "dead letters not acknowledged: {}",
-                self.settings.describe(&e)
-            ))
-        })?;
-        let failures = std::mem::take(&mut *self.context.failures_lock());
-        match failures.into_iter().next() {
-            None => Ok(()),
-            Some(failure) => Err(SinkError::Store(self.settings.redact(&failure))),
-        }
+        self.producer
+            .flush()
+            .map_err(|e| SinkError::Store(format!("dead letters not acknowledged: {e}")))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dead_letter::{Origin, Reason};
+    use crate::dlq::letter::Reason;
+    use crate::model::event::Origin;
 
     fn letter(topic: &str, partition: Option<i32>) -> DeadLetter {
         let origin = Origin {

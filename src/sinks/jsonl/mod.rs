@@ -9,8 +9,8 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{SinkError, ViewSink, create_parent};
-use crate::dead_letter::DeadLetter;
-use crate::fold::ViewRecord;
+use crate::dlq::letter::DeadLetter;
+use crate::model::view::ViewRecord;
 
 /// One worker's part of the snapshot.
 pub struct JsonlPart {

@@ -14,14 +14,26 @@ use std::time::{Duration, Instant};
 use compact_str::CompactString;
 
 use super::{Durability, SinkError, ViewSink};
-use crate::dead_letter::{DeadLetter, Origin, Reason, wall_clock_seconds};
-use crate::fold::ViewRecord;
-use crate::job::RedisSink;
+use crate::dlq::letter::{DeadLetter, Reason, wall_clock_seconds};
+use crate::model::event::Origin;
+use crate::model::span::Span;
+use crate::model::view::ViewRecord;
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A job's Redis view sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSink {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Key prefix.
+    pub key_prefix: String,
+    /// Key expiry.
+    pub ttl: Span,
+}
 
 /// A view waiting to be written.
 struct Waiting {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 
 use super::{Durability, SinkError, ViewSink, create_parent};
-use crate::dead_letter::DeadLetter;
-use crate::fold::ViewRecord;
+use crate::dlq::letter::DeadLetter;
+use crate::model::view::ViewRecord;
 
 /// Rows per transaction while batches keep coming.
 const ROWS_PER_COMMIT: usize = 65_536;

@@ -1,0 +1,339 @@
+//! The per-user fold: deduplicate, apply the late policy, and fold each user's events
+//! into its state in (event time, event id) order; emit views of the users that
+//! changed.
+//!
+//! # Contract
+//! Input events arrive exchanged by `user_hash`, so each user's state lives on one
+//! worker. An event is applied once the input frontier has passed its event time
+//! (for late events: the time it was sent at); events that become ready together are
+//! applied in [`Event::apply_order`], which does not depend on arrival order, so the
+//! result is the same for any number of workers and any interleaving of partitions.
+
+pub mod dedup;
+mod snapshot;
+mod state;
+
+use state::{Fold, Pending, UserEntry};
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{ExchangeCore, Pipeline};
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use crate::checkpoint::FoldSnapshot;
+use crate::checkpoint::protocol::Checkpointing;
+use crate::dataflow::batch::Batcher;
+use crate::dlq::letter::DeadLetter;
+use crate::job::Job;
+use crate::model::event::{Event, Millis};
+use crate::model::view::ViewRecord;
+use crate::summary::Counts;
+
+/// Views emitted per activation while a snapshot is written, to bound memory.
+const SNAPSHOT_CHUNK: usize = 1024;
+
+/// When views of changed users are emitted before the end of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Only at the end of a bounded input (backfill).
+    AtEnd,
+    /// Whenever the watermark has moved and this much wall time has passed.
+    Every(Duration),
+}
+
+/// What the fold needs from its worker.
+pub struct FoldContext {
+    /// The job.
+    pub job: Arc<Job>,
+    /// The worker's counters.
+    pub counts: Rc<RefCell<Counts>>,
+    /// When to write views.
+    pub flush: FlushPolicy,
+    /// Metrics, when the run exports them.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The worker's part in taking checkpoints.
+    pub checkpointing: Rc<RefCell<Checkpointing>>,
+    /// State restored from a checkpoint: this worker's users from each part taken,
+    /// and the fold counts carried over (on one worker only).
+    pub restored: Vec<FoldSnapshot>,
+    /// Fold counts carried over from a checkpoint.
+    pub restored_counts: Counts,
+    /// Hold the views output at the earliest change not yet written. Runs without
+    /// checkpoints commit offsets by that; with checkpoints, changes not yet written
+    /// are in the checkpoint (as `dirty` users) instead.
+    pub hold_unflushed: bool,
+}
+
+/// The fold's outputs.
+pub struct Folded<'s> {
+    /// Views to write.
+    pub views: Stream<'s, Millis, Vec<ViewRecord>>,
+    /// Late events dead-lettered.
+    pub dead_letters: Stream<'s, Millis, Vec<DeadLetter>>,
+}
+
+/// Folding a stream of events into per-user features.
+pub trait FoldFeatures<'s> {
+    /// Folds events into per-user state. `clocks` reports partition clocks from every
+    /// worker (broadcast), for the final watermark.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use timely::dataflow::operators::capture::{Capture, Event as Captured};
+    /// use timely::dataflow::operators::{vec::Broadcast, ToStream};
+    /// use skewless::dataflow::ingest::decode::{Decoded, Decoder};
+    /// use skewless::model::event::{Event, Position};
+    /// use skewless::dataflow::fold::{FlushPolicy, FoldContext, FoldFeatures};
+    ///
+    /// let job = Arc::new(skewless::job::Job::load("jobs/recsys.toml".as_ref()).unwrap());
+    /// let decoder = Decoder::new(&job.registry, job.max_event_bytes);
+    /// let events: Vec<Event> = [
+    ///     r#"{"event_id":"b","event_type":"ecommerce.item_viewed","event_version":"1.0","event_time":10,"user_id":"u1","payload":{"item_id":"i2","category":"books"}}"#,
+    ///     r#"{"event_id":"a","event_type":"ecommerce.item_viewed","event_version":"1.0","event_time":10,"user_id":"u1","payload":{"item_id":"i1","category":"books"}}"#,
+    /// ]
+    /// .iter()
+    /// .enumerate()
+    /// .map(|(line, text)| match decoder.decode(text.as_bytes()) {
+    ///     Decoded::Event(event) => Event::accepted(event, Position { partition: 0, offset: line as i64 + 1 }),
+    ///     other => panic!("{other:?}"),
+    /// })
+    /// .collect();
+    /// let views = timely::example(move |scope| {
+    ///     let events = events.to_stream(scope).container::<Vec<_>>();
+    ///     let clocks = vec![10.0f64].to_stream(scope).container::<Vec<_>>().broadcast();
+    ///     let context = FoldContext {
+    ///         job,
+    ///         counts: Default::default(),
+    ///         flush: FlushPolicy::AtEnd,
+    ///         metrics: None,
+    ///         checkpointing: Default::default(),
+    ///         restored: Vec::new(),
+    ///         restored_counts: Default::default(),
+    ///         hold_unflushed: true,
+    ///     };
+    ///     events.fold_features(clocks, context).views.capture()
+    /// });
+    /// let views: Vec<_> = views
+    ///     .try_iter()
+    ///     .flat_map(|captured| match captured {
+    ///         Captured::Messages(_time, views) => views,
+    ///         Captured::Progress(_) => Vec::new(),
+    ///     })
+    ///     .collect();
+    /// assert_eq!(views.len(), 1);
+    /// assert_eq!(views[0].user_id, "u1");
+    /// assert_eq!(views[0].as_of, 10.0);
+    /// // Equal event times apply in event-id order: "a" (i1) before "b" (i2).
+    /// assert!(views[0].state.contains(r#""viewed_items":["i1","i2"]"#), "{}", views[0].state);
+    /// ```
+    fn fold_features(self, clocks: Stream<'s, Millis, Vec<f64>>, context: FoldContext) -> Folded<'s>;
+}
+
+impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
+    fn fold_features(self, clocks: Stream<'s, Millis, Vec<f64>>, context: FoldContext) -> Folded<'s> {
+        let scope = self.scope();
+        let mut builder = OperatorBuilder::new("FoldFeatures".to_owned(), scope);
+        let activator = scope.activator_for(builder.operator_info().address);
+        let by_user = ExchangeCore::<Batcher<Event>, _>::new_core(|e: &Event| e.user_hash);
+        let mut events_in = builder.new_input(self, by_user);
+        let mut clocks_in = builder.new_input(clocks, Pipeline);
+        let (views_out, views) = builder.new_output::<Vec<ViewRecord>>();
+        let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+        let mut views_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<ViewRecord>>>::from(views_out);
+        let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+
+        let FoldContext {
+            job,
+            counts: shared_counts,
+            flush,
+            metrics,
+            checkpointing,
+            restored,
+            restored_counts,
+            hold_unflushed,
+        } = context;
+        checkpointing.borrow_mut().wake.push(activator.clone());
+        let observe = move |delta: &Counts| {
+            if let Some(metrics) = &metrics {
+                metrics.observe(delta);
+            }
+        };
+        let mut fold = Fold::new(job);
+        if !restored.is_empty() {
+            let started = Instant::now();
+            for snapshot in restored {
+                fold.restore(snapshot);
+            }
+            tracing::debug!(
+                users = fold.users.entries.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "state restored"
+            );
+        }
+        fold.total = restored_counts;
+        let mut last_flush = Instant::now();
+        let mut last_frontier: Millis = 0;
+        // Users still to write in the end-of-input snapshot, sorted by user id.
+        let mut snapshot: Option<std::vec::IntoIter<u32>> = None;
+        let mut snapshot_started = Instant::now();
+        let mut dead = Vec::new();
+        let mut views_buffer = Vec::new();
+
+        builder.build(move |capabilities| {
+            let mut capabilities = Some(capabilities);
+            move |frontiers| {
+                events_in.for_each(|cap, data| {
+                    let sent_at = *cap.least().expect("totally ordered time");
+                    fold.pending.push(Pending {
+                        sent_at,
+                        events: std::mem::take(data),
+                    });
+                });
+                clocks_in.for_each(|_cap, data| {
+                    for clock in data.drain(..) {
+                        fold.max_clock = Some(fold.max_clock.map_or(clock, |m: f64| m.max(clock)));
+                    }
+                });
+                let Some(caps) = capabilities.as_mut() else { return };
+                let frontier = frontiers[0].frontier().first().copied();
+                let clocks_done = frontiers[1].frontier().is_empty();
+
+                // A checkpoint's cut: take this worker's part when the frontier is at it.
+                let open_cut = {
+                    let cp = checkpointing.borrow();
+                    cp.cut
+                        .filter(|(epoch, _)| cp.part.as_ref().map(|p| p.0) != Some(*epoch))
+                };
+                if let Some((epoch, at)) = open_cut {
+                    let result = match frontier {
+                        Some(f) if f < at => None,
+                        Some(f) if f == at => {
+                            fold.apply_ready(Some(at), &mut dead);
+                            let started = Instant::now();
+                            let result = fold.write_part(&checkpointing.borrow(), epoch, at);
+                            tracing::debug!(
+                                epoch,
+                                users = fold.users.entries.len(),
+                                seconds = started.elapsed().as_secs_f64(),
+                                "checkpoint part written"
+                            );
+                            Some(result)
+                        }
+                        Some(_) => Some(Err(format!(
+                            "the input frontier passed the cut of epoch {epoch} unseen"
+                        ))),
+                        None => Some(Err(format!("the input ended before the cut of epoch {epoch}"))),
+                    };
+                    if let Some(result) = result {
+                        if let Err(problem) = &result
+                            && frontier.is_some()
+                        {
+                            tracing::warn!(epoch, %problem, "checkpoint part not taken");
+                        }
+                        checkpointing.borrow_mut().part = Some((epoch, result));
+                    }
+                }
+                if snapshot.is_none() {
+                    fold.apply_ready(frontier, &mut dead);
+                }
+                if !dead.is_empty() {
+                    dead_out.activate().session(&caps[1]).give_container(&mut dead);
+                }
+
+                match frontier {
+                    Some(frontier) => {
+                        last_frontier = last_frontier.max(frontier);
+                        if let (FlushPolicy::Every(interval), false) = (flush, fold.dirty.is_empty()) {
+                            let waited = last_flush.elapsed();
+                            if waited >= interval {
+                                fold.flush_dirty(frontier as f64 / 1000.0, &mut views_buffer);
+                                last_flush = Instant::now();
+                            } else {
+                                activator.activate_after(interval - waited);
+                            }
+                        }
+                        if !views_buffer.is_empty() {
+                            views_out
+                                .activate()
+                                .session(&caps[0])
+                                .give_container(&mut views_buffer);
+                        }
+                        let views_at = match fold.unflushed_since {
+                            Some(t) if hold_unflushed => t.min(frontier),
+                            _ => frontier,
+                        };
+                        for (cap, time) in caps.iter_mut().zip([views_at, frontier]) {
+                            if *cap.time() < time {
+                                cap.downgrade(&time);
+                            }
+                        }
+                    }
+                    None if !clocks_done => {}
+                    None => {
+                        // End of input: write every user's view, sorted by user id.
+                        let queue = snapshot.get_or_insert_with(|| {
+                            snapshot_started = Instant::now();
+                            let entries = &fold.users.entries;
+                            tracing::debug!(
+                                users = entries.len(),
+                                user_entry_bytes = entries.capacity() * std::mem::size_of::<UserEntry>(),
+                                state_heap_bytes =
+                                    entries.iter().map(|e| e.state.heap_bytes()).sum::<usize>(),
+                                dedup_ids = fold.seen.len(),
+                                interned = fold.interner.len(),
+                                "fold footprint at the end of input"
+                            );
+                            let entries = &fold.users.entries;
+                            let mut order: Vec<u32> = (0..entries.len() as u32)
+                                .filter(|&i| entries[i as usize].has_view)
+                                .collect();
+                            order.sort_unstable_by(|&a, &b| {
+                                entries[a as usize].user_id.cmp(&entries[b as usize].user_id)
+                            });
+                            fold.counts.users = order.len() as u64;
+                            order.into_iter()
+                        });
+                        let as_of = fold.max_clock.unwrap_or(last_frontier as f64 / 1000.0);
+                        for index in queue.by_ref().take(SNAPSHOT_CHUNK) {
+                            let changed = fold.users.entries[index as usize].dirty;
+                            fold.users.entries[index as usize].dirty = false;
+                            views_buffer.push(fold.render(index, as_of, changed, true));
+                        }
+                        if !views_buffer.is_empty() {
+                            views_out
+                                .activate()
+                                .session(&caps[0])
+                                .give_container(&mut views_buffer);
+                        }
+                        if queue.len() > 0 {
+                            activator.activate();
+                        } else {
+                            tracing::debug!(
+                                seconds = snapshot_started.elapsed().as_secs_f64(),
+                                "fold wrote its end-of-input snapshot"
+                            );
+                            let delta = std::mem::take(&mut fold.counts);
+                            observe(&delta);
+                            shared_counts.borrow_mut().merge(&delta);
+                            fold.total.merge(&delta);
+                            capabilities = None;
+                            return;
+                        }
+                    }
+                }
+                let delta = std::mem::take(&mut fold.counts);
+                observe(&delta);
+                shared_counts.borrow_mut().merge(&delta);
+                fold.total.merge(&delta);
+            }
+        });
+
+        Folded { views, dead_letters }
+    }
+}

@@ -1,0 +1,277 @@
+//! The fold's per-worker state: its users (dense entries found by key hash), the
+//! events waiting for the frontier, the dedup tables; applying ready events in
+//! (event time, event id) order, and rendering the views of the users that changed.
+
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use hashbrown::HashTable;
+
+use crate::dataflow::batch::Pooled;
+use crate::dataflow::fold::dedup::SeenIds;
+use crate::dlq::letter::{DeadLetter, Reason};
+use crate::job::{Job, LatePolicy};
+use crate::model::event::{Event, Millis, to_millis};
+use crate::model::features::{Interner, UserState, render_features, render_state};
+use crate::model::view::ViewRecord;
+use crate::summary::Counts;
+
+/// Serializes exactly as [`crate::checkpoint::UserSnapshot`] (same fields, same order), so that a
+/// checkpoint is written from the live entries.
+#[derive(serde::Serialize)]
+pub(super) struct UserEntry {
+    pub(super) user_id: CompactString,
+    pub(super) hash: u64,
+    pub(super) state: UserState,
+    pub(super) has_view: bool,
+    pub(super) dirty: bool,
+}
+
+/// A worker's users: dense entries, found by key hash.
+#[derive(Default)]
+pub(super) struct Users {
+    pub(super) index: HashTable<u32>,
+    pub(super) entries: Vec<UserEntry>,
+}
+
+impl Users {
+    /// The index of a user's entry, created empty if new.
+    pub(super) fn slot(&mut self, hash: u64, user_id: &CompactString, job: &Job) -> u32 {
+        let entries = &mut self.entries;
+        match self
+            .index
+            .find(hash, |&i| entries[i as usize].user_id == *user_id)
+        {
+            Some(&i) => i,
+            None => {
+                let i = u32::try_from(entries.len()).expect("fewer than 2^32 users per worker");
+                entries.push(UserEntry {
+                    user_id: user_id.clone(),
+                    hash,
+                    state: UserState::new(&job.features),
+                    has_view: false,
+                    dirty: false,
+                });
+                self.index.insert_unique(hash, i, |&j| entries[j as usize].hash);
+                i
+            }
+        }
+    }
+}
+
+/// An event time as an integer that sorts like the time (times are >= 0).
+pub(super) fn time_key(event_time: f64) -> u64 {
+    event_time.to_bits()
+}
+
+/// A received container of events and the time it was sent at.
+pub(super) struct Pending {
+    pub(super) sent_at: Millis,
+    pub(super) events: Vec<Event>,
+}
+
+impl Pending {
+    /// When an event may be judged: once the frontier has passed both its event time
+    /// and the time it was sent at. Late events wait for their event time too, so a late
+    /// copy is never judged before an on-time copy read earlier from its partition (it
+    /// is then a duplicate, as the contract's order of checks says).
+    pub(super) fn ready_at(&self, event: &Event) -> Millis {
+        ready_at(self.sent_at, event)
+    }
+}
+
+pub(super) fn ready_at(sent_at: Millis, event: &Event) -> Millis {
+    to_millis(event.event_time).max(sent_at)
+}
+
+/// The fold's state on one worker.
+pub(super) struct Fold {
+    pub(super) job: Arc<Job>,
+    pub(super) users: Users,
+    pub(super) interner: Interner,
+    pub(super) seen: SeenIds,
+    pub(super) seen_late: SeenIds,
+    /// Received containers, kept whole until every event in them is applied: an event
+    /// is never copied on its way through the fold.
+    pub(super) pending: Vec<Pending>,
+    /// `(container, event)` indices into `pending` of the events being applied.
+    pub(super) order: Vec<(u32, u32)>,
+    /// `order` keyed by event time, for sorting.
+    pub(super) keyed: Vec<(u64, (u32, u32))>,
+    pub(super) dirty: Vec<u32>,
+    pub(super) counts: Counts,
+    /// Counts since the job started (restored ones included), for checkpoints.
+    pub(super) total: Counts,
+    pub(super) max_clock: Option<f64>,
+    /// The earliest time of a change not yet written as a view: the views output holds
+    /// its capability there, so nothing downstream counts as durable past it.
+    pub(super) unflushed_since: Option<Millis>,
+}
+
+impl Fold {
+    /// An empty fold for `job`.
+    pub(super) fn new(job: Arc<Job>) -> Fold {
+        Fold {
+            seen: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
+            seen_late: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
+            job,
+            users: Users::default(),
+            interner: Interner::default(),
+            pending: Vec::new(),
+            order: Vec::new(),
+            keyed: Vec::new(),
+            dirty: Vec::new(),
+            counts: Counts::default(),
+            total: Counts::default(),
+            max_clock: None,
+            unflushed_since: None,
+        }
+    }
+
+    /// Applies every pending event ready before `frontier` (all, when `None`), in
+    /// [`Event::apply_order`]. Events are sorted by index and dropped in place, never
+    /// moved.
+    pub(super) fn apply_ready(&mut self, frontier: Option<Millis>, dead: &mut Vec<DeadLetter>) {
+        let limit = frontier.unwrap_or(Millis::MAX);
+        self.order.clear();
+        for (c, batch) in self.pending.iter().enumerate() {
+            for (e, event) in batch.events.iter().enumerate() {
+                if batch.ready_at(event) < limit {
+                    self.order.push((c as u32, e as u32));
+                }
+            }
+        }
+        if self.order.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let event = |&(c, e): &(u32, u32)| &pending[c as usize].events[e as usize];
+        // Sort by event time as an integer key first (cheap comparisons, no pointer
+        // chasing), then settle equal times by the full apply order.
+        self.keyed.clear();
+        self.keyed.extend(
+            self.order
+                .iter()
+                .map(|index| (time_key(event(index).event_time), *index)),
+        );
+        self.keyed.sort_unstable_by_key(|&(time, _)| time);
+        for run in self.keyed.chunk_by_mut(|a, b| a.0 == b.0) {
+            if run.len() > 1 {
+                run.sort_unstable_by(|a, b| event(&a.1).apply_order(event(&b.1)));
+            }
+        }
+        self.order.clear();
+        self.order.extend(self.keyed.iter().map(|&(_, index)| index));
+        let job = Arc::clone(&self.job);
+        let order = std::mem::take(&mut self.order);
+        for &(c, e) in &order {
+            let batch = &pending[c as usize];
+            let event = &batch.events[e as usize];
+            self.apply_one(&job, event, batch.ready_at(event), dead);
+        }
+        self.order = order;
+        self.pending = pending;
+        self.pending.retain_mut(|batch| {
+            let sent_at = batch.sent_at;
+            batch.events.retain(|e| ready_at(sent_at, e) >= limit);
+            if batch.events.is_empty() {
+                Event::pool().give(std::mem::take(&mut batch.events));
+                return false;
+            }
+            true
+        });
+        if let Some(frontier) = frontier {
+            let watermark = frontier as f64 / 1000.0;
+            self.seen.expire(watermark);
+            self.seen_late.expire(watermark);
+        }
+    }
+
+    /// Steps 5-7 for one event: dedup, lateness, apply.
+    pub(super) fn apply_one(
+        &mut self,
+        job: &Job,
+        event: &Event,
+        ready_at: Millis,
+        dead: &mut Vec<DeadLetter>,
+    ) {
+        let key = event.id_key;
+        if !event.late {
+            if self.seen.check_and_insert(key, event.event_time, event.user_hash) {
+                self.counts.duplicates += 1;
+                return;
+            }
+            self.counts.applied += 1;
+            if !job.features.reads(event.event_type) {
+                return;
+            }
+            let slot = self.users.slot(event.user_hash, &event.user_id, job);
+            let entry = &mut self.users.entries[slot as usize];
+            entry.state.apply(&job.features, &mut self.interner, event);
+            entry.has_view = true;
+            self.unflushed_since = Some(self.unflushed_since.map_or(ready_at, |t| t.min(ready_at)));
+            if !entry.dirty {
+                entry.dirty = true;
+                self.dirty.push(slot);
+            }
+            return;
+        }
+        // A late copy of an event seen on time is a duplicate; a late event never
+        // claims its id against an on-time copy, so which copy arrives first does
+        // not decide what is applied.
+        if self.seen.contains(key, event.event_time)
+            || self
+                .seen_late
+                .check_and_insert(key, event.event_time, event.user_hash)
+        {
+            self.counts.duplicates += 1;
+            return;
+        }
+        self.counts.late += 1;
+        match job.time.late_policy {
+            LatePolicy::Drop => self.counts.late_dropped += 1,
+            LatePolicy::Dlq => {
+                self.counts.dead_letter(Reason::LateEvent);
+                let record = event
+                    .late_record
+                    .as_ref()
+                    .expect("late events carry their record");
+                dead.push(DeadLetter::first_attempt(
+                    &job.name,
+                    record.origin.clone(),
+                    record.text.as_bytes(),
+                    true,
+                    Reason::LateEvent,
+                    format!(
+                        "event_time {} is more than allowed_lateness ({}) behind its partition's clock or the watermark",
+                        event.event_time, job.time.allowed_lateness
+                    ),
+                ));
+            }
+        }
+    }
+
+    pub(super) fn render(&self, index: u32, as_of: f64, changed: bool, snapshot: bool) -> ViewRecord {
+        let entry = &self.users.entries[index as usize];
+        ViewRecord {
+            user_id: entry.user_id.clone(),
+            as_of,
+            features: render_features(&self.job.features, &self.interner, &entry.state),
+            state: render_state(&self.job.features, &self.interner, &entry.state),
+            changed,
+            snapshot,
+        }
+    }
+
+    /// Views of the users that changed since the last flush.
+    pub(super) fn flush_dirty(&mut self, as_of: f64, out: &mut Vec<ViewRecord>) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for index in &dirty {
+            out.push(self.render(*index, as_of, true, false));
+            self.users.entries[*index as usize].dirty = false;
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+        self.unflushed_since = None;
+    }
+}

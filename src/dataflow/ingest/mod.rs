@@ -1,0 +1,457 @@
+//! The ingest operator: reads a [`Source`], decodes and validates each record, keeps
+//! the partition clocks, and splits the result into events, dead letters and clock
+//! reports. Every source feeds the dataflow through this one operator. It also decides
+//! when a streaming run stops (signal, or every partition idle), archives what it reads
+//! when the job keeps an archive, and commits source positions once everything derived
+//! from them is durable.
+//!
+//! # Contract
+//! Events leave at the worker's watermark (the operator's capability) and carry their
+//! own event time; an event that is not late has `to_millis(event_time)` at or above
+//! the time it leaves at, so downstream may apply an event once the frontier has
+//! passed its event time. Late events are flagged and leave at the watermark. A batch
+//! of records is durable once the `durable` probe's frontier has passed the latest time
+//! its outputs can carry (the largest event time among its on-time events, or the time
+//! it left at).
+
+pub mod decode;
+pub mod watermark;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+
+use crate::checkpoint::PartitionState;
+use crate::checkpoint::protocol::{Checkpointing, Gate, OpenCut};
+use crate::dataflow::batch::Batcher;
+use crate::dataflow::ingest::decode::{Decoded, Decoder, Rejection};
+use crate::dataflow::ingest::watermark::Clocks;
+use crate::dlq::letter::{DeadLetter, Reason};
+use crate::job::Job;
+use crate::metrics::Metrics;
+use crate::model::event::{Event, LateRecord, Millis, Position, key_hash, to_millis};
+use crate::sinks::archive::Archive;
+use crate::source::{Read, Record, Source, SourceError};
+use crate::summary::Counts;
+
+/// What the ingest operator shares with the rest of its worker.
+#[derive(Clone)]
+pub struct IngestShared {
+    /// The worker's counters.
+    pub counts: Rc<RefCell<Counts>>,
+    /// The first fatal source error, if any.
+    pub error: Rc<RefCell<Option<SourceError>>>,
+    /// Records read by this process (for progress reporting).
+    pub progress: Arc<AtomicU64>,
+    /// The largest event time this worker's partitions have seen.
+    pub max_event_time: Rc<Cell<Option<f64>>>,
+    /// Set (by a signal handler) to stop reading and finish cleanly.
+    pub stop: Arc<AtomicBool>,
+    /// The positions to commit once the dataflow has finished: set when the operator
+    /// stops reading, so the worker can commit after every sink has flushed.
+    pub final_positions: FinalPositions,
+    /// Metrics, when the run exports them.
+    pub metrics: Option<Arc<Metrics>>,
+    /// The worker's part in taking checkpoints.
+    pub checkpointing: Rc<RefCell<Checkpointing>>,
+    /// Restored state of this worker's partitions (by index), when resuming.
+    pub restored: Vec<Option<PartitionState>>,
+    /// Ingest counts carried over from a checkpoint.
+    pub restored_counts: Counts,
+}
+
+/// Where a worker's partitions stood when it stopped reading: `(partition, position)`.
+pub type FinalPositions = Rc<RefCell<Option<Vec<(usize, i64)>>>>;
+
+/// How the ingest operator paces itself and when it stops.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// Most records read per activation.
+    pub batch: usize,
+    /// How far (event time, ms) this worker's watermark may run ahead of the slowest
+    /// worker's before it waits, at least. The bound grows to a few batches' worth of
+    /// event time, so sparse data (hours per batch) does not make workers take turns.
+    pub max_skew_ms: Millis,
+    /// Stop once every partition has had no record for this long (streaming runs).
+    pub exit_when_idle: Option<Duration>,
+    /// How often durable positions are committed.
+    pub commit_interval: Duration,
+    /// How soon to look again when no partition had records.
+    pub idle_poll: Duration,
+}
+
+/// The streams the ingest operator produces.
+pub struct Ingested<'s> {
+    /// Accepted events (not yet deduplicated).
+    pub events: Stream<'s, Millis, Vec<Event>>,
+    /// Dead letters of records that failed decoding.
+    pub dead_letters: Stream<'s, Millis, Vec<DeadLetter>>,
+    /// The largest event time each partition has seen, when it grows.
+    pub clocks: Stream<'s, Millis, Vec<f64>>,
+}
+
+/// Positions of records read but not yet durable, oldest first.
+#[derive(Default)]
+struct Uncommitted {
+    /// `(time the batch is durable after, positions it reached)`.
+    batches: VecDeque<(Millis, Vec<(usize, i64)>)>,
+    /// Positions whose outputs are durable and not yet committed.
+    durable: BTreeMap<usize, i64>,
+    last_commit: Option<Instant>,
+}
+
+impl Uncommitted {
+    /// Moves batches the `durable` probe has passed into the committable positions.
+    fn settle(&mut self, durable: &ProbeHandle<Millis>) {
+        while let Some((time, _)) = self.batches.front() {
+            if durable.less_equal(time) {
+                break;
+            }
+            let (_, positions) = self.batches.pop_front().expect("front exists");
+            self.durable.extend(positions);
+        }
+    }
+
+    /// Commits what is durable (and archived, when there is an archive), at most once
+    /// per `interval`.
+    fn commit<S: Source>(
+        &mut self,
+        source: &mut S,
+        archive: Option<&Archive>,
+        interval: Duration,
+        now: Instant,
+    ) -> Result<(), SourceError> {
+        if self.durable.is_empty() || self.last_commit.is_some_and(|t| now.duration_since(t) < interval) {
+            return Ok(());
+        }
+        let positions: Vec<(usize, i64)> = self
+            .durable
+            .iter()
+            .map(|(&p, &position)| (p, archive.map_or(position, |a| position.min(a.durable(p)))))
+            .collect();
+        source.commit_in_background(&positions)?;
+        if archive.is_none() {
+            self.durable.clear();
+        }
+        self.last_commit = Some(now);
+        Ok(())
+    }
+}
+
+/// Builds the ingest operator over `source`. `global` is a probe of the clocks stream
+/// (whose capability moves with the events'), which shows the slowest worker's
+/// watermark; `durable` is a probe after the sinks,
+/// which shows what is durable.
+#[allow(clippy::too_many_arguments)]
+pub fn ingest<'s, S: Source + 'static>(
+    scope: Scope<'s, Millis>,
+    source: Rc<RefCell<S>>,
+    mut archive: Option<Archive>,
+    job: Arc<Job>,
+    shared: IngestShared,
+    pacing: Pacing,
+    global: ProbeHandle<Millis>,
+    durable: ProbeHandle<Millis>,
+) -> Ingested<'s> {
+    let mut builder = OperatorBuilder::new("Ingest".to_owned(), scope);
+    let address = builder.operator_info().address;
+    let activator = scope.activator_for(Rc::clone(&address));
+    let waker = scope.worker().sync_activator_for(address.to_vec());
+    source.borrow_mut().set_waker(Arc::new(move || {
+        let _ = waker.activate();
+    }));
+    let (events_out, events) = builder.new_output::<Vec<Event>>();
+    let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+    let (clock_out, clocks) = builder.new_output::<Vec<f64>>();
+    let mut events_out = OutputBuilder::<_, Batcher<Event>>::from(events_out);
+    let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+    let mut clock_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<f64>>>::from(clock_out);
+
+    let names = source.borrow().partition_names();
+    let partition_hashes: Vec<u64> = names.iter().map(|n| key_hash(n)).collect();
+    let lateness = job.allowed_lateness_secs();
+    let mut partition_clocks = Clocks::new(names.len(), lateness, job.time.idle_timeout.duration());
+    let mut order = Vec::new();
+    let mut reported_max = f64::NEG_INFINITY;
+    let mut batch_span_ms: Millis = 0;
+    let mut uncommitted = Uncommitted::default();
+    for (partition, state) in shared.restored.iter().enumerate() {
+        if let Some(state) = state {
+            partition_clocks.restore(partition, state.max_seen, state.finished);
+        }
+    }
+    // The counts since the start of the job, for checkpoints.
+    let mut total = shared.restored_counts.clone();
+    let part_names = names.clone();
+    let snapshot_partitions = move |source: &S, clocks: &Clocks| -> Vec<PartitionState> {
+        part_names
+            .iter()
+            .enumerate()
+            .map(|(p, name)| {
+                let (max_seen, finished) = clocks.snapshot(p);
+                PartitionState {
+                    name: name.clone(),
+                    position: source.position(p),
+                    max_seen,
+                    finished,
+                }
+            })
+            .collect()
+    };
+    let archive_only = job.archive_only();
+    let scope_index = scope.index();
+
+    builder.build(move |capabilities| {
+        let mut capabilities = Some(capabilities);
+        move |_frontiers| {
+            let Some(caps) = capabilities.as_mut() else { return };
+            let now = Instant::now();
+            let mut source = source.borrow_mut();
+            let fail = |error: SourceError| *shared.error.borrow_mut() = Some(error);
+
+            // Without checkpoints, commit what the sinks (and the archive) have made
+            // durable; with them, offsets are committed from completed checkpoints.
+            let checkpointing = shared.checkpointing.borrow().enabled();
+            if !checkpointing {
+                uncommitted.settle(&durable);
+                if let Err(error) =
+                    uncommitted.commit(&mut *source, archive.as_ref(), pacing.commit_interval, now)
+                {
+                    fail(error);
+                    capabilities = None;
+                    return;
+                }
+            }
+
+            // Take part in a checkpoint: pause while the cut is agreed; snapshot once the
+            // watermark reaches it, then hold the capability there until the fold has
+            // its part.
+            let gate = shared.checkpointing.borrow_mut().gate(*caps[0].time());
+            let mut cut = match gate {
+                Gate::Pause => {
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
+                Gate::Run { cut } => cut,
+            };
+            let snapshot_at =
+                |cut: &mut Option<OpenCut>, source: &S, clocks: &Clocks, total: &Counts, reached: bool| {
+                    if let Some(open) = cut.as_mut()
+                        && !open.snapshotted
+                        && reached
+                    {
+                        let partitions = snapshot_partitions(source, clocks);
+                        shared
+                            .checkpointing
+                            .borrow_mut()
+                            .snapshot(*open, partitions, total.clone());
+                        open.snapshotted = true;
+                    }
+                };
+
+            // Stop on a signal, or once every partition has been idle long enough.
+            let idle_exit = pacing
+                .exit_when_idle
+                .is_some_and(|d| partition_clocks.idle_for(now) >= d);
+            let stopping =
+                shared.stop.load(Ordering::Relaxed) || idle_exit || partition_clocks.all_finished();
+            if stopping {
+                if let Some(Err(error)) = archive.as_mut().map(Archive::close_all) {
+                    fail(SourceError::Archive(error.to_string()));
+                }
+                // Everything this worker sent is before an open cut.
+                snapshot_at(&mut cut, &source, &partition_clocks, &total, true);
+                let positions = (0..names.len()).map(|p| (p, source.position(p))).collect();
+                *shared.final_positions.borrow_mut() = Some(positions);
+                let partitions = snapshot_partitions(&source, &partition_clocks);
+                shared.checkpointing.borrow_mut().finished = Some((partitions, total.clone()));
+                capabilities = None;
+                return;
+            }
+
+            let watermark = partition_clocks.watermark();
+            let reached = cut.is_some_and(|c| watermark >= c.at);
+            snapshot_at(&mut cut, &source, &partition_clocks, &total, reached);
+            // The capability catches up with the watermark, up to an open cut.
+            let bound = |target: Millis, cut: &Option<OpenCut>| match cut {
+                Some(open) if open.snapshotted => target.min(open.at),
+                _ => target,
+            };
+            let catch_up = bound(watermark, &cut);
+            for cap in caps.iter_mut() {
+                if *cap.time() < catch_up {
+                    cap.downgrade(&catch_up);
+                }
+            }
+            // Wait while this worker is far ahead of the slowest one.
+            let skew = pacing.max_skew_ms.max(batch_span_ms.saturating_mul(4));
+            if global.less_than(&watermark.saturating_sub(skew)) {
+                activator.activate_after(Duration::from_millis(1));
+                return;
+            }
+            let decoder = Decoder::new(&job.registry, job.max_event_bytes);
+            let mut counts = Counts::default();
+            let mut failure = None;
+            let mut touched: Vec<usize> = Vec::new();
+            let mut batch_time = watermark;
+            {
+                let mut events_handle = events_out.activate();
+                let mut dead_handle = dead_out.activate();
+                let mut events = events_handle.session_with_builder(&caps[0]);
+                let mut dead = dead_handle.session(&caps[1]);
+                partition_clocks.reading_order(&mut order);
+                let mut budget = pacing.batch;
+                for &partition in &order {
+                    if budget == 0 {
+                        break;
+                    }
+                    let mut emit = |record: Record<'_>| {
+                        counts.read += 1;
+                        let archived = archive
+                            .as_mut()
+                            .map(|a| a.append(partition, record.offset, record.bytes, now));
+                        if let Some(Err(error)) = archived {
+                            failure.get_or_insert(SourceError::Archive(error.to_string()));
+                        }
+                        if archive_only {
+                            partition_clocks.touch(partition, now);
+                            counts.archived += 1;
+                            return;
+                        }
+                        let decoded = match record.oversized_len {
+                            Some(len) => Decoded::Rejected(Rejection {
+                                reason: Reason::Oversized,
+                                detail: format!(
+                                    "{len} bytes, more than max_event_bytes = {}",
+                                    job.max_event_bytes
+                                ),
+                                event_time: None,
+                                parsed: false,
+                            }),
+                            None => decoder.decode(record.bytes),
+                        };
+                        match decoded {
+                            Decoded::Event(event) => {
+                                let late = partition_clocks.observe(partition, event.event_time, now);
+                                if !late {
+                                    batch_time = batch_time.max(to_millis(event.event_time));
+                                }
+                                let position = Position {
+                                    partition: partition_hashes[partition],
+                                    offset: record.sequence,
+                                };
+                                let mut event = Event::accepted(event, position);
+                                if late {
+                                    event.late = true;
+                                    event.late_record = Some(Box::new(LateRecord {
+                                        text: String::from_utf8_lossy(record.bytes.trim_ascii()).into_owned(),
+                                        origin: record.origin(),
+                                    }));
+                                }
+                                events.give(event);
+                            }
+                            Decoded::Ignored { event_time } => {
+                                partition_clocks.observe(partition, event_time, now);
+                                counts.ignored += 1;
+                            }
+                            Decoded::Rejected(rejection) => {
+                                match rejection.event_time {
+                                    Some(event_time) => {
+                                        partition_clocks.observe(partition, event_time, now);
+                                    }
+                                    None => partition_clocks.touch(partition, now),
+                                }
+                                counts.dead_letter(rejection.reason);
+                                dead.give(DeadLetter::first_attempt(
+                                    &job.name,
+                                    record.origin(),
+                                    record.bytes,
+                                    rejection.parsed,
+                                    rejection.reason,
+                                    rejection.detail,
+                                ));
+                            }
+                        }
+                    };
+                    match source.read(partition, budget, &mut emit) {
+                        Ok(Read::Records(n)) => {
+                            budget = budget.saturating_sub(n);
+                            touched.push(partition);
+                        }
+                        Ok(Read::Empty) => partition_clocks.poll_empty(partition, now),
+                        Ok(Read::Unavailable) => partition_clocks.touch(partition, now),
+                        Ok(Read::Finished) => partition_clocks.finish(partition),
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    }
+                    if failure.is_some() {
+                        break;
+                    }
+                }
+            }
+            shared.progress.fetch_add(counts.read, Ordering::Relaxed);
+            if let Some(metrics) = &shared.metrics {
+                metrics.observe(&counts);
+                let wall = crate::dlq::letter::wall_clock_seconds() as i64;
+                metrics.watermark_lag(scope_index, wall - (partition_clocks.watermark() / 1000) as i64);
+            }
+            shared.counts.borrow_mut().merge(&counts);
+            total.merge(&counts);
+            if let Some(error) = failure {
+                fail(error);
+                capabilities = None;
+                return;
+            }
+            if let Some(Err(error)) = archive.as_mut().map(|a| a.roll_due(now)) {
+                fail(SourceError::Archive(error.to_string()));
+                capabilities = None;
+                return;
+            }
+            if !touched.is_empty() {
+                let positions: Vec<(usize, i64)> = touched.iter().map(|&p| (p, source.position(p))).collect();
+                if archive_only {
+                    // Nothing flows downstream: the archive alone decides durability.
+                    uncommitted.durable.extend(positions);
+                } else {
+                    uncommitted.batches.push_back((batch_time, positions));
+                }
+            }
+            if let Some(max) = partition_clocks.max_seen().filter(|&m| m > reported_max) {
+                reported_max = max;
+                shared.max_event_time.set(Some(max));
+                clock_out.activate().session(&caps[2]).give(max);
+            }
+            let advanced = partition_clocks.advance();
+            let reached = cut.is_some_and(|c| advanced >= c.at);
+            snapshot_at(&mut cut, &source, &partition_clocks, &total, reached);
+            let next = bound(advanced, &cut);
+            batch_span_ms = advanced.saturating_sub(watermark);
+            for cap in caps.iter_mut() {
+                if *cap.time() < next {
+                    cap.downgrade(&next);
+                }
+            }
+            if touched.is_empty() && !partition_clocks.all_finished() {
+                activator.activate_after(pacing.idle_poll);
+            } else {
+                activator.activate();
+            }
+        }
+    });
+
+    Ingested {
+        events,
+        dead_letters,
+        clocks,
+    }
+}

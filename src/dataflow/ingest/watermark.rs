@@ -1,0 +1,253 @@
+//! Partition clocks, lateness and the watermark (DESIGN.md section 4).
+//!
+//! Each partition has a clock: the largest `event_time` seen in it. An event is late
+//! when it is earlier than its partition's clock (before it) minus the allowed
+//! lateness, or earlier than the watermark this worker holds. The watermark is the
+//! minimum over active partitions of (clock - allowed lateness); idle partitions
+//! (wall clock) and finished ones stop holding it back.
+
+use std::time::{Duration, Instant};
+
+use crate::model::event::{Millis, to_millis};
+
+/// Whether a partition still holds the watermark back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionStatus {
+    /// Records may still come, and it holds the watermark.
+    Active,
+    /// No records for the idle timeout: it does not hold the watermark until it wakes.
+    Idle,
+    /// It will never produce again.
+    Finished,
+}
+
+#[derive(Debug, Clone)]
+struct Clock {
+    max_seen: Option<f64>,
+    status: PartitionStatus,
+    last_record: Instant,
+}
+
+/// The clocks of the partitions one worker reads.
+#[derive(Debug, Clone)]
+pub struct Clocks {
+    clocks: Vec<Clock>,
+    allowed_lateness: f64,
+    idle_timeout: Duration,
+    /// The watermark this worker has published, in milliseconds; never goes back.
+    watermark: Millis,
+}
+
+impl Clocks {
+    /// Clocks for `partitions` partitions, none seen yet.
+    pub fn new(partitions: usize, allowed_lateness: f64, idle_timeout: Duration) -> Clocks {
+        let now = Instant::now();
+        Clocks {
+            clocks: vec![
+                Clock {
+                    max_seen: None,
+                    status: PartitionStatus::Active,
+                    last_record: now
+                };
+                partitions
+            ],
+            allowed_lateness,
+            idle_timeout,
+            watermark: 0,
+        }
+    }
+
+    /// Records an event time seen in `partition` and says whether that event is late.
+    /// Call for every record that passed the envelope checks, in partition order.
+    pub fn observe(&mut self, partition: usize, event_time: f64, now: Instant) -> bool {
+        let clock = &mut self.clocks[partition];
+        let behind_partition = clock
+            .max_seen
+            .is_some_and(|max| event_time < max - self.allowed_lateness);
+        let behind_watermark = to_millis(event_time) < self.watermark;
+        clock.max_seen = Some(clock.max_seen.map_or(event_time, |max| max.max(event_time)));
+        clock.last_record = now;
+        if clock.status == PartitionStatus::Idle {
+            clock.status = PartitionStatus::Active;
+        }
+        behind_partition || behind_watermark
+    }
+
+    /// Notes that `partition` had no record to give at `now`; it turns idle once the
+    /// idle timeout has passed since its last record.
+    pub fn poll_empty(&mut self, partition: usize, now: Instant) {
+        let clock = &mut self.clocks[partition];
+        if clock.status == PartitionStatus::Active
+            && now.duration_since(clock.last_record) >= self.idle_timeout
+        {
+            clock.status = PartitionStatus::Idle;
+        }
+    }
+
+    /// Marks `partition` as having produced something (keeps it from idling) without a record.
+    pub fn touch(&mut self, partition: usize, now: Instant) {
+        self.clocks[partition].last_record = now;
+    }
+
+    /// How long since any partition that is not finished gave a record (the shortest
+    /// such wait); `Duration::MAX` when every partition is finished.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        self.clocks
+            .iter()
+            .filter(|c| c.status != PartitionStatus::Finished)
+            .map(|c| now.saturating_duration_since(c.last_record))
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// A partition's clock and whether it is finished, for a checkpoint.
+    pub fn snapshot(&self, partition: usize) -> (Option<f64>, bool) {
+        let clock = &self.clocks[partition];
+        (clock.max_seen, clock.status == PartitionStatus::Finished)
+    }
+
+    /// Restores a partition's clock from a checkpoint.
+    pub fn restore(&mut self, partition: usize, max_seen: Option<f64>, finished: bool) {
+        let clock = &mut self.clocks[partition];
+        clock.max_seen = max_seen;
+        if finished {
+            clock.status = PartitionStatus::Finished;
+        }
+    }
+
+    /// Marks `partition` finished: it no longer holds the watermark back.
+    pub fn finish(&mut self, partition: usize) {
+        self.clocks[partition].status = PartitionStatus::Finished;
+    }
+
+    /// A partition's status.
+    pub fn status(&self, partition: usize) -> PartitionStatus {
+        self.clocks[partition].status
+    }
+
+    /// Whether every partition is finished.
+    pub fn all_finished(&self) -> bool {
+        self.clocks.iter().all(|c| c.status == PartitionStatus::Finished)
+    }
+
+    /// The largest event time seen in any partition.
+    pub fn max_seen(&self) -> Option<f64> {
+        self.clocks.iter().filter_map(|c| c.max_seen).reduce(f64::max)
+    }
+
+    /// A partition's clock.
+    pub fn clock(&self, partition: usize) -> Option<f64> {
+        self.clocks[partition].max_seen
+    }
+
+    /// Recomputes the watermark and returns it (milliseconds). It never goes back.
+    ///
+    /// With no active partition left but some idle, the watermark moves up to the
+    /// largest (clock - allowed lateness) of any partition.
+    pub fn advance(&mut self) -> Millis {
+        let lateness = self.allowed_lateness;
+        let bound = |c: &Clock| c.max_seen.map_or(0, |max| to_millis((max - lateness).max(0.0)));
+        let active = self
+            .clocks
+            .iter()
+            .filter(|c| c.status == PartitionStatus::Active)
+            .map(bound)
+            .min();
+        let next = match active {
+            Some(min) => min,
+            None => self
+                .clocks
+                .iter()
+                .filter(|c| c.status == PartitionStatus::Idle)
+                .map(bound)
+                .max()
+                .unwrap_or(self.watermark),
+        };
+        self.watermark = self.watermark.max(next);
+        self.watermark
+    }
+
+    /// The watermark last computed by [`Clocks::advance`].
+    pub fn watermark(&self) -> Millis {
+        self.watermark
+    }
+
+    /// Partitions in the order they should be read: active and idle ones with the
+    /// smallest clock first (unseen first), so the watermark keeps moving.
+    pub fn reading_order(&self, order: &mut Vec<usize>) {
+        order.clear();
+        order.extend((0..self.clocks.len()).filter(|&p| self.clocks[p].status != PartitionStatus::Finished));
+        order.sort_by(|&a, &b| {
+            let key = |p: usize| self.clocks[p].max_seen.unwrap_or(f64::NEG_INFINITY);
+            key(a).total_cmp(&key(b))
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clocks(partitions: usize) -> Clocks {
+        Clocks::new(partitions, 5.0, Duration::from_secs(10))
+    }
+
+    #[test]
+    fn late_is_relative_to_the_clock_before_the_event() {
+        let mut c = clocks(1);
+        let now = Instant::now();
+        assert!(!c.observe(0, 100.0, now));
+        assert!(!c.observe(0, 95.0, now), "exactly at the bound is on time");
+        assert!(c.observe(0, 94.999, now));
+        assert!(!c.observe(0, 200.0, now));
+        assert!(c.observe(0, 100.0, now));
+        assert_eq!(c.clock(0), Some(200.0));
+    }
+
+    #[test]
+    fn watermark_is_the_minimum_over_active_partitions() {
+        let mut c = clocks(2);
+        let now = Instant::now();
+        c.observe(0, 100.0, now);
+        assert_eq!(c.advance(), 0, "an unseen active partition holds it at zero");
+        c.observe(1, 50.0, now);
+        assert_eq!(c.advance(), 45_000);
+        c.finish(1);
+        assert_eq!(c.advance(), 95_000);
+        c.finish(0);
+        assert!(c.all_finished());
+        assert_eq!(
+            c.advance(),
+            95_000,
+            "never goes back, holds when all are finished"
+        );
+    }
+
+    #[test]
+    fn idle_partitions_stop_holding_the_watermark_and_wake_up_late() {
+        let mut c = clocks(2);
+        let start = Instant::now();
+        c.observe(0, 100.0, start);
+        c.observe(1, 20.0, start);
+        assert_eq!(c.advance(), 15_000);
+        c.poll_empty(1, start + Duration::from_secs(11));
+        assert_eq!(c.status(1), PartitionStatus::Idle);
+        assert_eq!(c.advance(), 95_000);
+        // Partition 1 wakes with an event behind the watermark: late, though its own
+        // clock would allow it.
+        assert!(c.observe(1, 21.0, start + Duration::from_secs(12)));
+        assert_eq!(c.status(1), PartitionStatus::Active);
+        assert!(!c.observe(1, 96.0, start + Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn reads_the_partition_furthest_behind_first() {
+        let mut c = clocks(3);
+        let now = Instant::now();
+        c.observe(0, 30.0, now);
+        c.observe(2, 10.0, now);
+        let mut order = Vec::new();
+        c.reading_order(&mut order);
+        assert_eq!(order, vec![1, 2, 0]);
+    }
+}

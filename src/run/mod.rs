@@ -1,0 +1,220 @@
+//! Running a job: pick the source (archived files or Kafka), build the dataflow on
+//! every worker, run it to the end of its input (or until it is stopped), and summarise.
+//!
+//! The dataflow is the same for every source:
+//! `ingest -> (exchange by user) fold -> view sinks`, with dead letters from ingest,
+//! fold and the view sinks going to the dead-letter sink, and a probe after that sink
+//! telling the ingest operator which source positions are safe to commit.
+
+pub mod control;
+pub mod options;
+mod plan;
+pub mod progress;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error_chain as chain;
+use crate::job::Job;
+use crate::run::progress::Progress;
+use crate::sinks::SinkError;
+use crate::sinks::jsonl::merge_parts;
+use crate::source::SourceError;
+use crate::summary::{Counts, Summary};
+pub use options::{Cluster, DEFAULT_BATCH, RunOptions, apply_overrides};
+use plan::{Inputs, Plan, choose_inputs, describe_outputs};
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// No input was named.
+    #[error("no input: name partitions with --input or topics with --topic, or set `source` in {0}")]
+    NoInput(String),
+    /// The options do not fit together.
+    #[error("{0}")]
+    Options(String),
+    /// The engine failed (a worker panicked, or communication broke).
+    #[error("dataflow engine: {0}")]
+    Engine(String),
+    /// A checkpoint cannot be restored into this run.
+    #[error("{0}")]
+    Checkpoint(String),
+    /// Records were lost or counted twice: a bug.
+    #[error(
+        "conservation broken: read {read} != applied + duplicates + ignored + late_dropped + dlq ({accounted})"
+    )]
+    Conservation {
+        /// Records read.
+        read: u64,
+        /// Records with an outcome.
+        accounted: u64,
+    },
+}
+
+/// Runs `job` to the end of its input: archived files to their end, Kafka until
+/// stopped or idle.
+pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    apply_overrides(&mut job, options);
+    let inputs = choose_inputs(&job, options)?;
+    let workers = options.workers.max(1);
+    let (processes, process) = match &options.cluster {
+        Some(cluster) => (cluster.addresses.len(), cluster.process),
+        None => (1, 0),
+    };
+    let peers = workers * processes;
+    let streaming = matches!(inputs, Inputs::Kafka { .. });
+    if job.sinks.archive.is_some() && !streaming {
+        return Err(RunError::Options(
+            "an archive sink archives Kafka topics; this run reads files".into(),
+        ));
+    }
+    if job.archive_only() {
+        job.sinks.views_sqlite = None;
+        job.sinks.views_jsonl = None;
+    }
+    let plan = Arc::new(Plan::build(job, inputs, options, workers, process)?);
+    let resumed_from = plan.resumed_from;
+    let progress = Progress::start(Arc::clone(&plan.records), options.progress);
+    tracing::info!(job = %plan.job.name, workers, processes, process, streaming, resumed_from, "run starting");
+
+    let config = match &options.cluster {
+        None => timely::Config::process(workers),
+        Some(cluster) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: cluster.process,
+                addresses: cluster.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        },
+    };
+    let worker_plan = Arc::clone(&plan);
+    // timely prints "awaiting connections" on stdout while a cluster connects; stdout
+    // carries the run summary, so it goes to stderr until the workers have started.
+    let stdout = match &options.cluster {
+        Some(_) => {
+            Some(StdoutToStderr::new().map_err(|e| RunError::Engine(format!("redirecting stdout: {e}")))?)
+        }
+        None => None,
+    };
+    let guards =
+        timely::execute(config, move |worker| worker::start(worker, &worker_plan)).map_err(RunError::Engine);
+    drop(stdout);
+    let guards = guards?;
+
+    let mut local = Counts::default();
+    let mut local_watermark: Option<f64> = None;
+    let mut global = None;
+    let mut errors = Vec::new();
+    for result in guards.join() {
+        match result {
+            Ok(Ok(report)) => {
+                local.merge(&report.counts);
+                local_watermark = max_time(local_watermark, report.max_event_time);
+                global = global.or(report.global);
+            }
+            Ok(Err(error)) | Err(error) => errors.push(error),
+        }
+    }
+    drop(progress);
+    if let Some(error) = errors.into_iter().next() {
+        return Err(RunError::Engine(error));
+    }
+    let job = &plan.job;
+    let summary_of = |counts: &Counts, watermark: Option<f64>| {
+        Summary::new(
+            &job.name,
+            counts,
+            watermark,
+            peers,
+            started.elapsed().as_secs_f64(),
+        )
+    };
+    let Some((counts, watermark)) = global else {
+        // Another process of the cluster: process 0 gathers the counts and writes
+        // the summary and the views snapshot.
+        let mut summary = summary_of(&local, local_watermark);
+        summary.process = Some(process);
+        return Ok(summary);
+    };
+    if let Some(path) = &job.sinks.views_jsonl {
+        merge_parts(path, 0..peers)?;
+    }
+    if !counts.conserved() {
+        return Err(RunError::Conservation {
+            read: counts.read,
+            accounted: counts.accounted(),
+        });
+    }
+    // A run over files that reached the end has nothing to resume.
+    if let (Some(checkpoint), false) = (&plan.checkpoint, streaming)
+        && !plan.stop.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        crate::checkpoint::clear(&checkpoint.dir).map_err(|e| RunError::Checkpoint(chain(&e)))?;
+    }
+    let mut summary = summary_of(&counts, watermark);
+    summary.resumed_from_checkpoint = resumed_from;
+    if resumed_from.is_some() {
+        let read_now = plan.records.load(std::sync::atomic::Ordering::Relaxed);
+        summary.events_per_s = read_now as f64 / summary.wall_time_s.max(1e-9);
+    }
+    if processes > 1 {
+        summary.processes = Some(processes);
+    }
+    describe_outputs(&plan, &mut summary);
+    if let Some(path) = &job.sinks.summary {
+        crate::sinks::create_parent(path)?;
+        let text = serde_json::to_string_pretty(&summary).expect("a summary serializes");
+        std::fs::write(path, text + "\n").map_err(|source| SinkError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    tracing::info!(job = %job.name, read = summary.read, seconds = summary.wall_time_s, "run finished");
+    Ok(summary)
+}
+
+/// While it lives, what is written to stdout goes to stderr.
+struct StdoutToStderr {
+    saved: std::os::fd::OwnedFd,
+}
+
+impl StdoutToStderr {
+    fn new() -> std::io::Result<StdoutToStderr> {
+        use std::os::fd::AsFd;
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let saved = std::io::stdout().as_fd().try_clone_to_owned()?;
+        rustix::stdio::dup2_stdout(std::io::stderr())?;
+        Ok(StdoutToStderr { saved })
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let _ = rustix::stdio::dup2_stdout(&self.saved);
+    }
+}
+
+/// The later of two optional event times.
+fn max_time(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Runs `job` over archived files to the end of its input.
+pub fn run_files(job: Job, options: &RunOptions) -> Result<Summary, RunError> {
+    run(job, options)
+}

@@ -1,0 +1,217 @@
+//! What a run takes from the command line: [`RunOptions`] (each overrides the job
+//! file, see [`apply_overrides`]) and a process's place in a [`Cluster`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::RunError;
+use crate::job::{Job, LatePolicy};
+use crate::kafka::settings::StartPosition;
+use crate::model::span::Span;
+
+/// Most records read per activation. A quiet stream yields what is queued, so a large
+/// bound costs no freshness; with a backlog, 4k-record batches left a third of the
+/// broker's read rate unused (scripts/bench-stream.sh). Workers run up to a few batches
+/// ahead of each other, so memory in flight grows with it: 64k-record batches held
+/// ~85 MiB more than 16k in the 5M-event backfill bench, for no measurable speed.
+pub const DEFAULT_BATCH: usize = 1 << 14;
+
+/// Command-line choices that override the job file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Input partitions (paths or globs); when set, the run reads files.
+    pub inputs: Vec<String>,
+    /// Worker threads.
+    pub workers: usize,
+    /// SQLite views file.
+    pub views_sqlite: Option<PathBuf>,
+    /// JSONL views snapshot.
+    pub views_jsonl: Option<PathBuf>,
+    /// Dead-letter file (also for runs over Kafka, instead of the DLQ topic).
+    pub dlq: Option<PathBuf>,
+    /// Summary file.
+    pub summary: Option<PathBuf>,
+    /// Allowed lateness.
+    pub allowed_lateness: Option<Span>,
+    /// Late policy.
+    pub late_policy: Option<LatePolicy>,
+    /// Records read per activation; 0 for the default.
+    pub batch: usize,
+    /// Show a progress line on a terminal.
+    pub progress: bool,
+    /// Kafka brokers.
+    pub brokers: Option<String>,
+    /// Kafka topics; when set, the run reads Kafka.
+    pub topics: Vec<String>,
+    /// Consumer group.
+    pub group: Option<String>,
+    /// Where to start reading Kafka.
+    pub start: Option<StartPosition>,
+    /// Redis URL for the view store.
+    pub redis: Option<String>,
+    /// End a run over Kafka once every partition has been idle this long.
+    pub exit_when_idle: Option<Duration>,
+    /// Set to stop a run cleanly (flush, commit, summary), as SIGTERM does.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Serve Prometheus metrics on this address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Checkpoint directory; empty turns checkpoints off.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// How often a checkpoint is taken.
+    pub checkpoint_interval: Option<Span>,
+    /// Start over: ignore and remove the job's checkpoints.
+    pub fresh: bool,
+    /// Run as one process of a cluster.
+    pub cluster: Option<Cluster>,
+}
+
+/// One process's place in a cluster of processes running one job together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process, from 0.
+    pub process: usize,
+    /// `host:port` of every process, in process order.
+    pub addresses: Vec<String>,
+}
+
+impl Cluster {
+    /// The cluster of `processes` processes whose addresses `hostfile` lists, one
+    /// `host:port` per line (`#` comments and blank lines aside); without a hostfile,
+    /// `127.0.0.1:2101`, `127.0.0.1:2102`, and so on.
+    pub fn new(
+        processes: usize,
+        process: usize,
+        hostfile: Option<&std::path::Path>,
+    ) -> Result<Cluster, RunError> {
+        if process >= processes {
+            return Err(RunError::Options(format!(
+                "--process {process} is not one of the {processes} processes (0 to {})",
+                processes.saturating_sub(1)
+            )));
+        }
+        let addresses = match hostfile {
+            None => (0..processes)
+                .map(|i| format!("127.0.0.1:{}", 2101 + i))
+                .collect(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    RunError::Options(format!("cannot read hostfile {}: {e}", path.display()))
+                })?;
+                let mut addresses = Vec::new();
+                for (number, line) in text.lines().enumerate() {
+                    let line = line.split('#').next().unwrap_or("").trim();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    if line
+                        .rsplit_once(':')
+                        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+                    {
+                        return Err(RunError::Options(format!(
+                            "{}:{}: `{line}` is not host:port",
+                            path.display(),
+                            number + 1
+                        )));
+                    }
+                    addresses.push(line.to_owned());
+                }
+                if addresses.len() < processes {
+                    return Err(RunError::Options(format!(
+                        "{} lists {} addresses for {processes} processes",
+                        path.display(),
+                        addresses.len()
+                    )));
+                }
+                addresses.truncate(processes);
+                addresses
+            }
+        };
+        Ok(Cluster { process, addresses })
+    }
+}
+
+/// Applies the command line's overrides to the job.
+pub fn apply_overrides(job: &mut Job, options: &RunOptions) {
+    if let Some(lateness) = options.allowed_lateness {
+        job.time.allowed_lateness = lateness;
+    }
+    if let Some(policy) = options.late_policy {
+        job.time.late_policy = policy;
+    }
+    let sinks = &mut job.sinks;
+    for (path, over) in [
+        (&mut sinks.views_sqlite, &options.views_sqlite),
+        (&mut sinks.views_jsonl, &options.views_jsonl),
+        (&mut sinks.dlq, &options.dlq),
+        (&mut sinks.summary, &options.summary),
+    ] {
+        if let Some(over) = over {
+            *path = (!over.as_os_str().is_empty()).then(|| over.clone());
+        }
+    }
+    if let Some(url) = &options.redis {
+        let redis = sinks.redis.get_or_insert_with(crate::job::defaults::redis);
+        redis.url = url.clone();
+    }
+    let wants_kafka = !options.topics.is_empty() || options.brokers.is_some() || options.group.is_some();
+    if wants_kafka || job.kafka.is_some() {
+        let name = job.name.clone();
+        let kafka = job
+            .kafka
+            .get_or_insert_with(|| crate::job::defaults::kafka(&name));
+        if let Some(brokers) = &options.brokers {
+            kafka.settings.brokers = brokers.clone();
+        }
+        if !options.topics.is_empty() {
+            kafka.topics = options.topics.clone();
+        }
+        if let Some(group) = &options.group {
+            kafka.group = group.clone();
+        }
+        if options.start.is_some() {
+            kafka.start = options.start;
+        }
+    }
+    if let Some(dir) = &options.checkpoint_dir {
+        job.checkpoint.dir = (!dir.as_os_str().is_empty()).then(|| dir.clone());
+    }
+    if let Some(interval) = options.checkpoint_interval {
+        job.checkpoint.interval = interval;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cluster;
+
+    #[test]
+    fn a_hostfile_names_every_process_or_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(
+            &hosts,
+            "# the cluster\n10.0.0.1:2101\n\n10.0.0.2:2101  # second\n10.0.0.3:2101\n",
+        )
+        .unwrap();
+        let cluster = Cluster::new(2, 1, Some(&hosts)).unwrap();
+        assert_eq!(cluster.addresses, ["10.0.0.1:2101", "10.0.0.2:2101"]);
+        assert_eq!(cluster.process, 1);
+        assert_eq!(
+            Cluster::new(3, 0, None).unwrap().addresses,
+            ["127.0.0.1:2101", "127.0.0.1:2102", "127.0.0.1:2103"]
+        );
+
+        let error = Cluster::new(4, 0, Some(&hosts)).unwrap_err().to_string();
+        assert!(error.contains("lists 3 addresses for 4 processes"), "{error}");
+        let error = Cluster::new(2, 2, None).unwrap_err().to_string();
+        assert!(
+            error.contains("--process 2 is not one of the 2 processes"),
+            "{error}"
+        );
+        std::fs::write(&hosts, "10.0.0.1:2101\n10.0.0.2\n").unwrap();
+        let error = Cluster::new(2, 0, Some(&hosts)).unwrap_err().to_string();
+        assert!(error.contains("hosts:2: `10.0.0.2` is not host:port"), "{error}");
+    }
+}
