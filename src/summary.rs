@@ -105,6 +105,11 @@ pub struct Summary {
     pub archived: u64,
     /// The final watermark, in event-time seconds; `null` when nothing was read.
     pub watermark: Option<f64>,
+    /// A stop request (SIGINT, SIGTERM) ended a run over files before the end of its
+    /// input: the counts and views cover what was read, `watermark` is where the run
+    /// stopped, and running the same command again resumes from its last checkpoint.
+    /// (A streaming run's stop is its normal end, never an interruption.)
+    pub interrupted: bool,
     /// Whether `read = applied + duplicates + ignored + late_dropped + dlq_total`
     /// (`+ archived` for archive-only jobs).
     pub conserved: bool,
@@ -155,6 +160,7 @@ impl Summary {
             users: counts.users,
             archived: counts.archived,
             watermark,
+            interrupted: false,
             conserved: counts.conserved(),
             workers,
             wall_time_s,

@@ -2,8 +2,10 @@
 //! its input partitions (`input/`, each entry one partition), and the expected
 //! `views.jsonl`, `dlq.jsonl` and `summary.json` under `expected/`.
 //!
-//! Each case runs with 1, 2 and 4 workers, and with its partitions named in reverse
-//! order; all runs must give the expected outputs exactly. The SQLite views must equal
+//! Each case runs with 1, 2 and 4 workers, with its partitions named in reverse order,
+//! and stopped halfway (with 1 and with 2 workers) then resumed from the checkpoint
+//! the stop took; all runs must give the expected outputs exactly. Every failing case
+//! is reported by name. The SQLite views must equal
 //! the JSONL views. `SKEWLESS_BLESS=1` rewrites the expected files from the 1-worker
 //! run (review the diff before committing it).
 
@@ -11,7 +13,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{normalize_dead_letters, run_job, summary_counts};
+use common::{Outputs, normalize_dead_letters, run_job, run_job_restarted, summary_counts};
 use serde_json::Value;
 
 fn cases() -> Vec<PathBuf> {
@@ -67,48 +69,91 @@ fn golden_jobs() {
     // Relative input paths resolve against the repository root.
     std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).expect("cd to the repository root");
     let bless = std::env::var_os("SKEWLESS_BLESS").is_some();
-    for case in cases() {
+    let mut failed = Vec::new();
+    let cases = cases();
+    for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
-        let job = case.join("job.toml");
-        let inputs = partitions(&case);
-        let expected = case.join("expected");
         if bless {
-            let outputs = run_job(&job, &inputs, 1);
-            std::fs::create_dir_all(&expected).unwrap();
-            let lines = |values: &[Value]| {
-                values
-                    .iter()
-                    .map(|v| serde_json::to_string(v).unwrap() + "\n")
-                    .collect::<String>()
-            };
-            std::fs::write(expected.join("views.jsonl"), lines(&outputs.views)).unwrap();
-            std::fs::write(
-                expected.join("dlq.jsonl"),
-                lines(&normalize_dead_letters(&outputs.dead_letters)),
-            )
-            .unwrap();
-            let summary = serde_json::to_string_pretty(&summary_counts(&outputs.summary)).unwrap() + "\n";
-            std::fs::write(expected.join("summary.json"), summary).unwrap();
+            bless_case(case);
             continue;
         }
-        let want_views = read_expected(&expected.join("views.jsonl"));
-        let want_dlq = read_expected(&expected.join("dlq.jsonl"));
-        let want_summary: Value =
-            serde_json::from_str(&std::fs::read_to_string(expected.join("summary.json")).unwrap()).unwrap();
-        let mut reversed = inputs.clone();
-        reversed.reverse();
-        for (workers, inputs) in [(1, &inputs), (2, &inputs), (4, &inputs), (3, &reversed)] {
-            let label = format!("{name} ({workers} workers)");
-            let outputs = run_job(&job, inputs, workers);
-            assert_same(&label, "views", &outputs.views, &want_views);
-            assert_same(&label, "SQLite views", &outputs.sqlite_views, &want_views);
-            assert_same(
-                &label,
-                "dead letters",
-                &normalize_dead_letters(&outputs.dead_letters),
-                &want_dlq,
-            );
-            assert_eq!(summary_counts(&outputs.summary), want_summary, "{label}: summary");
+        if let Err(panic) = std::panic::catch_unwind(|| check_case(case, &name)) {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failed.push(format!("{name}: {message}"));
         }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} golden cases failed:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
+}
+
+/// Rewrites a case's expected files from a 1-worker run.
+fn bless_case(case: &Path) {
+    let outputs = run_job(&case.join("job.toml"), &partitions(case), 1);
+    let expected = case.join("expected");
+    std::fs::create_dir_all(&expected).unwrap();
+    let lines = |values: &[Value]| {
+        values
+            .iter()
+            .map(|v| serde_json::to_string(v).unwrap() + "\n")
+            .collect::<String>()
+    };
+    std::fs::write(expected.join("views.jsonl"), lines(&outputs.views)).unwrap();
+    std::fs::write(
+        expected.join("dlq.jsonl"),
+        lines(&normalize_dead_letters(&outputs.dead_letters)),
+    )
+    .unwrap();
+    let summary = serde_json::to_string_pretty(&summary_counts(&outputs.summary)).unwrap() + "\n";
+    std::fs::write(expected.join("summary.json"), summary).unwrap();
+}
+
+/// Runs one case every way and compares each run with its expected outputs.
+fn check_case(case: &Path, name: &str) {
+    let job = case.join("job.toml");
+    let inputs = partitions(case);
+    let expected = case.join("expected");
+    let want_views = read_expected(&expected.join("views.jsonl"));
+    let want_dlq = read_expected(&expected.join("dlq.jsonl"));
+    let want_summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(expected.join("summary.json")).unwrap()).unwrap();
+    let check = |label: &str, outputs: Outputs| {
+        assert_same(label, "views", &outputs.views, &want_views);
+        assert_same(label, "SQLite views", &outputs.sqlite_views, &want_views);
+        assert_same(
+            label,
+            "dead letters",
+            &normalize_dead_letters(&outputs.dead_letters),
+            &want_dlq,
+        );
+        assert_eq!(summary_counts(&outputs.summary), want_summary, "{label}: summary");
+    };
+    let mut reversed = inputs.clone();
+    reversed.reverse();
+    for (workers, inputs) in [(1, &inputs), (2, &inputs), (4, &inputs), (3, &reversed)] {
+        check(
+            &format!("{name} ({workers} workers)"),
+            run_job(&job, inputs, workers),
+        );
+    }
+    let read = want_summary["read"]
+        .as_u64()
+        .expect("the summary counts records read");
+    for workers in [1, 2] {
+        // Halfway through the records each worker reads.
+        let stop_after = read / (2 * workers as u64);
+        if stop_after == 0 {
+            continue;
+        }
+        let label = format!("{name} ({workers} workers, stopped after {stop_after} records, resumed)");
+        check(&label, run_job_restarted(&job, &inputs, workers, stop_after));
     }
 }

@@ -79,6 +79,9 @@ pub enum Control {
         counts: Counts,
         /// The largest event time its partitions saw.
         max_event_time: Option<f64>,
+        /// The watermark (seconds) it stopped at, when a stop request ended its
+        /// reading before the end of a bounded input.
+        stopped_at: Option<f64>,
         /// Why it failed, when it did.
         error: Option<String>,
     },
@@ -147,6 +150,8 @@ pub struct Checkpointing {
     done_sent: Option<u64>,
     /// The newest complete epoch whose positions this worker has not committed yet.
     pub complete: Option<u64>,
+    /// The newest epoch this worker has seen complete.
+    pub last_complete: Option<u64>,
     /// The ingest's partitions and counts when it stopped reading for good (a worker
     /// with nothing left to read still takes part in checkpoints).
     pub finished: Option<(Vec<PartitionState>, Counts)>,
@@ -240,7 +245,10 @@ impl Checkpointing {
                     });
                 }
             }
-            Control::Complete { epoch } => self.complete = Some(epoch),
+            Control::Complete { epoch } => {
+                self.complete = Some(epoch);
+                self.last_complete = self.last_complete.max(Some(epoch));
+            }
             _ => {}
         }
     }
@@ -285,6 +293,8 @@ pub struct Coordinator {
     keep: usize,
     epoch: u64,
     last: Instant,
+    /// Take the next checkpoint without waiting for the interval.
+    soon: bool,
     current: Option<InProgress>,
 }
 
@@ -316,8 +326,15 @@ impl Coordinator {
             keep,
             epoch: last_epoch,
             last: Instant::now(),
+            soon: false,
             current: None,
         }
+    }
+
+    /// Takes the next checkpoint now rather than at the end of the interval (a bounded
+    /// run that was asked to stop checkpoints where it stopped).
+    pub fn hurry(&mut self) {
+        self.soon = true;
     }
 
     /// Handles messages from workers; returns messages to broadcast.
@@ -354,7 +371,8 @@ impl Coordinator {
                     Err(problem) => tracing::info!(%problem, "checkpoint abandoned"),
                 }
             }
-        } else if now.duration_since(self.last) >= self.interval {
+        } else if self.soon || now.duration_since(self.last) >= self.interval {
+            self.soon = false;
             self.epoch += 1;
             self.current = Some(InProgress {
                 epoch: self.epoch,

@@ -1,5 +1,6 @@
 //! `skewless run`: a job over its inputs, the run summary on stdout.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use skewless::job::{Job, LatePolicy};
 use skewless::kafka::settings::StartPosition;
 use skewless::model::span::Span;
 use skewless::run::{Cluster, RunOptions, run};
+use skewless::summary::Summary;
 
 use super::any_path;
 
@@ -94,7 +96,8 @@ pub struct RunArgs {
 }
 
 /// A flag that SIGINT and SIGTERM set: the run stops consuming, flushes its sinks,
-/// commits and exits 0.
+/// commits (a run over files checkpoints where it stopped) and exits: 0 for a
+/// streaming run, [`INTERRUPTED`] for a run over files that had not reached its end.
 fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -137,11 +140,50 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         },
+        stop_after: None,
     };
     let summary = run(job, &options).context("run failed")?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
+    if std::io::stderr().is_terminal() {
+        eprint!("{}", human_summary(&summary));
+    }
     for (name, path) in &summary.outputs {
         eprintln!("{name}: {path}");
     }
+    if summary.interrupted {
+        eprintln!(
+            "interrupted before the end of the input (watermark {}); run the same command again to resume",
+            summary.watermark.map_or("-".to_owned(), |w| format!("{w}"))
+        );
+        return Ok(ExitCode::from(INTERRUPTED));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The exit status of a run over files stopped before the end of its input.
+pub const INTERRUPTED: u8 = 130;
+
+/// The summary for a person at a terminal: what was read and what became of it.
+fn human_summary(summary: &Summary) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{}: read {} records in {:.2} s ({:.0}/s): {} applied, {} duplicates, {} ignored, {} late ({} dropped), {} dead letters; {} users",
+        summary.job,
+        summary.read,
+        summary.wall_time_s,
+        summary.events_per_s,
+        summary.applied,
+        summary.duplicates,
+        summary.ignored,
+        summary.late,
+        summary.late_dropped,
+        summary.dlq_total,
+        summary.users
+    );
+    for (reason, count) in summary.dlq.iter().filter(|(_, n)| **n > 0) {
+        let _ = writeln!(text, "  dead letters {reason}: {count}");
+    }
+    text
 }

@@ -62,9 +62,10 @@ pub enum RunError {
 /// stopped or idle.
 pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
     let started = Instant::now();
+    options.check()?;
     apply_overrides(&mut job, options);
     let inputs = choose_inputs(&job, options)?;
-    let workers = options.workers.max(1);
+    let workers = options.workers;
     let (processes, process) = match &options.cluster {
         Some(cluster) => (cluster.addresses.len(), cluster.process),
         None => (1, 0),
@@ -140,7 +141,12 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
             started.elapsed().as_secs_f64(),
         )
     };
-    let Some((counts, watermark)) = global else {
+    let Some(plan::RunEnd {
+        counts,
+        watermark,
+        interrupted,
+    }) = global
+    else {
         // Another process of the cluster: process 0 gathers the counts and writes
         // the summary and the views snapshot.
         let mut summary = summary_of(&local, local_watermark);
@@ -158,11 +164,12 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
     }
     // A run over files that reached the end has nothing to resume.
     if let (Some(checkpoint), false) = (&plan.checkpoint, streaming)
-        && !plan.stop.load(std::sync::atomic::Ordering::Relaxed)
+        && !interrupted
     {
         crate::checkpoint::clear(&checkpoint.dir).map_err(|e| RunError::Checkpoint(chain(&e)))?;
     }
     let mut summary = summary_of(&counts, watermark);
+    summary.interrupted = interrupted;
     summary.resumed_from_checkpoint = resumed_from;
     if resumed_from.is_some() {
         let read_now = plan.records.load(std::sync::atomic::Ordering::Relaxed);

@@ -18,8 +18,9 @@ use crate::model::span::Span;
 /// ~85 MiB more than 16k in the 5M-event backfill bench, for no measurable speed.
 pub const DEFAULT_BATCH: usize = 1 << 14;
 
-/// Command-line choices that override the job file.
-#[derive(Debug, Clone, Default)]
+/// Command-line choices that override the job file. The default is one worker and
+/// nothing overridden.
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Input partitions (paths or globs); when set, the run reads files.
     pub inputs: Vec<String>,
@@ -65,6 +66,39 @@ pub struct RunOptions {
     pub fresh: bool,
     /// Run as one process of a cluster.
     pub cluster: Option<Cluster>,
+    /// Stop, as a stop request does, once a worker has read this many records (tests
+    /// use it to interrupt a run at a chosen point).
+    pub stop_after: Option<u64>,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            inputs: Default::default(),
+            workers: 1,
+            views_sqlite: Default::default(),
+            views_jsonl: Default::default(),
+            dlq: Default::default(),
+            summary: Default::default(),
+            allowed_lateness: Default::default(),
+            late_policy: Default::default(),
+            batch: Default::default(),
+            progress: Default::default(),
+            brokers: Default::default(),
+            topics: Default::default(),
+            group: Default::default(),
+            start: Default::default(),
+            redis: Default::default(),
+            exit_when_idle: Default::default(),
+            stop: Default::default(),
+            metrics_addr: Default::default(),
+            checkpoint_dir: Default::default(),
+            checkpoint_interval: Default::default(),
+            fresh: Default::default(),
+            cluster: Default::default(),
+            stop_after: Default::default(),
+        }
+    }
 }
 
 /// One process's place in a cluster of processes running one job together.
@@ -129,6 +163,26 @@ impl Cluster {
             }
         };
         Ok(Cluster { process, addresses })
+    }
+}
+
+impl RunOptions {
+    /// Refuses options that do not fit together, before anything is opened.
+    pub fn check(&self) -> Result<(), RunError> {
+        if self.workers == 0 {
+            return Err(RunError::Options("--workers must be at least 1".into()));
+        }
+        if !self.inputs.is_empty() && !self.topics.is_empty() {
+            return Err(RunError::Options(
+                "--input reads files and --topic reads Kafka: name one or the other".into(),
+            ));
+        }
+        if self.checkpoint_interval.is_some_and(|i| i.duration().is_zero()) {
+            return Err(RunError::Options(
+                "--checkpoint-interval must be longer than 0 s".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -27,7 +27,18 @@ use crate::summary::{Counts, Summary};
 pub(super) struct WorkerReport {
     pub(super) counts: Counts,
     pub(super) max_event_time: Option<f64>,
-    pub(super) global: Option<(Counts, Option<f64>)>,
+    pub(super) global: Option<RunEnd>,
+}
+
+/// The whole run's end, as worker 0 gathers it from every worker.
+#[derive(Debug, Default)]
+pub(super) struct RunEnd {
+    /// Every worker's counts.
+    pub(super) counts: Counts,
+    /// The largest event time seen, or where a stopped run's watermark was.
+    pub(super) watermark: Option<f64>,
+    /// A stop request ended the run before the end of its input.
+    pub(super) interrupted: bool,
 }
 
 /// A run's checkpoints.
@@ -158,6 +169,9 @@ impl Plan {
                 Inputs::Files(_) => Duration::from_secs(1),
             },
             idle_poll: Duration::from_millis(20),
+            stop_after: options.stop_after,
+            bounded: !streaming,
+            checkpoint_on_stop: !streaming && checkpoint.is_some(),
         };
         let flush = if streaming {
             FlushPolicy::Every(job.sinks.flush_interval.duration())

@@ -14,7 +14,7 @@ use timely::dataflow::operators::{Concat, Probe};
 use timely::worker::Worker;
 
 use super::max_time;
-use super::plan::{DeadLetters, Inputs, Plan, WorkerReport};
+use super::plan::{DeadLetters, Inputs, Plan, RunEnd, WorkerReport};
 use crate::checkpoint::PartitionState;
 use crate::checkpoint::protocol::{Checkpointing, Control, Coordinator};
 use crate::dataflow::fold::{FoldContext, FoldFeatures};
@@ -139,6 +139,7 @@ fn run_worker<S: Source + 'static>(
         error: Rc::new(RefCell::new(None)),
         progress: Arc::clone(&plan.records),
         max_event_time: Rc::new(Cell::new(restored_max)),
+        stopped_at: Rc::new(Cell::new(None)),
         stop: Arc::clone(&plan.stop),
         final_positions: Rc::new(RefCell::new(None)),
         metrics: plan.metrics.clone(),
@@ -200,8 +201,9 @@ fn run_worker<S: Source + 'static>(
         )),
         _ => None,
     };
-    let mut gathered: Vec<(Counts, Option<f64>, Option<String>)> = Vec::new();
+    let mut gathered: Vec<Finished> = Vec::new();
     let mut failure: Option<String> = None;
+    let mut hurried = false;
     while worker.installed_dataflows().contains(&dataflow) {
         if let Some(error) = shared.error.borrow_mut().take() {
             failure = Some(chain(&error));
@@ -215,16 +217,16 @@ fn run_worker<S: Source + 'static>(
         let messages = control.take();
         for message in &messages {
             match message {
-                Control::Stats {
-                    counts,
-                    max_event_time,
-                    error,
-                    ..
-                } => gathered.push((counts.clone(), *max_event_time, error.clone())),
+                Control::Stats { .. } => gathered.extend(Finished::of(message.clone())),
                 other => checkpointing.borrow_mut().receive(other),
             }
         }
         if let Some(coordinator) = coordinator.as_mut() {
+            // A stopped backfill finishes with a checkpoint where it stopped.
+            if !hurried && plan.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                hurried = true;
+                coordinator.hurry();
+            }
             for message in coordinator.step(&messages, Instant::now()) {
                 control.broadcast(message);
             }
@@ -262,37 +264,37 @@ fn run_worker<S: Source + 'static>(
     }
     let local = counts.borrow().clone();
     let max_event_time = shared.max_event_time.get();
+    let stopped_at = shared.stopped_at.get();
     control.to_zero(Control::Stats {
         worker: index,
         counts: local.clone(),
         max_event_time,
+        stopped_at,
         error: failure.clone(),
     });
     let global = if index == 0 && failure.is_none() {
-        while gathered.len() < peers && gathered.iter().all(|g| g.2.is_none()) {
+        while gathered.len() < peers && gathered.iter().all(|g| g.error.is_none()) {
             worker.step_or_park(Some(Duration::from_millis(20)));
-            for message in control.take() {
-                if let Control::Stats {
-                    counts,
-                    max_event_time,
-                    error,
-                    ..
-                } = message
-                {
-                    gathered.push((counts, max_event_time, error));
-                }
-            }
+            gathered.extend(control.take().into_iter().filter_map(Finished::of));
         }
-        let mut total = Counts::default();
-        let mut watermark = None;
-        for (counts, max, error) in &gathered {
-            if let (None, Some(error)) = (&failure, error) {
+        let mut run = RunEnd::default();
+        let mut stopped: Option<f64> = None;
+        for finished in &gathered {
+            if let (None, Some(error)) = (&failure, &finished.error) {
                 failure = Some(error.clone());
             }
-            total.merge(counts);
-            watermark = max_time(watermark, *max);
+            run.counts.merge(&finished.counts);
+            run.watermark = max_time(run.watermark, finished.max_event_time);
+            if let Some(at) = finished.stopped_at {
+                stopped = Some(stopped.map_or(at, |s: f64| s.min(at)));
+            }
         }
-        Some((total, watermark))
+        // A run stopped early is complete only up to the slowest stopped watermark.
+        if let Some(at) = stopped {
+            run.watermark = Some(at);
+            run.interrupted = true;
+        }
+        Some(run)
     } else {
         None
     };
@@ -312,6 +314,34 @@ fn run_worker<S: Source + 'static>(
         max_event_time,
         global,
     })
+}
+
+/// What a worker reported when it finished (a `Control::Stats` message).
+struct Finished {
+    counts: Counts,
+    max_event_time: Option<f64>,
+    stopped_at: Option<f64>,
+    error: Option<String>,
+}
+
+impl Finished {
+    fn of(message: Control) -> Option<Finished> {
+        match message {
+            Control::Stats {
+                counts,
+                max_event_time,
+                stopped_at,
+                error,
+                ..
+            } => Some(Finished {
+                counts,
+                max_event_time,
+                stopped_at,
+                error,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// A dead-letter sink for runs that keep no dead letters (they are still counted).

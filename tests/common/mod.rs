@@ -26,9 +26,43 @@ pub struct Outputs {
 /// Runs `job_path` over `inputs` with `workers` workers, writing every sink into a
 /// fresh scratch directory.
 pub fn run_job(job_path: &Path, inputs: &[PathBuf], workers: usize) -> Outputs {
-    let job = Job::load(job_path).unwrap_or_else(|e| panic!("loading {}: {e}", job_path.display()));
     let dir = tempfile::tempdir().expect("scratch dir");
-    let out = |name: &str| dir.path().join(name);
+    let summary = run_into(job_path, inputs, workers, dir.path(), None);
+    assert!(
+        !summary.interrupted,
+        "a run to the end is not interrupted: {summary:#?}"
+    );
+    outputs(summary, dir)
+}
+
+/// Runs `job_path` as [`run_job`] does, but stops it once each worker has read
+/// `stop_after` records (it checkpoints where it stopped), then runs it again, which
+/// resumes from that checkpoint and finishes. Returns what the second run wrote.
+pub fn run_job_restarted(job_path: &Path, inputs: &[PathBuf], workers: usize, stop_after: u64) -> Outputs {
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let first = run_into(job_path, inputs, workers, dir.path(), Some(stop_after));
+    assert!(
+        first.interrupted,
+        "a run stopped after {stop_after} records says it was interrupted: {first:#?}"
+    );
+    let second = run_into(job_path, inputs, workers, dir.path(), None);
+    assert!(
+        second.resumed_from_checkpoint.is_some(),
+        "the second run resumed from the checkpoint the stopped one took: {second:#?}"
+    );
+    assert!(!second.interrupted, "{second:#?}");
+    outputs(second, dir)
+}
+
+fn run_into(
+    job_path: &Path,
+    inputs: &[PathBuf],
+    workers: usize,
+    dir: &Path,
+    stop_after: Option<u64>,
+) -> Summary {
+    let job = Job::load(job_path).unwrap_or_else(|e| panic!("loading {}: {e}", job_path.display()));
+    let out = |name: &str| dir.join(name);
     let options = RunOptions {
         inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
         workers,
@@ -37,6 +71,7 @@ pub fn run_job(job_path: &Path, inputs: &[PathBuf], workers: usize) -> Outputs {
         dlq: Some(out("dlq.jsonl")),
         summary: Some(out("summary.json")),
         checkpoint_dir: Some(out("checkpoints")),
+        stop_after,
         ..RunOptions::default()
     };
     let summary = run_files(job, &options)
@@ -48,6 +83,11 @@ pub fn run_job(job_path: &Path, inputs: &[PathBuf], workers: usize) -> Outputs {
         written, summary,
         "the summary file differs from the returned summary"
     );
+    summary
+}
+
+fn outputs(summary: Summary, dir: tempfile::TempDir) -> Outputs {
+    let out = |name: &str| dir.path().join(name);
     Outputs {
         views: read_jsonl(&out("views.jsonl")),
         sqlite_views: read_sqlite(&out("views.sqlite")),

@@ -29,6 +29,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use crate::checkpoint::FoldSnapshot;
 use crate::checkpoint::protocol::Checkpointing;
 use crate::dataflow::batch::Batcher;
+use crate::dataflow::ingest::ClockReport;
 use crate::dlq::letter::DeadLetter;
 use crate::job::Job;
 use crate::model::event::{Event, Millis};
@@ -90,6 +91,7 @@ pub trait FoldFeatures<'s> {
     /// use skewless::dataflow::ingest::decode::{Decoded, Decoder};
     /// use skewless::model::event::{Event, Position};
     /// use skewless::dataflow::fold::{FlushPolicy, FoldContext, FoldFeatures};
+    /// use skewless::dataflow::ingest::ClockReport;
     ///
     /// let job = Arc::new(skewless::job::Job::load("jobs/recsys.toml".as_ref()).unwrap());
     /// let decoder = Decoder::new(&job.registry, job.max_event_bytes);
@@ -106,7 +108,7 @@ pub trait FoldFeatures<'s> {
     /// .collect();
     /// let views = timely::example(move |scope| {
     ///     let events = events.to_stream(scope).container::<Vec<_>>();
-    ///     let clocks = vec![10.0f64].to_stream(scope).container::<Vec<_>>().broadcast();
+    ///     let clocks = vec![ClockReport::MaxSeen(10.0)].to_stream(scope).container::<Vec<_>>().broadcast();
     ///     let context = FoldContext {
     ///         job,
     ///         counts: Default::default(),
@@ -132,11 +134,11 @@ pub trait FoldFeatures<'s> {
     /// // Equal event times apply in event-id order: "a" (i1) before "b" (i2).
     /// assert!(views[0].state.contains(r#""viewed_items":["i1","i2"]"#), "{}", views[0].state);
     /// ```
-    fn fold_features(self, clocks: Stream<'s, Millis, Vec<f64>>, context: FoldContext) -> Folded<'s>;
+    fn fold_features(self, clocks: Stream<'s, Millis, Vec<ClockReport>>, context: FoldContext) -> Folded<'s>;
 }
 
 impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
-    fn fold_features(self, clocks: Stream<'s, Millis, Vec<f64>>, context: FoldContext) -> Folded<'s> {
+    fn fold_features(self, clocks: Stream<'s, Millis, Vec<ClockReport>>, context: FoldContext) -> Folded<'s> {
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("FoldFeatures".to_owned(), scope);
         let activator = scope.activator_for(builder.operator_info().address);
@@ -179,6 +181,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
         fold.total = restored_counts;
         let mut last_flush = Instant::now();
         let mut last_frontier: Millis = 0;
+        let mut stopped_at: Option<f64> = None;
         // Users still to write in the end-of-input snapshot, sorted by user id.
         let mut snapshot: Option<std::vec::IntoIter<u32>> = None;
         let mut snapshot_started = Instant::now();
@@ -196,8 +199,15 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                     });
                 });
                 clocks_in.for_each(|_cap, data| {
-                    for clock in data.drain(..) {
-                        fold.max_clock = Some(fold.max_clock.map_or(clock, |m: f64| m.max(clock)));
+                    for report in data.drain(..) {
+                        match report {
+                            ClockReport::MaxSeen(clock) => {
+                                fold.max_clock = Some(fold.max_clock.map_or(clock, |m: f64| m.max(clock)));
+                            }
+                            ClockReport::StoppedAt(at) => {
+                                stopped_at = Some(stopped_at.map_or(at, |s: f64| s.min(at)));
+                            }
+                        }
                     }
                 });
                 let Some(caps) = capabilities.as_mut() else { return };
@@ -299,7 +309,12 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                             fold.counts.users = order.len() as u64;
                             order.into_iter()
                         });
-                        let as_of = fold.max_clock.unwrap_or(last_frontier as f64 / 1000.0);
+                        // A complete input is complete up to the largest time seen; a
+                        // stopped one up to where the slowest stopped worker's
+                        // watermark was.
+                        let as_of = stopped_at
+                            .or(fold.max_clock)
+                            .unwrap_or(last_frontier as f64 / 1000.0);
                         for index in queue.by_ref().take(SNAPSHOT_CHUNK) {
                             let changed = fold.users.entries[index as usize].dirty;
                             fold.users.entries[index as usize].dirty = false;

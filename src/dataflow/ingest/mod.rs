@@ -53,6 +53,9 @@ pub struct IngestShared {
     pub progress: Arc<AtomicU64>,
     /// The largest event time this worker's partitions have seen.
     pub max_event_time: Rc<Cell<Option<f64>>>,
+    /// The watermark (seconds) this worker stopped at, when a stop request ended its
+    /// reading before the end of a bounded input.
+    pub stopped_at: Rc<Cell<Option<f64>>>,
     /// Set (by a signal handler) to stop reading and finish cleanly.
     pub stop: Arc<AtomicBool>,
     /// The positions to commit once the dataflow has finished: set when the operator
@@ -66,6 +69,17 @@ pub struct IngestShared {
     pub restored: Vec<Option<PartitionState>>,
     /// Ingest counts carried over from a checkpoint.
     pub restored_counts: Counts,
+}
+
+/// What a worker's ingest tells every fold about its partitions' clocks.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum ClockReport {
+    /// The largest event time (seconds) any of its partitions has seen grew to this.
+    MaxSeen(f64),
+    /// It stopped before the end of its input (a stop request) with its watermark
+    /// here (seconds): views written at the end are complete up to the smallest such
+    /// watermark, not up to the largest time seen.
+    StoppedAt(f64),
 }
 
 /// Where a worker's partitions stood when it stopped reading: `(partition, position)`.
@@ -86,6 +100,14 @@ pub struct Pacing {
     pub commit_interval: Duration,
     /// How soon to look again when no partition had records.
     pub idle_poll: Duration,
+    /// Stop (as a stop request does) once this worker has read this many records.
+    pub stop_after: Option<u64>,
+    /// The input has an end (files): a stop request before it interrupts the run.
+    pub bounded: bool,
+    /// On a stop request, stop reading but finish only once a checkpoint taken after
+    /// the request is complete, so that running again resumes exactly where this run
+    /// stopped (bounded runs with checkpoints).
+    pub checkpoint_on_stop: bool,
 }
 
 /// The streams the ingest operator produces.
@@ -94,8 +116,9 @@ pub struct Ingested<'s> {
     pub events: Stream<'s, Millis, Vec<Event>>,
     /// Dead letters of records that failed decoding.
     pub dead_letters: Stream<'s, Millis, Vec<DeadLetter>>,
-    /// The largest event time each partition has seen, when it grows.
-    pub clocks: Stream<'s, Millis, Vec<f64>>,
+    /// The largest event time each worker's partitions have seen, when it grows, and
+    /// where a worker stopped.
+    pub clocks: Stream<'s, Millis, Vec<ClockReport>>,
 }
 
 /// Positions of records read but not yet durable, oldest first.
@@ -170,10 +193,10 @@ pub fn ingest<'s, S: Source + 'static>(
     }));
     let (events_out, events) = builder.new_output::<Vec<Event>>();
     let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
-    let (clock_out, clocks) = builder.new_output::<Vec<f64>>();
+    let (clock_out, clocks) = builder.new_output::<Vec<ClockReport>>();
     let mut events_out = OutputBuilder::<_, Batcher<Event>>::from(events_out);
     let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
-    let mut clock_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<f64>>>::from(clock_out);
+    let mut clock_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<ClockReport>>>::from(clock_out);
 
     let names = source.borrow().partition_names();
     let partition_hashes: Vec<u64> = names.iter().map(|n| key_hash(n)).collect();
@@ -208,6 +231,11 @@ pub fn ingest<'s, S: Source + 'static>(
     };
     let archive_only = job.archive_only();
     let scope_index = scope.index();
+    // Records read by this run (not those a checkpoint carried over), for `stop_after`.
+    let mut read_here: u64 = 0;
+    // Set once a stop request is draining into a checkpoint: the newest checkpoint
+    // requested before the stop, which the final checkpoint must be newer than.
+    let mut draining: Option<u64> = None;
 
     builder.build(move |capabilities| {
         let mut capabilities = Some(capabilities);
@@ -261,11 +289,44 @@ pub fn ingest<'s, S: Source + 'static>(
             let idle_exit = pacing
                 .exit_when_idle
                 .is_some_and(|d| partition_clocks.idle_for(now) >= d);
-            let stopping =
-                shared.stop.load(Ordering::Relaxed) || idle_exit || partition_clocks.all_finished();
+            if pacing.stop_after.is_some_and(|limit| read_here >= limit) {
+                shared.stop.store(true, Ordering::Relaxed);
+            }
+            let stop_requested = shared.stop.load(Ordering::Relaxed);
+            let finished = partition_clocks.all_finished();
+            let stopping = stop_requested || idle_exit || finished;
+            // A bounded run stopped before its end reads nothing more, takes part in
+            // one more checkpoint (the snapshot at its cut is immediate: everything
+            // this worker sent is before it) and finishes once that one is complete.
+            if stop_requested && !finished && pacing.checkpoint_on_stop {
+                let checkpointing = shared.checkpointing.borrow();
+                let since = *draining.get_or_insert(checkpointing.request.unwrap_or(0));
+                let done = checkpointing.last_complete.is_some_and(|epoch| epoch > since);
+                drop(checkpointing);
+                if !done {
+                    if let Some(open) = cut {
+                        snapshot_at(&mut cut, &source, &partition_clocks, &total, true);
+                        for cap in caps.iter_mut() {
+                            if *cap.time() < open.at {
+                                cap.downgrade(&open.at);
+                            }
+                        }
+                    }
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
+            }
             if stopping {
                 if let Some(Err(error)) = archive.as_mut().map(Archive::close_all) {
                     fail(SourceError::Archive(error.to_string()));
+                }
+                if stop_requested && !finished && pacing.bounded {
+                    let at = partition_clocks.watermark() as f64 / 1000.0;
+                    shared.stopped_at.set(Some(at));
+                    clock_out
+                        .activate()
+                        .session(&caps[2])
+                        .give(ClockReport::StoppedAt(at));
                 }
                 // Everything this worker sent is before an open cut.
                 snapshot_at(&mut cut, &source, &partition_clocks, &total, true);
@@ -308,7 +369,10 @@ pub fn ingest<'s, S: Source + 'static>(
                 let mut events = events_handle.session_with_builder(&caps[0]);
                 let mut dead = dead_handle.session(&caps[1]);
                 partition_clocks.reading_order(&mut order);
-                let mut budget = pacing.batch;
+                let mut budget = match pacing.stop_after {
+                    Some(limit) => pacing.batch.min(limit.saturating_sub(read_here) as usize),
+                    None => pacing.batch,
+                };
                 for &partition in &order {
                     if budget == 0 {
                         break;
@@ -400,6 +464,7 @@ pub fn ingest<'s, S: Source + 'static>(
                 }
             }
             shared.progress.fetch_add(counts.read, Ordering::Relaxed);
+            read_here += counts.read;
             if let Some(metrics) = &shared.metrics {
                 metrics.observe(&counts);
                 let wall = crate::dlq::letter::wall_clock_seconds() as i64;
@@ -429,7 +494,10 @@ pub fn ingest<'s, S: Source + 'static>(
             if let Some(max) = partition_clocks.max_seen().filter(|&m| m > reported_max) {
                 reported_max = max;
                 shared.max_event_time.set(Some(max));
-                clock_out.activate().session(&caps[2]).give(max);
+                clock_out
+                    .activate()
+                    .session(&caps[2])
+                    .give(ClockReport::MaxSeen(max));
             }
             let advanced = partition_clocks.advance();
             let reached = cut.is_some_and(|c| advanced >= c.at);
