@@ -4,27 +4,32 @@
 use std::path::Path;
 use std::process::Command;
 
-fn skewless() -> Command {
+/// A scratch directory that a command sees as the repository: `jobs/` and `data/`
+/// are linked in, so the README's commands run as written, and whatever they write
+/// (`out/<job>/...`, checkpoints included) lands in the scratch directory, never in
+/// the repository, where a leftover checkpoint would change a later run.
+fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["jobs", "data"] {
+        std::os::unix::fs::symlink(repo.join(name), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+fn skewless(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_skewless"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("RUST_LOG", "warn");
+    command.current_dir(dir).env("RUST_LOG", "warn");
     command
 }
 
 #[test]
 fn run_on_the_sample_data_prints_a_conserved_summary_and_where_the_views_went() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = |name: &str| dir.path().join(name).display().to_string();
-    let output = skewless()
+    // The README's first command, as written: the job's default inputs and outputs.
+    let dir = workspace();
+    let out = |name: &str| format!("out/recsys/{name}");
+    let output = skewless(dir.path())
         .args(["run", "jobs/recsys.toml", "--workers", "2"])
-        .args([
-            "--views-sqlite",
-            &out("v.sqlite"),
-            "--views-jsonl",
-            &out("v.jsonl"),
-        ])
-        .args(["--dlq", &out("dlq.jsonl"), "--summary-json", &out("summary.json")])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -40,22 +45,33 @@ fn run_on_the_sample_data_prints_a_conserved_summary_and_where_the_views_went() 
     assert!(summary["dlq"]["late_event"].as_u64().unwrap() > 0);
     assert!(summary["dlq"]["invalid_json"].as_u64().unwrap() > 0);
     assert!(
-        stderr.contains(&format!("views_sqlite: {}", out("v.sqlite"))),
+        stderr.contains(&format!("views_sqlite: {}", out("views.sqlite"))),
         "{stderr}"
     );
+    assert!(
+        !stderr.contains("\x1b["),
+        "no colour codes when stderr is not a terminal: {stderr}"
+    );
     let on_disk: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(out("summary.json"))).unwrap())
+            .unwrap();
     assert_eq!(on_disk, summary);
-    let views = std::fs::read_to_string(out("v.jsonl")).unwrap();
+    assert!(dir.path().join(out("views.sqlite")).exists());
+    assert!(
+        !dir.path().join(out("checkpoints")).exists(),
+        "a backfill that reached its end leaves no checkpoint"
+    );
+    let views = std::fs::read_to_string(dir.path().join(out("views.jsonl"))).unwrap();
     assert_eq!(views.lines().count() as u64, summary["users"].as_u64().unwrap());
 }
 
 #[test]
 fn gen_is_deterministic_and_its_output_runs() {
+    let workspace = workspace();
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     for dir in [a.path(), b.path()] {
-        let status = skewless()
+        let status = skewless(dir)
             .args([
                 "gen",
                 "--events",
@@ -91,7 +107,7 @@ fn gen_is_deterministic_and_its_output_runs() {
         );
     }
     let summary = a.path().join("summary.json");
-    let status = skewless()
+    let status = skewless(&workspace.path())
         .args(["run", "jobs/recsys.toml", "--input"])
         .arg(a.path().join("*.jsonl.gz"))
         .args(["--views-sqlite", &a.path().join("v.sqlite").display().to_string()])
@@ -110,7 +126,8 @@ fn gen_is_deterministic_and_its_output_runs() {
 
 #[test]
 fn an_input_that_matches_nothing_is_a_clear_error() {
-    let output = skewless()
+    let dir = workspace();
+    let output = skewless(dir.path())
         .args([
             "run",
             "jobs/recsys.toml",
@@ -127,5 +144,5 @@ fn an_input_that_matches_nothing_is_a_clear_error() {
         stderr.contains("input `no/such/dir/*.jsonl.gz` matches no file"),
         "{stderr}"
     );
-    assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join("no").exists());
+    assert!(!dir.path().join("no").exists());
 }

@@ -227,7 +227,8 @@ fn the_audit_logger_archive_backfills_to_the_live_views_and_resumes_from_its_com
 
 fn skewless() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_skewless"));
-    command.current_dir(repo());
+    // Never the repository: a default output there would change a later run.
+    command.current_dir(std::env::temp_dir());
     command
 }
 
@@ -541,7 +542,21 @@ fn a_redis_outage_loses_nothing_and_holds_back_commits() {
         );
     }
     // Out of retries (1 + 2 + 4 s), views are dead-lettered, and still wait for Redis.
-    std::thread::sleep(Duration::from_secs(7));
+    wait_until(
+        "views Redis would not take in the dead-letter topic",
+        Duration::from_secs(60),
+        || {
+            skewless::dlq::read(&skewless::dlq::DlqLocation::Topic {
+                settings: kafka(),
+                topic: format!("{topic}.dlq"),
+            })
+            .is_ok_and(|read| {
+                read.letters
+                    .iter()
+                    .any(|l| l["failure_reason"] == "sink_unavailable")
+            })
+        },
+    );
     redis.up();
     signal(&running.0, "TERM");
     let (status, stdout) = wait_exit(running, Duration::from_secs(120));

@@ -107,6 +107,45 @@ pub trait WriteViews<'s> {
     /// the views the sinks gave up on, as dead letters; its frontier passes a time only
     /// once every view before it is durable or dead-lettered. A failure is recorded in
     /// `failure` and stops the writing.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use timely::dataflow::operators::{Inspect, ToStream};
+    /// use skewless::dlq::letter::DeadLetter;
+    /// use skewless::model::view::ViewRecord;
+    /// use skewless::sinks::{SinkError, ViewSink, WriteViews};
+    ///
+    /// /// A sink that keeps the user ids it was given.
+    /// struct Users(Arc<Mutex<Vec<String>>>);
+    /// impl ViewSink for Users {
+    ///     fn name(&self) -> &'static str {
+    ///         "users"
+    ///     }
+    ///     fn write(&mut self, views: &[ViewRecord], _dead: &mut Vec<DeadLetter>) -> Result<(), SinkError> {
+    ///         self.0.lock().unwrap().extend(views.iter().map(|v| v.user_id.to_string()));
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let written = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Users(Arc::clone(&written));
+    /// timely::example(move |scope| {
+    ///     let view = |user: &str| ViewRecord {
+    ///         user_id: user.into(),
+    ///         as_of: 10.0,
+    ///         features: "{}".into(),
+    ///         state: "{}".into(),
+    ///         changed: true,
+    ///         snapshot: true,
+    ///     };
+    ///     vec![view("u1"), view("u2")]
+    ///         .to_stream(scope)
+    ///         .container::<Vec<_>>()
+    ///         .write_views(vec![Box::new(sink)], Default::default(), None)
+    ///         .inspect(|letter| panic!("nothing is dead-lettered: {letter:?}"));
+    /// });
+    /// assert_eq!(*written.lock().unwrap(), ["u1", "u2"]);
+    /// ```
     fn write_views(
         self,
         sinks: Vec<Box<dyn ViewSink>>,
@@ -120,6 +159,41 @@ pub trait WriteDeadLetters<'s> {
     /// Writes every batch into `sink`. The returned (empty) stream's frontier passes a
     /// time once every dead letter before it is durable: probe it to know what is safe
     /// to commit.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use timely::dataflow::operators::ToStream;
+    /// use skewless::dlq::letter::{DeadLetter, Reason};
+    /// use skewless::model::event::Origin;
+    /// use skewless::sinks::{DeadLetterSink, SinkError, WriteDeadLetters};
+    ///
+    /// /// A sink that keeps the reasons it was given.
+    /// struct Reasons(Arc<Mutex<Vec<Reason>>>);
+    /// impl DeadLetterSink for Reasons {
+    ///     fn write(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
+    ///         self.0.lock().unwrap().extend(letters.iter().map(|l| l.reason));
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let written = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Reasons(Arc::clone(&written));
+    /// timely::example(move |scope| {
+    ///     let origin = Origin {
+    ///         topic: "events.jsonl".into(),
+    ///         partition: None,
+    ///         offset: 7,
+    ///         key: None,
+    ///         broker_timestamp_ms: None,
+    ///     };
+    ///     let letter = DeadLetter::first_attempt("job", origin, b"{", false, Reason::InvalidJson, "EOF".into());
+    ///     vec![letter]
+    ///         .to_stream(scope)
+    ///         .container::<Vec<_>>()
+    ///         .write_dead_letters(Box::new(sink), Default::default());
+    /// });
+    /// assert_eq!(*written.lock().unwrap(), [Reason::InvalidJson]);
+    /// ```
     fn write_dead_letters(
         self,
         sink: Box<dyn DeadLetterSink>,
