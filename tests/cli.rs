@@ -107,7 +107,7 @@ fn gen_is_deterministic_and_its_output_runs() {
         );
     }
     let summary = a.path().join("summary.json");
-    let status = skewless(&workspace.path())
+    let status = skewless(workspace.path())
         .args(["run", "jobs/recsys.toml", "--input"])
         .arg(a.path().join("*.jsonl.gz"))
         .args(["--views-sqlite", &a.path().join("v.sqlite").display().to_string()])
