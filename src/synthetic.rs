@@ -52,6 +52,52 @@ pub struct GenOptions {
     pub gzip: bool,
 }
 
+impl GenOptions {
+    /// Refuses fractions outside [0, 1] (and their sum above 1), non-finite or
+    /// negative times and exponents, naming the flag.
+    pub fn check(&self) -> Result<(), GenError> {
+        let refuse =
+            |flag: &str, value: f64, rule: &str| Err(GenError::Options(format!("--{flag} {value}: {rule}")));
+        let fractions = [
+            ("late", self.late),
+            ("duplicates", self.duplicates),
+            ("malformed", self.malformed),
+            ("v1", self.v1),
+            ("unknown", self.unknown),
+        ];
+        for (flag, value) in fractions {
+            if !(0.0..=1.0).contains(&value) {
+                return refuse(flag, value, "a fraction must be between 0 and 1");
+            }
+        }
+        let special = self.late + self.duplicates + self.malformed + self.unknown;
+        if special > 1.0 {
+            return Err(GenError::Options(format!(
+                "--late, --duplicates, --malformed and --unknown add up to {special}: at most 1"
+            )));
+        }
+        // Event times end before the year 10000 (DESIGN.md section 4).
+        let max_time = 253_402_300_800.0;
+        if !(self.start.is_finite() && (0.0..max_time).contains(&self.start)) {
+            return refuse(
+                "start",
+                self.start,
+                "a time in seconds since the epoch, before the year 10000",
+            );
+        }
+        if !(self.span.is_finite() && self.span >= 0.0 && self.start + self.span < max_time) {
+            return refuse("span", self.span, "the records must end before the year 10000");
+        }
+        if !(self.lateness.is_finite() && self.lateness >= 0.0) {
+            return refuse("lateness", self.lateness, "a duration");
+        }
+        if !(self.zipf.is_finite() && self.zipf >= 0.0) {
+            return refuse("zipf", self.zipf, "an exponent of 0 or more");
+        }
+        Ok(())
+    }
+}
+
 impl Default for GenOptions {
     fn default() -> Self {
         GenOptions {
@@ -129,6 +175,7 @@ pub fn generate(options: &GenOptions) -> Result<GenReport, GenError> {
     if (options.users as usize) < options.partitions {
         return Err(GenError::Options("need at least one user per partition".into()));
     }
+    options.check()?;
     std::fs::create_dir_all(&options.out).map_err(|source| GenError::Io {
         path: options.out.display().to_string(),
         source,
@@ -387,6 +434,32 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_options_are_refused_naming_the_flag_and_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |change: &dyn Fn(&mut GenOptions)| {
+            let mut options = GenOptions {
+                out: dir.path().join("out"),
+                ..GenOptions::default()
+            };
+            change(&mut options);
+            generate(&options).unwrap_err().to_string()
+        };
+        assert!(with(&|o| o.malformed = 2.0).contains("--malformed 2"));
+        assert!(with(&|o| o.late = f64::NAN).contains("--late NaN"));
+        assert!(with(&|o| o.v1 = 1.5).contains("--v1 1.5"));
+        assert!(with(&|o| o.start = f64::NAN).contains("--start NaN"));
+        assert!(with(&|o| o.span = 1e300).contains("--span"));
+        assert!(
+            with(&|o| {
+                o.late = 0.6;
+                o.duplicates = 0.6
+            })
+            .contains("add up to")
+        );
+        assert!(!dir.path().join("out").exists(), "nothing is written");
+    }
 
     #[test]
     fn same_options_same_bytes() {

@@ -125,6 +125,37 @@ pub struct DeadLetter {
     pub failure_timestamp: f64,
 }
 
+/// The deepest nesting of a record kept as a letter's `event`. The letter adds a
+/// level, and JSON readers stop at 128 (serde_json, and the DLQ tools with it).
+pub const MAX_EVENT_NESTING: usize = 64;
+
+/// How deeply the arrays and objects of a JSON text nest (brackets inside strings
+/// do not count).
+pub fn nesting_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 impl DeadLetter {
     /// A dead letter for a record that failed on its first and only attempt.
     pub fn first_attempt(
@@ -136,6 +167,9 @@ impl DeadLetter {
         detail: String,
     ) -> DeadLetter {
         let now = wall_clock_seconds();
+        // A record nested deeper than a reader will follow is kept as text, never as
+        // `event`: one such record must not make the whole queue unreadable.
+        let parsed = parsed && nesting_depth(bytes) <= MAX_EVENT_NESTING;
         let (event, raw) = if parsed {
             (
                 Some(String::from_utf8_lossy(trim_ascii(bytes)).into_owned()),
@@ -248,6 +282,31 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deeply_nested_record_is_kept_as_raw_text_and_the_letter_reads_back() {
+        assert_eq!(nesting_depth(br#"{"a":[1,{"b":"[[[{"}]]}"#), 3);
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let origin = Origin {
+            topic: "f.jsonl".into(),
+            partition: None,
+            offset: 1,
+            key: None,
+            broker_timestamp_ms: None,
+        };
+        let letter = DeadLetter::first_attempt(
+            "j",
+            origin,
+            deep.as_bytes(),
+            true,
+            Reason::NotAnObject,
+            "x".into(),
+        );
+        assert_eq!(letter.event, None);
+        assert_eq!(letter.raw.as_deref(), Some(deep.as_str()));
+        let back: serde_json::Value = serde_json::from_str(&letter.to_json()).expect("the letter reads back");
+        assert_eq!(back["failure_reason"], "not_an_object");
+    }
 
     fn origin() -> Origin {
         Origin {

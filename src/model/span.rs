@@ -28,22 +28,29 @@ impl Span {
     }
 }
 
+/// The longest span taken: 10,000 years, longer than any event time can be apart
+/// (event times end before the year 10000), and short enough that every
+/// millisecond computation on it stays exact.
+pub const MAX_SPAN_SECS: f64 = 10_000.0 * 365.25 * 86_400.0;
+
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid duration `{text}`: write a number and a unit, as in \"250ms\", \"5s\", \"10m\", \"24h\" or \"7d\""
-)]
-pub struct SpanError {
-    text: String,
+pub enum SpanError {
+    /// Not a number and a unit.
+    #[error(
+        "invalid duration `{0}`: write a number and a unit, as in \"250ms\", \"5s\", \"10m\", \"24h\" or \"7d\""
+    )]
+    Invalid(String),
+    /// Longer than [`MAX_SPAN_SECS`].
+    #[error("duration `{0}` is longer than 10000 years")]
+    TooLong(String),
 }
 
 impl FromStr for Span {
     type Err = SpanError;
 
     fn from_str(text: &str) -> Result<Span, SpanError> {
-        let err = || SpanError {
-            text: text.to_owned(),
-        };
+        let err = || SpanError::Invalid(text.to_owned());
         let trimmed = text.trim();
         let split = trimmed
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -62,7 +69,10 @@ impl FromStr for Span {
         if !secs.is_finite() || secs < 0.0 {
             return Err(err());
         }
-        Ok(Span(Duration::from_secs_f64(secs)))
+        if secs > MAX_SPAN_SECS {
+            return Err(SpanError::TooLong(text.to_owned()));
+        }
+        Duration::try_from_secs_f64(secs).map(Span).map_err(|_| err())
     }
 }
 
@@ -117,6 +127,27 @@ mod tests {
         for bad in ["5", "s", "5x", "-1s", "", "1..2s"] {
             assert!(bad.parse::<Span>().is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn huge_spans_are_refused_not_a_panic() {
+        for huge in [
+            "99999999999999999999d",
+            "1e400s",
+            "3660000d",
+            "18446744073709551616s",
+        ] {
+            let error = huge.parse::<Span>().unwrap_err().to_string();
+            assert!(error.contains(huge), "{error}");
+        }
+        assert_eq!(
+            "99999999999999999999d".parse::<Span>(),
+            Err(SpanError::TooLong("99999999999999999999d".into()))
+        );
+        assert!(
+            "3650000d".parse::<Span>().is_ok(),
+            "10000 years minus a little is fine"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 
 use compact_str::CompactString;
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::dlq::letter::Reason;
@@ -144,9 +144,11 @@ impl<'de> Visitor<'de> for EnvelopeVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
         let mut envelope = Envelope::default();
         let mut seen = [false; ENVELOPE_FIELDS.len()];
+        let mut others = Keys::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let Some(field) = ENVELOPE_FIELDS.iter().position(|f| *f == key) else {
-                map.next_value::<IgnoredAny>()?;
+                others.insert::<A::Error>(key)?;
+                map.next_value::<Checked>()?;
                 continue;
             };
             if std::mem::replace(&mut seen[field], true) {
@@ -162,7 +164,12 @@ impl<'de> Visitor<'de> for EnvelopeVisitor<'_> {
                     envelope.payload = match self.schema_of(&envelope) {
                         Some(schema) => map.next_value_seed(PayloadSeed(schema))?,
                         None => match map.next_value::<Option<&'de RawValue>>()? {
-                            Some(raw) => Payload::Raw(raw),
+                            Some(raw) => {
+                                // Read later against its schema; checked now, as the
+                                // rest of the record is.
+                                serde_json::from_str::<Checked>(raw.get()).map_err(de::Error::custom)?;
+                                Payload::Raw(raw)
+                            }
                             None => Payload::Absent,
                         },
                     };
@@ -233,7 +240,7 @@ impl<'r> Decoder<'r> {
             }
         };
         if !text.trim_start().starts_with('{') {
-            return match serde_json::from_str::<IgnoredAny>(text) {
+            return match serde_json::from_str::<Checked>(text) {
                 Ok(_) => reject(Reason::NotAnObject, describe_non_object(text), None, true),
                 Err(e) => reject(Reason::InvalidJson, e.to_string(), None, false),
             };
@@ -281,6 +288,8 @@ impl<'r> Decoder<'r> {
                 true,
             );
         }
+        // -0.0 is 0: it must order (and dedup, and render) as 0 does.
+        let event_time = event_time + 0.0;
         let at = Some(event_time);
 
         // Step 3: unknown types are someone else's.
@@ -478,9 +487,8 @@ impl<'de: 'a, 'a> Visitor<'de> for LooseVisitor<'a> {
         }
         Ok(Loose::List(items))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Loose::Object)
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        CheckedVisitor.visit_map(map).map(|_| Loose::Object)
     }
 }
 
@@ -503,6 +511,77 @@ impl<'de> Deserialize<'de> for Key<'de> {
             }
         }
         deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The keys of one object so far: a key seen twice is an error, in any object of a
+/// record (DESIGN.md section 4, step 1: parsers disagree on which copy wins).
+#[derive(Default)]
+struct Keys<'de>(smallvec::SmallVec<[Cow<'de, str>; 8]>);
+
+impl<'de> Keys<'de> {
+    fn insert<E: de::Error>(&mut self, key: Cow<'de, str>) -> Result<(), E> {
+        if self.0.contains(&key) {
+            return Err(E::custom(format_args!("duplicate field `{key}`")));
+        }
+        self.0.push(key);
+        Ok(())
+    }
+}
+
+/// Any JSON value, read and dropped as `IgnoredAny` would, except that a repeated key
+/// in any object inside it is an error.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_none<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Checked, D::Error> {
+        Checked::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        let mut keys = Keys::default();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            keys.insert::<A::Error>(key)?;
+            map.next_value::<Checked>()?;
+        }
+        Ok(Checked)
     }
 }
 
@@ -533,20 +612,22 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let schema = self.0;
         let mut found = absent(schema);
+        let mut keys = Keys::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            match schema.fields.iter().position(|f| f.name == key) {
+            let field = schema.fields.iter().position(|f| f.name == key);
+            keys.insert::<A::Error>(key)?;
+            match field {
                 Some(index) => found[index] = map.next_value_seed(FieldSeed(schema.fields[index].ty))?,
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Checked>()?;
                 }
             }
         }
         Ok(Payload::Fields(found))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Payload::NotAnObject)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        CheckedVisitor.visit_seq(seq).map(|_| Payload::NotAnObject)
     }
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
@@ -584,6 +665,8 @@ impl<'de> DeserializeSeed<'de> for FieldSeed {
         match self.0 {
             FieldType::Object | FieldType::Any => {
                 let raw = <&'de RawValue>::deserialize(deserializer)?;
+                // Kept as text, but checked as every other value is.
+                serde_json::from_str::<Checked>(raw.get()).map_err(de::Error::custom)?;
                 Ok(match raw.get() {
                     "null" => Loose::Null,
                     text => Loose::Raw(text),
@@ -688,7 +771,7 @@ mod tests {
             ),
         ] {
             let (last, first) = decode_both_orders(payload);
-            assert_eq!(reason(&last), expected, "{payload}: {last:?}");
+            assert_eq!(reason(&last), expected, "{payload}");
             assert_eq!(last, first, "{payload}");
         }
         let (last, first) = decode_both_orders(r#"{"item_id":"i1",}"#);
@@ -711,6 +794,49 @@ mod tests {
             "{}",
             rejection.detail
         );
+    }
+
+    #[test]
+    fn a_key_repeated_in_any_object_is_invalid_json() {
+        for payload in [
+            r#"{"item_id":"i1","price":1,"price":2}"#,
+            r#"{"item_id":"i1","price":1,"extra":1,"extra":2}"#,
+            r#"{"item_id":"i1","price":1,"extra":{"a":1,"a":1}}"#,
+            r#"{"item_id":"i1","price":1,"extra":[{"a":[{"b":1,"b":1}]}]}"#,
+        ] {
+            let (last, first) = decode_both_orders(payload);
+            assert_eq!(reason(&last).map(|r| r.0), Some(Reason::InvalidJson), "{payload}");
+            assert!(reason(&last).unwrap().1.contains("duplicate field"), "{last:?}");
+            assert_eq!(
+                reason(&first).map(|r| r.0),
+                Some(Reason::InvalidJson),
+                "{payload}"
+            );
+        }
+        let job = recsys();
+        let decoder = Decoder::new(&job.registry, job.max_event_bytes);
+        for record in [
+            r#"{"event_id":"a","x":1,"x":2,"event_type":"session.started","event_version":"1.0","event_time":1,"user_id":"u"}"#,
+            r#"[{"a":1,"a":2}]"#,
+            r#"{"event_id":"a","event_type":"recommendation.items_shown","event_version":"1.0","event_time":1,"user_id":"u","payload":{"impression_id":"i","model_version":"m","recommended_items":[],"features_snapshot":{"n":1,"n":2}}}"#,
+        ] {
+            assert_eq!(
+                reason(&decoder.decode(record.as_bytes())).map(|r| r.0),
+                Some(Reason::InvalidJson),
+                "{record}"
+            );
+        }
+    }
+
+    #[test]
+    fn minus_zero_is_zero() {
+        let job = recsys();
+        let decoder = Decoder::new(&job.registry, job.max_event_bytes);
+        let record = br#"{"event_id":"a","event_type":"session.started","event_version":"1.0","event_time":-0.0,"user_id":"u"}"#;
+        let Decoded::Event(event) = decoder.decode(record) else {
+            panic!("-0.0 is a valid time")
+        };
+        assert!(event.event_time.is_sign_positive(), "-0.0 orders as 0 does");
     }
 
     #[test]

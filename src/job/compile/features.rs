@@ -168,11 +168,20 @@ fn compile_state(
                 );
                 continue;
             };
-            if !weight.decay.is_finite() || !weight.increment.is_finite() {
+            // Scores decay (0 < decay <= 1) and stay finite: a decay above 1 grows
+            // without bound, one of 0 or below is not a decay at all.
+            if !(weight.decay > 0.0 && weight.decay <= 1.0) {
                 refuse(
                     event_type.span(),
                     &sub,
-                    "`decay` and `increment` must be finite numbers".into(),
+                    format!("`decay` must be above 0 and at most 1, not {}", weight.decay),
+                );
+            }
+            if !weight.increment.is_finite() {
+                refuse(
+                    event_type.span(),
+                    &sub,
+                    format!("`increment` must be a finite number, not {}", weight.increment),
                 );
             }
             match registry.carry(type_index, group.get_ref()) {

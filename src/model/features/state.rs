@@ -136,6 +136,9 @@ impl UserState {
                 }
                 (Agg::Sum(sum), Value::Num(n)) => *sum += n,
                 (Agg::Count(count), _) => *count += 1,
+                // An absent (or null) optional value leaves `latest` as it was, as it
+                // leaves every other aggregation.
+                (Agg::Latest(_), Value::Null) => {}
                 (Agg::Latest(latest), value) => {
                     *latest = match value {
                         Value::Num(n) => Scalar::Num(*n),
