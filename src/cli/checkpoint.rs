@@ -35,6 +35,9 @@ pub fn main(command: CheckpointCommand) -> anyhow::Result<ExitCode> {
     use skewless::checkpoint;
     match command {
         CheckpointCommand::List { dir, json } => {
+            if !dir.is_dir() {
+                anyhow::bail!("no checkpoint directory {}", dir.display());
+            }
             let listing = checkpoint::list(&dir);
             if json {
                 println!("{}", serde_json::to_string_pretty(&listing)?);

@@ -23,7 +23,7 @@ pub fn main(jobs: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             }
             Err(error) => {
                 ok = false;
-                eprintln!("{error}");
+                eprintln!("{}", skewless::error_chain(&error));
             }
         }
     }

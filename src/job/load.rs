@@ -173,9 +173,14 @@ fn list_section<'de, T: Deserialize<'de>>(
 
 fn parse_layer(file: &SourceFile, problems: &mut Problems) -> (Layer, Option<Spanned<String>>) {
     let (root, errors) = DeTable::parse_recoverable(&file.text);
-    for error in errors {
-        let span = error.span().unwrap_or(0..0);
-        problems.at(file, span, "", format!("TOML syntax: {}", error.message().trim()));
+    if !errors.is_empty() {
+        // What follows a syntax error is guesswork: report the syntax errors alone.
+        for error in errors {
+            let span = error.span().unwrap_or(0..0);
+            problems.at(file, span, "", format!("TOML syntax: {}", error.message().trim()));
+        }
+        problems.syntax = true;
+        return (Layer::default(), None);
     }
     let mut layer = Layer::default();
     let mut extends = None;

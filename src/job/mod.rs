@@ -106,6 +106,9 @@ impl Job {
         let mut files = Vec::new();
         let mut problems = Problems::default();
         let layers = load_chain(path, &mut files, &mut problems, 0)?;
+        if problems.syntax {
+            return Err(JobError::Invalid(problems.list));
+        }
         let merged = merge(layers);
         let job = compile(path, merged, &files, &mut problems);
         match job {

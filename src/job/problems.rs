@@ -78,6 +78,8 @@ pub struct SourceFile {
 #[derive(Debug, Default)]
 pub struct Problems {
     pub(super) list: Vec<Problem>,
+    /// A file is not valid TOML: nothing after it is worth checking.
+    pub(super) syntax: bool,
 }
 
 impl Problems {

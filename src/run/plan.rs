@@ -243,8 +243,7 @@ pub(super) fn prepare_checkpoints(
         let (restored, skipped) = crate::checkpoint::latest(&dir);
         load_seconds = loading.elapsed().as_secs_f64();
         for problem in &skipped {
-            tracing::warn!(problem = %chain(problem), "skipping a checkpoint that cannot be restored");
-            eprintln!("warning: skipping checkpoint: {}", chain(problem));
+            tracing::warn!(problem = %chain(problem), "skipping checkpoint: it cannot be restored");
         }
         // Incomplete checkpoints are what a crash leaves behind; a damaged one with
         // nothing intact before it means the state is gone, which no run should hide.

@@ -49,12 +49,23 @@ pub fn resolve_partitions(inputs: &[String]) -> Result<Vec<FilePartition>, Sourc
                     line: 0,
                     source,
                 })?;
-                let mut files: Vec<PathBuf> = listing
+                let (mut files, mut skipped): (Vec<PathBuf>, Vec<PathBuf>) = listing
                     .filter_map(Result::ok)
                     .map(|e| e.path())
-                    .filter(|p| p.is_file() && is_segment(p))
-                    .collect();
+                    .filter(|p| p.is_file())
+                    .partition(|p| is_segment(p));
                 files.sort();
+                skipped.sort();
+                let skipped: Vec<String> = skipped.iter().map(|p| p.display().to_string()).collect();
+                if files.is_empty() {
+                    return Err(SourceError::NoSegments {
+                        dir: path.display().to_string(),
+                        skipped,
+                    });
+                }
+                for file in &skipped {
+                    tracing::warn!(%file, "skipping a file that is not a .jsonl or .jsonl.gz segment");
+                }
                 files
             } else {
                 vec![path.clone()]

@@ -65,6 +65,14 @@ pub enum Read {
     Finished,
 }
 
+fn skipped_list(skipped: &[String]) -> String {
+    match skipped.len() {
+        0 => String::new(),
+        n if n <= 5 => format!(" (skipped: {})", skipped.join(", ")),
+        n => format!(" (skipped {n} files: {}, ...)", skipped[..5].join(", ")),
+    }
+}
+
 /// Why a source failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -81,6 +89,14 @@ pub enum SourceError {
     /// An input path or glob matched nothing.
     #[error("input `{0}` matches no file")]
     NoMatch(String),
+    /// An input directory holds no segment file (`.jsonl`, `.jsonl.gz`).
+    #[error("input directory {dir} holds no .jsonl or .jsonl.gz segment{}", skipped_list(.skipped))]
+    NoSegments {
+        /// The directory.
+        dir: String,
+        /// The files in it that were not segments.
+        skipped: Vec<String>,
+    },
     /// An input glob is malformed.
     #[error("input `{pattern}` is not a valid glob: {message}")]
     BadGlob {
