@@ -315,3 +315,66 @@ fn flags_that_do_not_fit_are_refused() {
         &["no checkpoint directory no-such-dir"],
     );
 }
+
+/// Case 1: an output on an input, on another output, or where the next run would read
+/// it is refused before anything is written, naming both uses.
+#[test]
+fn outputs_never_overwrite_inputs_or_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    let original = view("u", "i", "e1", 1.0) + "\n";
+    std::fs::write(x.join("a.jsonl"), &original).unwrap();
+    let run = |extra: &[&str]| {
+        let mut command = skewless(dir.path());
+        command
+            .arg("run")
+            .arg(recsys())
+            .args(["--checkpoint-dir", "", "--views-sqlite", "v.sqlite"])
+            .args(extra);
+        command
+    };
+    for (args, says) in [
+        (
+            &["-i", "x/a.jsonl", "--dlq", "x/a.jsonl"][..],
+            &["--dlq x/a.jsonl is an input of this run"][..],
+        ),
+        (
+            &["-i", "x/a.jsonl", "--views-jsonl", "./x/../x/a.jsonl"],
+            &["--views-jsonl"],
+        ),
+        (
+            &["-i", "x/a.jsonl", "--summary-json", "x/a.jsonl"],
+            &["--summary-json"],
+        ),
+        (
+            &["-i", "x/a.jsonl", "--views-jsonl", "o.jsonl", "--dlq", "o.jsonl"],
+            &["--views-jsonl and --dlq are both o.jsonl"],
+        ),
+        (
+            &["-i", "x/a.jsonl", "--views-jsonl", "v.sqlite"],
+            &["--views-sqlite and --views-jsonl are both v.sqlite"],
+        ),
+        (
+            &["-i", "x/*.jsonl", "--dlq", "x/dead.jsonl"],
+            &["--dlq x/dead.jsonl matches the input x/*.jsonl"],
+        ),
+        (
+            &["-i", "x", "--views-jsonl", "x/views.jsonl"],
+            &["inside the input directory x"],
+        ),
+    ] {
+        expect(&mut run(args), 1, says);
+        assert_eq!(
+            std::fs::read_to_string(x.join("a.jsonl")).unwrap(),
+            original,
+            "{args:?}"
+        );
+        assert!(!dir.path().join("v.sqlite").exists(), "{args:?}: nothing opened");
+        assert_eq!(
+            std::fs::read_dir(&x).unwrap().count(),
+            1,
+            "{args:?}: nothing written"
+        );
+    }
+}

@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod options;
+mod outputs;
 mod plan;
 pub mod progress;
 mod worker;
@@ -80,6 +81,18 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
     if job.archive_only() {
         job.sinks.views_sqlite = None;
         job.sinks.views_jsonl = None;
+    }
+    // Before anything is opened for writing.
+    match &inputs {
+        Inputs::Files(partitions) => {
+            let patterns = if options.inputs.is_empty() {
+                &job.inputs
+            } else {
+                &options.inputs
+            };
+            outputs::check(&job, partitions, patterns)?;
+        }
+        Inputs::Kafka { .. } => outputs::check(&job, &[], &[])?,
     }
     let plan = Arc::new(Plan::build(job, inputs, options, workers, process)?);
     let resumed_from = plan.resumed_from;
