@@ -378,3 +378,61 @@ fn outputs_never_overwrite_inputs_or_each_other() {
         );
     }
 }
+
+/// Case 6: a resume under other time settings, or over inputs that changed since the
+/// checkpoint, is refused (it would count records as neither run did).
+#[test]
+fn a_resume_refuses_other_time_settings_and_changed_inputs() {
+    use skewless::job::{Job, LatePolicy};
+    use skewless::model::span::Span;
+    use skewless::run::{RunOptions, run_files};
+    use skewless::synthetic::{GenOptions, generate};
+
+    let dir = tempfile::tempdir().unwrap();
+    let make = |seed: u64| {
+        generate(&GenOptions {
+            out: dir.path().join("in"),
+            events: 4000,
+            users: 200,
+            partitions: 2,
+            late: 0.01,
+            duplicates: 0.01,
+            seed,
+            gzip: false,
+            ..GenOptions::default()
+        })
+        .unwrap()
+    };
+    make(1);
+    let job = Job::load(&recsys()).unwrap();
+    let options = |stop_after: Option<u64>| RunOptions {
+        inputs: vec![dir.path().join("in/*.jsonl").display().to_string()],
+        views_sqlite: Some(dir.path().join("v.sqlite")),
+        dlq: Some(dir.path().join("dlq.jsonl")),
+        summary: Some(dir.path().join("summary.json")),
+        checkpoint_dir: Some(dir.path().join("checkpoints")),
+        stop_after,
+        ..RunOptions::default()
+    };
+    assert!(run_files(job.clone(), &options(Some(1500))).unwrap().interrupted);
+
+    let refused = |options: RunOptions, says: &str| {
+        let error = run_files(job.clone(), &options).unwrap_err().to_string();
+        assert!(error.contains(says), "{error}");
+        assert!(error.contains("--fresh"), "{error}");
+    };
+    let mut other = options(None);
+    other.late_policy = Some(LatePolicy::Drop);
+    refused(other, "late_policy drop");
+    let mut other = options(None);
+    other.allowed_lateness = Some(Span::secs(60));
+    refused(other, "this run has allowed_lateness 60s");
+
+    // The same file names, other contents.
+    make(2);
+    refused(options(None), "are not those the checkpoint read");
+    let mut fresh = options(None);
+    fresh.fresh = true;
+    let summary = run_files(job, &fresh).unwrap();
+    assert_eq!(summary.read, 4000);
+}

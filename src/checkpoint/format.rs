@@ -13,8 +13,9 @@ use crate::model::event::{Event, Millis};
 use crate::model::features::UserState;
 use crate::summary::Counts;
 
-/// The first bytes of a part file (format version 2: events carry their dedup key).
-pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP2";
+/// The first bytes of a part file (format version 3: partitions carry a digest of the
+/// records read).
+pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP3";
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";
 
@@ -56,6 +57,9 @@ pub struct PartitionState {
     pub max_seen: Option<f64>,
     /// Whether it was read to its end.
     pub finished: bool,
+    /// A digest of the records read so far (files only): a resume reads them again
+    /// and refuses an input whose first records are not those the checkpoint saw.
+    pub digest: Option<u64>,
 }
 
 /// One user's state at the cut.
@@ -147,6 +151,11 @@ pub struct Manifest {
     /// job that folded it.
     #[serde(default)]
     pub features: String,
+    /// The time settings the state was folded under (lateness, late policy, dedup
+    /// horizon): a run with others would classify records differently. Empty in
+    /// checkpoints written before it was recorded.
+    #[serde(default)]
+    pub time: String,
     /// The parts.
     pub parts: Vec<PartEntry>,
 }

@@ -37,6 +37,7 @@ mod tests {
                 position: 42,
                 max_seen: Some(1.5),
                 finished: false,
+                digest: None,
             }],
             ingest_counts: Counts {
                 read: 42,
@@ -62,6 +63,7 @@ mod tests {
             completed_at: 0.0,
             took_s: 0.0,
             features: String::new(),
+            time: String::new(),
             parts,
         };
         write_manifest(dir, &manifest).unwrap();

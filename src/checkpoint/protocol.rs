@@ -288,6 +288,7 @@ pub struct Coordinator {
     dir: PathBuf,
     job: String,
     features: String,
+    time: String,
     workers: usize,
     interval: Duration,
     keep: usize,
@@ -321,6 +322,7 @@ impl Coordinator {
             dir,
             job: job.name.clone(),
             features: super::fingerprint(job),
+            time: super::time_settings(job),
             workers,
             interval,
             keep,
@@ -404,6 +406,7 @@ impl Coordinator {
             completed_at: crate::dlq::letter::wall_clock_seconds(),
             took_s: now.duration_since(current.started).as_secs_f64(),
             features: self.features.clone(),
+            time: self.time.clone(),
             parts,
         };
         super::write_manifest(&self.dir, &manifest).map_err(|e| crate::error_chain(&e))?;

@@ -77,6 +77,21 @@ pub fn fingerprint(job: &crate::job::Job) -> String {
     )
 }
 
+/// The time settings that decide which records are late or duplicates, as a
+/// checkpoint records them.
+pub fn time_settings(job: &crate::job::Job) -> String {
+    let time = &job.time;
+    format!(
+        "allowed_lateness {}, late_policy {}, dedup_horizon {}",
+        time.allowed_lateness,
+        serde_json::to_value(time.late_policy)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        time.dedup_horizon
+    )
+}
+
 /// Reads and verifies checkpoint `epoch`: its manifest and every part it lists.
 pub fn load(dir: &Path, epoch: u64) -> Result<Restored, CheckpointError> {
     let at = epoch_dir(dir, epoch);

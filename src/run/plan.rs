@@ -277,6 +277,14 @@ pub(super) fn prepare_checkpoints(
                 job.path.display()
             )));
         }
+        let time = crate::checkpoint::time_settings(job);
+        if !manifest.time.is_empty() && manifest.time != time {
+            return Err(refuse(format!(
+                "checkpoint {} was taken with {}; this run has {time}, which would classify records differently",
+                at.display(),
+                manifest.time
+            )));
+        }
         let names: std::collections::BTreeSet<String> = match inputs {
             Inputs::Files(partitions) => partitions.iter().map(|p| p.name.clone()).collect(),
             Inputs::Kafka { partitions, .. } => partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect(),

@@ -50,7 +50,9 @@ pub(super) fn start(worker: &mut Worker, plan: &Plan) -> Result<WorkerReport, St
             let resume = resume_of(&source.partition_names());
             for (partition, state) in resume.iter().enumerate() {
                 if let Some(state) = state {
-                    source.skip(partition, state.position).map_err(|e| chain(&e))?;
+                    source
+                        .skip(partition, state.position, state.digest)
+                        .map_err(|e| chain(&e))?;
                 }
             }
             run_worker(worker, source, None, plan, share, resume)

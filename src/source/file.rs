@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::Xxh3;
 
 use flate2::read::MultiGzDecoder;
 
@@ -94,6 +95,8 @@ struct PartitionReader {
     open: Option<Open>,
     /// Records handed out so far, over all segments.
     records: i64,
+    /// A digest of those records' bytes.
+    digest: Xxh3,
 }
 
 /// Reads file partitions.
@@ -113,6 +116,7 @@ impl FileSource {
                     next_segment: 0,
                     open: None,
                     records: 0,
+                    digest: Xxh3::new(),
                 })
                 .collect(),
             line_limit: max_event_bytes,
@@ -120,9 +124,10 @@ impl FileSource {
     }
 
     /// Reads past the first `records` records of `partition`, to resume where a
-    /// checkpoint left it. Fails when the partition has fewer: it is not the input the
-    /// checkpoint was taken over.
-    pub fn skip(&mut self, partition: usize, records: i64) -> Result<(), SourceError> {
+    /// checkpoint left it. Fails when the partition has fewer, or (given the digest
+    /// the checkpoint recorded) when they are not the records the checkpoint saw: it
+    /// is not the input the checkpoint was taken over.
+    pub fn skip(&mut self, partition: usize, records: i64, digest: Option<u64>) -> Result<(), SourceError> {
         while self.partitions[partition].records < records {
             let want = (records - self.partitions[partition].records).min(1 << 16) as usize;
             if self.read(partition, want, &mut |_| {})? == Read::Finished {
@@ -132,6 +137,15 @@ impl FileSource {
                     reader.partition.name, reader.records
                 )));
             }
+        }
+        let reader = &self.partitions[partition];
+        if let Some(expected) = digest
+            && reader.digest.digest() != expected
+        {
+            return Err(SourceError::Resume(format!(
+                "{}: its first {records} records are not those the checkpoint read (the input changed since)",
+                reader.partition.name
+            )));
         }
         Ok(())
     }
@@ -212,12 +226,20 @@ impl Source for FileSource {
             });
             count += 1;
             reader.records += 1;
+            reader.digest.update(bytes);
+            reader
+                .digest
+                .update(&oversized_len.unwrap_or(bytes.len()).to_le_bytes());
         }
         Ok(Read::Records(count))
     }
 
     fn position(&self, partition: usize) -> i64 {
         self.partitions[partition].records
+    }
+
+    fn digest(&self, partition: usize) -> Option<u64> {
+        Some(self.partitions[partition].digest.digest())
     }
 }
 

@@ -112,7 +112,7 @@ pub enum SourceError {
     #[error("archive: {0}")]
     Archive(String),
     /// A source cannot be put back where a checkpoint left it.
-    #[error("cannot resume from the checkpoint: {0}")]
+    #[error("cannot resume from the checkpoint: {0}; run with --fresh to start over")]
     Resume(String),
 }
 
@@ -133,6 +133,14 @@ pub trait Source {
     /// Where `partition` stands: the position after the last record handed out (a
     /// Kafka offset; for files, the number of records read). -1 before any record.
     fn position(&self, partition: usize) -> i64;
+
+    /// A digest of the records of `partition` handed out so far, for sources whose
+    /// records a resume reads again (files): a checkpoint keeps it, and the resume
+    /// checks that the input still starts with the same records.
+    fn digest(&self, partition: usize) -> Option<u64> {
+        let _ = partition;
+        None
+    }
 
     /// Everything before these `(partition, position)`s has durable outputs: record it
     /// (Kafka commits the offsets under the job's group). Files keep no such record.

@@ -209,6 +209,7 @@ mod tests {
             position: 7,
             max_seen: Some(12.5),
             finished: false,
+            digest: None,
         }];
         let counts = Counts {
             read: 9,

@@ -225,6 +225,7 @@ pub fn ingest<'s, S: Source + 'static>(
                     position: source.position(p),
                     max_seen,
                     finished,
+                    digest: source.digest(p),
                 }
             })
             .collect()
