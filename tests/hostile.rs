@@ -436,3 +436,72 @@ fn a_resume_refuses_other_time_settings_and_changed_inputs() {
     let summary = run_files(job, &fresh).unwrap();
     assert_eq!(summary.read, 4000);
 }
+
+/// Case 3: a run that fails leaves the previous run's outputs as they were, and no
+/// debris beside them.
+#[test]
+fn a_failed_run_leaves_the_previous_outputs_and_no_debris() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let good = log(
+        dir.path(),
+        "good.jsonl",
+        &[
+            view("u", "i", "e1", 1.0),
+            "not json".to_owned(),
+            view("v", "j", "e2", 2.0),
+        ],
+    );
+    // A gzip file cut short: the second run fails on it after reading the good file.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for i in 0..2000 {
+        writeln!(gz, "{}", view("w", "k", &format!("g{i}"), 3.0)).unwrap();
+    }
+    let bytes = gz.finish().unwrap();
+    let cut = dir.path().join("cut.jsonl.gz");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.path().join("out");
+    let run = |inputs: &[&Path]| {
+        let mut command = skewless(dir.path());
+        command.arg("run").arg(recsys()).arg("--no-progress");
+        for input in inputs {
+            command.arg("--input").arg(input);
+        }
+        for (flag, name) in [
+            ("--views-sqlite", "views.sqlite"),
+            ("--views-jsonl", "views.jsonl"),
+            ("--dlq", "dlq.jsonl"),
+            ("--summary-json", "summary.json"),
+        ] {
+            command.arg(flag).arg(out.join(name));
+        }
+        command
+            .arg("--checkpoint-dir")
+            .arg(dir.path().join("checkpoints"));
+        command
+    };
+    expect(&mut run(&[&good]), 0, &[]);
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    assert_eq!(
+        before,
+        ["dlq.jsonl", "summary.json", "views.jsonl", "views.sqlite"]
+    );
+    let contents = |names: &[String]| -> Vec<Vec<u8>> {
+        names
+            .iter()
+            .map(|n| std::fs::read(out.join(n)).unwrap())
+            .collect()
+    };
+    let saved = contents(&before);
+    expect(&mut run(&[&good, &cut]), 1, &["cut.jsonl.gz"]);
+    assert_eq!(listing(), before, "no debris");
+    assert_eq!(contents(&before), saved, "the previous outputs are as they were");
+}

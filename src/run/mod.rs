@@ -13,6 +13,7 @@ mod plan;
 pub mod progress;
 mod worker;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -94,6 +95,31 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
         }
         Inputs::Kafka { .. } => outputs::check(&job, &[], &[])?,
     }
+    // A backfill writes its files under temporary names, published when it ends: a
+    // failed run leaves the previous run's outputs as they were.
+    let aside = (!streaming).then(|| Aside::new(&mut job, process, peers));
+    let result = execute(job, inputs, options, started, &aside);
+    if let (Err(_), Some(aside)) = (&result, &aside) {
+        aside.discard();
+    }
+    result
+}
+
+/// Runs the planned job; on success publishes what was written aside.
+fn execute(
+    job: Job,
+    inputs: Inputs,
+    options: &RunOptions,
+    started: Instant,
+    aside: &Option<Aside>,
+) -> Result<Summary, RunError> {
+    let workers = options.workers;
+    let (processes, process) = match &options.cluster {
+        Some(cluster) => (cluster.addresses.len(), cluster.process),
+        None => (1, 0),
+    };
+    let peers = workers * processes;
+    let streaming = matches!(inputs, Inputs::Kafka { .. });
     let plan = Arc::new(Plan::build(job, inputs, options, workers, process)?);
     let resumed_from = plan.resumed_from;
     let progress = Progress::start(Arc::clone(&plan.records), options.progress);
@@ -192,16 +218,123 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
         summary.processes = Some(processes);
     }
     describe_outputs(&plan, &mut summary);
+    if let Some(aside) = aside {
+        aside.publish(&mut summary)?;
+    }
     if let Some(path) = &job.sinks.summary {
         crate::sinks::create_parent(path)?;
         let text = serde_json::to_string_pretty(&summary).expect("a summary serializes");
-        std::fs::write(path, text + "\n").map_err(|source| SinkError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let partial = aside_path(path);
+        std::fs::write(&partial, text + "\n")
+            .and_then(|()| std::fs::rename(&partial, path))
+            .map_err(|source| SinkError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
     }
     tracing::info!(job = %job.name, read = summary.read, seconds = summary.wall_time_s, "run finished");
     Ok(summary)
+}
+
+/// Where a backfill writes `path` until it is published: `<path>.partial`.
+fn aside_path(path: &std::path::Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// The files a backfill writes under temporary names: the SQLite views and the dead
+/// letters (`<path>.partial`) and the JSONL views (per-worker parts, merged). They
+/// replace the previous outputs only when the run ends (an interrupted run included:
+/// it says so); a failed run removes them, except dead letters a checkpoint will
+/// resume with.
+struct Aside {
+    /// `(partial, final)` for each file written aside.
+    files: Vec<(PathBuf, PathBuf)>,
+    jsonl: Option<PathBuf>,
+    peers: usize,
+    checkpoints: Option<PathBuf>,
+    dead_letters: Option<PathBuf>,
+}
+
+impl Aside {
+    /// Points the job's SQLite and dead-letter paths at their temporary names.
+    fn new(job: &mut Job, process: usize, peers: usize) -> Aside {
+        let mut files = Vec::new();
+        for path in [&mut job.sinks.views_sqlite, &mut job.sinks.dlq]
+            .into_iter()
+            .flatten()
+        {
+            let partial = aside_path(path);
+            files.push((partial.clone(), std::mem::replace(path, partial)));
+        }
+        // An interrupted run published its dead letters; a run that resumes it goes
+        // on from them (a fresh run starts the file over anyway).
+        if process == 0
+            && let Some(partial) = &job.sinks.dlq
+            && let Some((_, published)) = files.iter().find(|(p, _)| p == partial)
+            && !partial.exists()
+            && published.exists()
+        {
+            let _ = std::fs::copy(published, partial);
+        }
+        // A stale SQLite file of a failed run would be upserted into; a new run
+        // starts it afresh (its views are written at the end, from the state).
+        if process == 0
+            && let Some(sqlite) = &job.sinks.views_sqlite
+        {
+            let mut journal = sqlite.clone().into_os_string();
+            journal.push("-journal");
+            for stale in [sqlite.clone(), PathBuf::from(journal)] {
+                let _ = std::fs::remove_file(stale);
+            }
+        }
+        Aside {
+            files,
+            jsonl: job.sinks.views_jsonl.clone(),
+            peers,
+            checkpoints: job.checkpoint.dir.clone(),
+            dead_letters: job.sinks.dlq.clone(),
+        }
+    }
+
+    /// Replaces the final files with what this run wrote, and says so in `summary`.
+    fn publish(&self, summary: &mut Summary) -> Result<(), SinkError> {
+        for (partial, path) in &self.files {
+            if partial.exists() {
+                std::fs::rename(partial, path).map_err(|source| SinkError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            }
+            let (partial, path) = (partial.display().to_string(), path.display().to_string());
+            for shown in summary.outputs.values_mut().filter(|shown| **shown == partial) {
+                shown.clone_from(&path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what a failed run wrote aside. Dead letters stay when a checkpoint
+    /// holds the run's progress: the next run resumes from both.
+    fn discard(&self) {
+        let resumable = self
+            .checkpoints
+            .as_deref()
+            .is_some_and(|dir| !crate::checkpoint::epochs(dir).is_empty());
+        for (partial, _) in &self.files {
+            if resumable && Some(partial) == self.dead_letters.as_ref() {
+                continue;
+            }
+            let _ = std::fs::remove_file(partial);
+        }
+        if let Some(path) = &self.jsonl {
+            for worker in 0..self.peers {
+                let _ = std::fs::remove_file(crate::sinks::jsonl::part_path(path, worker));
+            }
+            let _ = std::fs::remove_file(path.with_extension("jsonl.tmp"));
+        }
+    }
 }
 
 /// While it lives, what is written to stdout goes to stderr.
