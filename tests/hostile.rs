@@ -505,3 +505,63 @@ fn a_failed_run_leaves_the_previous_outputs_and_no_debris() {
     assert_eq!(listing(), before, "no debris");
     assert_eq!(contents(&before), saved, "the previous outputs are as they were");
 }
+
+fn purchase(user: &str, id: &str, time: f64, price: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","event_type":"ecommerce.purchase_completed","event_version":"2.0","event_time":{time},"user_id":"{user}","payload":{{"item_id":"i-{id}","price":{price},"category":"c"}}}}"#
+    )
+}
+
+/// Case 9: a sum that would overflow is never written as null: the event that would
+/// overflow it is dead-lettered. Integers beyond 2^53 are read as the nearest double.
+#[test]
+fn numbers_that_would_overflow_are_dead_lettered_and_big_integers_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = log(
+        dir.path(),
+        "a.jsonl",
+        &[
+            purchase("u", "p1", 1.0, "1e308"),
+            purchase("u", "p2", 2.0, "1e308"),
+            purchase("v", "p3", 1.0, "9007199254740993"),
+        ],
+    );
+    let views = dir.path().join("views.jsonl");
+    let dlq = dir.path().join("dlq.jsonl");
+    let output = expect(
+        skewless(dir.path())
+            .args(["run", "--no-progress"])
+            .arg(recsys())
+            .arg("--input")
+            .arg(&input)
+            .arg("--views-jsonl")
+            .arg(&views)
+            .arg("--dlq")
+            .arg(&dlq)
+            .args(["--checkpoint-dir", ""]),
+        0,
+        &[],
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["applied"], 2, "{summary}");
+    assert_eq!(summary["dlq"]["invalid_field_type"], 1, "{summary}");
+    let letters = read_jsonl(&dlq);
+    assert_eq!(letters[0]["event"]["event_id"], "p2");
+    assert!(
+        letters[0]["failure_detail"]
+            .as_str()
+            .unwrap()
+            .contains("overflows"),
+        "{}",
+        letters[0]
+    );
+    let views = read_jsonl(&views);
+    assert_eq!(views[0]["state"]["total_spend"], 1e308, "{}", views[0]);
+    assert_eq!(views[0]["features"]["n_purchased_items"], 1);
+    // 2^53 + 1 has no double: it is read as 2^53.
+    assert_eq!(
+        views[1]["state"]["total_spend"], 9007199254740992.0,
+        "{}",
+        views[1]
+    );
+}

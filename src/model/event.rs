@@ -84,7 +84,9 @@ pub struct Event {
     pub position: Position,
     /// The values its type carries, in slot order.
     pub values: Values,
-    /// For late events only: what a dead letter needs (the record's text and origin).
+    /// What a dead letter needs (the record's text and origin), for the events the
+    /// fold may still dead-letter: late events, and events carrying a number so large
+    /// ([`HUGE_NUMBER`]) that adding it to a sum could overflow.
     pub late_record: Option<Box<LateRecord>>,
 }
 
@@ -110,7 +112,19 @@ pub fn id_key(user_hash: u64, event_id: &str) -> IdKey {
     xxhash_rust::xxh3::xxh3_128_with_seed(event_id.as_bytes(), user_hash)
 }
 
+/// Numbers above this magnitude (about 2^960) are kept with their record: only such
+/// a number can make a sum overflow (2^64 numbers below it cannot), and the fold then
+/// dead-letters the event instead of writing an infinite sum as `null`.
+pub const HUGE_NUMBER: f64 = 1e289;
+
 impl Event {
+    /// Whether the event carries a number above [`HUGE_NUMBER`] in magnitude.
+    pub fn has_huge_number(&self) -> bool {
+        self.values
+            .iter()
+            .any(|v| matches!(v, Value::Num(n) if n.abs() > HUGE_NUMBER))
+    }
+
     /// The order in which a user's events are applied: event time, then event id,
     /// then source position (which decides between copies of one id).
     pub fn apply_order(&self, other: &Event) -> std::cmp::Ordering {

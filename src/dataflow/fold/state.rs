@@ -201,12 +201,28 @@ impl Fold {
                 self.counts.duplicates += 1;
                 return;
             }
-            self.counts.applied += 1;
             if !job.features.reads(event.event_type) {
+                self.counts.applied += 1;
                 return;
             }
             let slot = self.users.slot(event.user_hash, &event.user_id, job);
             let entry = &mut self.users.entries[slot as usize];
+            if let Some(record) = &event.late_record
+                && let Some(problem) = entry.state.overflow(&job.features, event)
+            {
+                // An infinite sum would be written as null: the event is refused.
+                self.counts.dead_letter(Reason::InvalidFieldType);
+                dead.push(DeadLetter::first_attempt(
+                    &job.name,
+                    record.origin.clone(),
+                    record.text.as_bytes(),
+                    true,
+                    Reason::InvalidFieldType,
+                    problem,
+                ));
+                return;
+            }
+            self.counts.applied += 1;
             entry.state.apply(&job.features, &mut self.interner, event);
             entry.has_view = true;
             self.unflushed_since = Some(self.unflushed_since.map_or(ready_at, |t| t.min(ready_at)));

@@ -414,8 +414,10 @@ pub fn ingest<'s, S: Source + 'static>(
                                     offset: record.sequence,
                                 };
                                 let mut event = Event::accepted(event, position);
-                                if late {
-                                    event.late = true;
+                                event.late = late;
+                                // A late event may be dead-lettered by the fold, and so
+                                // may one whose numbers could make a sum overflow.
+                                if late || event.has_huge_number() {
                                     event.late_record = Some(Box::new(LateRecord {
                                         text: String::from_utf8_lossy(record.bytes.trim_ascii()).into_owned(),
                                         origin: record.origin(),

@@ -112,6 +112,25 @@ impl UserState {
         UserState { aggs }
     }
 
+    /// Why applying `event` would make a sum overflow to infinity, if it
+    /// would (only events with huge numbers can; see [`crate::model::event::HUGE_NUMBER`]).
+    pub fn overflow(&self, spec: &FeatureSpec, event: &Event) -> Option<String> {
+        for update in &spec.per_type[event.event_type as usize] {
+            let Some(FieldRef::Slot(slot)) = update.field else {
+                continue;
+            };
+            if let (Agg::Sum(sum), Value::Num(n)) = (&self.aggs[update.state], &event.values[slot])
+                && !(sum + n).is_finite()
+            {
+                return Some(format!(
+                    "adding {n} to `{}` ({sum}) overflows",
+                    spec.states[update.state].name
+                ));
+            }
+        }
+        None
+    }
+
     /// Applies one accepted event. Events must come in (event time, event id) order.
     pub fn apply(&mut self, spec: &FeatureSpec, interner: &mut Interner, event: &Event) {
         for update in &spec.per_type[event.event_type as usize] {
@@ -183,7 +202,48 @@ pub(super) fn grow(len: usize, capacity: usize, limit: usize, reserve_exact: imp
 
 #[cfg(test)]
 mod tests {
-    use super::grow;
+    use super::*;
+    use crate::model::event::{Position, Values};
+    use crate::model::features::{StateSpec, Update, render_state};
+
+    #[test]
+    fn latest_keeps_its_value_when_the_field_is_absent() {
+        let spec = FeatureSpec {
+            states: vec![StateSpec {
+                name: "last_payment".into(),
+                kind: StateKind::Latest,
+            }],
+            features: Vec::new(),
+            per_type: vec![vec![Update {
+                state: 0,
+                field: Some(FieldRef::Slot(0)),
+                weight: (1.0, 0.0),
+            }]],
+        };
+        let event = |value: Value| Event {
+            event_time: 1.0,
+            event_type: 0,
+            late: false,
+            user_id: "u".into(),
+            user_hash: 1,
+            event_id: "e".into(),
+            id_key: 1,
+            position: Position {
+                partition: 0,
+                offset: 0,
+            },
+            values: Values::from_iter([value]),
+            late_record: None,
+        };
+        let mut interner = Interner::default();
+        let mut state = UserState::new(&spec);
+        state.apply(&spec, &mut interner, &event(Value::Str("card".into())));
+        state.apply(&spec, &mut interner, &event(Value::Null));
+        assert_eq!(
+            render_state(&spec, &interner, &state),
+            r#"{"last_payment":"card"}"#
+        );
+    }
 
     #[test]
     fn grows_by_half_and_stops_at_the_limit() {
