@@ -565,3 +565,47 @@ fn numbers_that_would_overflow_are_dead_lettered_and_big_integers_round() {
         views[1]
     );
 }
+
+/// Case 7: a stop request ends a run whose read never returns (a FIFO without a
+/// writer, `/dev/zero`) within a couple of seconds, instead of never.
+#[test]
+fn a_stop_is_honoured_while_a_read_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.jsonl");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for input in [fifo.as_path(), Path::new("/dev/zero")] {
+        let mut child = skewless(dir.path())
+            .args(["run", "--no-progress"])
+            .arg(recsys())
+            .arg("--input")
+            .arg(input)
+            .args(["--checkpoint-dir", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let stopped = Instant::now();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if stopped.elapsed() > Duration::from_secs(10) {
+                child.kill().unwrap();
+                panic!("{}: SIGINT was not honoured within 10 s", input.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(130), "{}", input.display());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("the run was blocked"), "{stderr}");
+    }
+}

@@ -147,8 +147,18 @@ fn execute(
         }
         None => None,
     };
-    let guards =
-        timely::execute(config, move |worker| worker::start(worker, &worker_plan)).map_err(RunError::Engine);
+    let _watchdog = options
+        .stop
+        .as_ref()
+        .map(|stop| Watchdog::start(Arc::clone(stop), plan.blocking.clone()));
+    // Connecting to the cluster's peers waits for them, for good if they never come.
+    plan.blocking.enter(workers);
+    let guards = timely::execute(config, move |worker| {
+        worker_plan.blocking.leave(worker_plan.workers);
+        worker::start(worker, &worker_plan)
+    })
+    .map_err(RunError::Engine);
+    plan.blocking.leave(workers);
     drop(stdout);
     let guards = guards?;
 
@@ -334,6 +344,51 @@ impl Aside {
             }
             let _ = std::fs::remove_file(path.with_extension("jsonl.tmp"));
         }
+    }
+}
+
+/// After a stop request, ends the process (exit 130) when the run is stuck in a call
+/// that never returns, a read of a FIFO without a writer or of `/dev/zero`, or
+/// peers that never connect, for more than [`Watchdog::PATIENCE`]: such a run could
+/// only be killed. A run at work stops cleanly, however long its flush takes.
+struct Watchdog {
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn start(
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        blocking: crate::dataflow::ingest::Blocking,
+    ) -> Watchdog {
+        use std::sync::atomic::Ordering;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finished = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut stopped_at = None;
+            while !finished.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                if !stop.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let since = *stopped_at.get_or_insert_with(Instant::now);
+                let stuck = blocking.longest().is_some_and(|d| d >= Self::PATIENCE);
+                if stuck && since.elapsed() >= Self::PATIENCE {
+                    eprintln!(
+                        "stopped: the run was blocked (a read that does not return, or cluster peers that do not connect); exiting without a clean stop"
+                    );
+                    std::process::exit(130);
+                }
+            }
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -84,6 +84,10 @@ pub(super) struct Plan {
     pub(super) flush: FlushPolicy,
     pub(super) pacing: Pacing,
     pub(super) stop: Arc<AtomicBool>,
+    /// Where a worker (or the cluster's start, the last slot) may be blocked for good.
+    pub(super) blocking: crate::dataflow::ingest::Blocking,
+    /// Worker threads of this process.
+    pub(super) workers: usize,
     pub(super) records: Arc<AtomicU64>,
     pub(super) metrics: Option<Arc<Metrics>>,
     pub(super) checkpoint: Option<CheckpointPlan>,
@@ -199,6 +203,8 @@ impl Plan {
             flush,
             pacing,
             stop: options.stop.clone().unwrap_or_default(),
+            blocking: crate::dataflow::ingest::Blocking::new(workers + 1),
+            workers,
             records,
             metrics,
             checkpoint,

@@ -143,6 +143,7 @@ fn run_worker<S: Source + 'static>(
         max_event_time: Rc::new(Cell::new(restored_max)),
         stopped_at: Rc::new(Cell::new(None)),
         stop: Arc::clone(&plan.stop),
+        reading: (plan.blocking.clone(), index % plan.workers),
         final_positions: Rc::new(RefCell::new(None)),
         metrics: plan.metrics.clone(),
         checkpointing: Rc::clone(&checkpointing),

@@ -58,6 +58,10 @@ pub struct IngestShared {
     pub stopped_at: Rc<Cell<Option<f64>>>,
     /// Set (by a signal handler) to stop reading and finish cleanly.
     pub stop: Arc<AtomicBool>,
+    /// Marks the source's reads (in slot `reading.1`), so that a stop request can tell
+    /// a read that never returns (a FIFO without a writer, `/dev/zero`) from a worker
+    /// at work.
+    pub reading: (Blocking, usize),
     /// The positions to commit once the dataflow has finished: set when the operator
     /// stops reading, so the worker can commit after every sink has flushed.
     pub final_positions: FinalPositions,
@@ -69,6 +73,46 @@ pub struct IngestShared {
     pub restored: Vec<Option<PartitionState>>,
     /// Ingest counts carried over from a checkpoint.
     pub restored_counts: Counts,
+}
+
+/// When calls that may block for good (source reads, connecting to the cluster's
+/// peers) began, one slot per local worker (and one for the cluster's start), shared
+/// with the watchdog that ends a run stuck in one after a stop request (see `run`).
+#[derive(Debug, Clone)]
+pub struct Blocking(Arc<[AtomicU64]>);
+
+impl Blocking {
+    /// `slots` slots, none blocked.
+    pub fn new(slots: usize) -> Blocking {
+        Blocking((0..slots).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64)
+    }
+
+    /// A possibly blocking call begins in `slot`.
+    pub fn enter(&self, slot: usize) {
+        self.0[slot].store(Self::now_ms(), Ordering::Relaxed);
+    }
+
+    /// It returned.
+    pub fn leave(&self, slot: usize) {
+        self.0[slot].store(0, Ordering::Relaxed);
+    }
+
+    /// How long the longest call still going on has been, if one is.
+    pub fn longest(&self) -> Option<Duration> {
+        let now = Self::now_ms();
+        self.0
+            .iter()
+            .map(|since| since.load(Ordering::Relaxed))
+            .filter(|&since| since != 0)
+            .map(|since| Duration::from_millis(now.saturating_sub(since)))
+            .max()
+    }
 }
 
 /// What a worker's ingest tells every fold about its partitions' clocks.
@@ -448,7 +492,10 @@ pub fn ingest<'s, S: Source + 'static>(
                             }
                         }
                     };
-                    match source.read(partition, budget, &mut emit) {
+                    shared.reading.0.enter(shared.reading.1);
+                    let read = source.read(partition, budget, &mut emit);
+                    shared.reading.0.leave(shared.reading.1);
+                    match read {
                         Ok(Read::Records(n)) => {
                             budget = budget.saturating_sub(n);
                             touched.push(partition);
