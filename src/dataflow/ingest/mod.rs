@@ -15,6 +15,7 @@
 //! it left at).
 
 pub mod decode;
+mod json;
 pub mod watermark;
 
 use std::cell::{Cell, RefCell};
