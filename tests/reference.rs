@@ -3,8 +3,11 @@
 //! DESIGN.md sections 4 and 5 (no code shared with the job's engine).
 //!
 //! Logs have several partitions, out-of-order arrival inside the lateness bound, some
-//! late events, exact duplicates in the same and in other partitions, v1 and v2
-//! purchases, sessions, impressions, unknown types and ties in event time.
+//! late events, exact duplicates in the same and in other partitions, event ids reused
+//! with another time and content (by the same user and by others, inside and across
+//! the 24 h dedup horizon), v1 and v2 purchases, prices that overflow a sum, sessions,
+//! impressions, unknown types, integral times, -0.0, and ties in event time. Dead
+//! letters are compared by reason and origin where the contract decides them.
 
 mod common;
 
@@ -16,6 +19,7 @@ use serde_json::{Value, json};
 
 const T0: f64 = 1_767_225_600.0;
 const LATENESS: f64 = 5.0;
+const HORIZON: f64 = 86_400.0;
 const ITEMS: [&str; 6] = ["i1", "i2", "i3", "i4", "i5", "i6"];
 const CATEGORIES: [Option<&str>; 5] = [Some("books"), Some("toys"), Some("music"), Some("auto"), None];
 
@@ -30,6 +34,8 @@ enum Kind {
         category: usize,
         cents: u32,
         v1: bool,
+        /// A price of 1e308: a second one overflows the user's total.
+        huge: bool,
     },
     Session,
     Impression,
@@ -48,13 +54,18 @@ struct Draw {
     late_by: Option<f64>,
     /// Repeat an earlier record (by index into all records so far) instead.
     repeat: Option<prop::sample::Index>,
+    /// Take its id from a small pool instead of its own: ids reused with another time
+    /// and content, by the same user or by another.
+    shared_id: Option<u8>,
+    /// Say a whole number of seconds.
+    integral: bool,
 }
 
 fn kind() -> impl Strategy<Value = Kind> {
     prop_oneof![
         6 => (0..ITEMS.len(), 0..CATEGORIES.len()).prop_map(|(item, category)| Kind::View { item, category }),
-        3 => (0..ITEMS.len(), 0..CATEGORIES.len(), 1u32..20_000, any::<bool>())
-            .prop_map(|(item, category, cents, v1)| Kind::Purchase { item, category, cents, v1 }),
+        3 => (0..ITEMS.len(), 0..CATEGORIES.len(), 1u32..20_000, any::<bool>(), prop::bool::weighted(0.05))
+            .prop_map(|(item, category, cents, v1, huge)| Kind::Purchase { item, category, cents, v1, huge }),
         1 => Just(Kind::Session),
         1 => Just(Kind::Impression),
         1 => Just(Kind::Unknown),
@@ -65,18 +76,23 @@ fn draw() -> impl Strategy<Value = Draw> {
     (
         0u8..5,
         kind(),
-        prop_oneof![Just(0.0), Just(0.5), Just(1.0), 0.0..3.0f64],
+        // Now and then a jump of more than the dedup horizon.
+        prop_oneof![8 => Just(0.0), 8 => Just(0.5), 8 => Just(1.0), 8 => 0.0..3.0f64, 1 => Just(HORIZON + 7.0)],
         prop_oneof![3 => Just(0.0), 1 => 0.0..(LATENESS - 0.5)],
         prop::option::weighted(0.05, 0.1..60.0f64),
         prop::option::weighted(0.1, any::<prop::sample::Index>()),
+        prop::option::weighted(0.1, 0u8..3),
+        prop::bool::weighted(0.2),
     )
-        .prop_map(|(user, kind, step, jitter, late_by, repeat)| Draw {
+        .prop_map(|(user, kind, step, jitter, late_by, repeat, shared_id, integral)| Draw {
             user,
             kind,
             step,
             jitter,
             late_by,
             repeat,
+            shared_id,
+            integral,
         })
 }
 
@@ -98,8 +114,9 @@ fn render(id: usize, draw: &Draw, time: f64) -> String {
             category,
             cents,
             v1,
+            huge,
         } => {
-            let price = f64::from(*cents) / 100.0;
+            let price = if *huge { 1e308 } else { f64::from(*cents) / 100.0 };
             let mut p = json!({ "item_id": ITEMS[*item] });
             p[if *v1 { "amount" } else { "price" }] = json!(price);
             if let Some(c) = CATEGORIES[*category] {
@@ -121,8 +138,12 @@ fn render(id: usize, draw: &Draw, time: f64) -> String {
         ),
         Kind::Unknown => ("ecommerce.cart_updated", "1.0", Some(json!({}))),
     };
+    let event_id = match draw.shared_id {
+        Some(shared) => format!("s{shared}"),
+        None => format!("e{id:04}"),
+    };
     let mut event = json!({
-        "event_id": format!("e{id:04}"),
+        "event_id": event_id,
         "event_type": event_type,
         "event_version": version,
         "event_time": time,
@@ -152,7 +173,11 @@ fn layout(draws: &[(usize, Draw)], partitions: usize) -> Log {
                     Some(by) => clock[p] - LATENESS - by,
                     None => base[p] - draw.jitter,
                 };
-                let time = (time * 1000.0).round() / 1000.0;
+                let time = if draw.integral {
+                    time.round()
+                } else {
+                    (time * 1000.0).round() / 1000.0
+                };
                 clock[p] = clock[p].max(time);
                 render(id, draw, time)
             }
@@ -170,18 +195,31 @@ struct Expected {
     applied: u64,
     ignored: u64,
     not_applied: u64,
+    /// `(path, line)` of the events whose price would overflow the user's total.
+    overflowed: BTreeSet<(String, u64)>,
+    /// `(path, line)` of the late records whose (user, id) no other record has: these
+    /// are dead-lettered as late whatever order the dataflow meets records in.
+    late_letters: BTreeSet<(String, u64)>,
+    /// The (user, id) keys that occur once in the whole log.
+    unique: BTreeSet<(String, String)>,
 }
 
-/// The plain batch fold of DESIGN.md sections 4 and 5.
-fn reference(log: &Log) -> Expected {
+/// The plain batch fold of DESIGN.md sections 4 and 5, over the partitions written at
+/// `paths`.
+fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
     // Step 6 per partition: late against the partition's clock before the record.
-    let mut accepted: Vec<(Value, bool)> = Vec::new();
+    // Each accepted record keeps where it was read: (path, 1-based line, the rank of
+    // its position: partition name hash, then offset).
+    let mut accepted: Vec<(Value, bool, (String, u64), (u64, u64))> = Vec::new();
     let mut read = 0;
     let mut ignored = 0;
     let mut max_time = f64::NEG_INFINITY;
-    for partition in log {
+    let mut copies: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (partition, path) in log.iter().zip(paths) {
+        let name = path.display().to_string();
+        let hash = skewless::model::event::key_hash(&name);
         let mut clock: Option<f64> = None;
-        for line in partition {
+        for (offset, line) in partition.iter().enumerate() {
             read += 1;
             let event: Value = serde_json::from_str(line).unwrap();
             let time = event["event_time"].as_f64().unwrap();
@@ -192,33 +230,62 @@ fn reference(log: &Log) -> Expected {
                 ignored += 1;
                 continue;
             }
-            accepted.push((event, late));
+            *copies.entry(key_of(&event)).or_default() += 1;
+            accepted.push((
+                event,
+                late,
+                (name.clone(), offset as u64 + 1),
+                (hash, offset as u64),
+            ));
         }
     }
-    // Step 5: an event is applied once if any copy of it arrived on time.
-    let mut applied: BTreeMap<(String, String), Value> = BTreeMap::new();
-    for (event, late) in &accepted {
-        if !late {
-            let key = (
-                event["user_id"].as_str().unwrap().to_owned(),
-                event["event_id"].as_str().unwrap().to_owned(),
-            );
-            applied.entry(key).or_insert_with(|| event.clone());
+    let unique: BTreeSet<(String, String)> = copies
+        .into_iter()
+        .filter(|(_, n)| *n == 1)
+        .map(|(k, _)| k)
+        .collect();
+    let late_letters = accepted
+        .iter()
+        .filter(|(event, late, _, _)| *late && unique.contains(&key_of(event)))
+        .map(|(_, _, origin, _)| origin.clone())
+        .collect();
+    // Step 5: on-time records in apply order (event time, event id, position); a copy
+    // is a duplicate when the last copy of its (user, id) taken is within the horizon.
+    let mut on_time: Vec<&(Value, bool, (String, u64), (u64, u64))> =
+        accepted.iter().filter(|(_, late, _, _)| !late).collect();
+    on_time.sort_by(|a, b| {
+        let t = |e: &Value| e["event_time"].as_f64().unwrap();
+        t(&a.0)
+            .total_cmp(&t(&b.0))
+            .then_with(|| a.0["event_id"].as_str().cmp(&b.0["event_id"].as_str()))
+            .then_with(|| a.3.cmp(&b.3))
+    });
+    let mut last_taken: HashMap<(String, String), f64> = HashMap::new();
+    let mut taken: Vec<(&Value, &(String, u64))> = Vec::new();
+    for (event, _, origin, _) in on_time {
+        let time = event["event_time"].as_f64().unwrap();
+        let key = key_of(event);
+        if last_taken
+            .get(&key)
+            .is_some_and(|&last| (time - last).abs() <= HORIZON)
+        {
+            continue;
         }
+        last_taken.insert(key, time);
+        taken.push((event, origin));
     }
-    let not_applied = accepted.len() as u64 - applied.len() as u64;
-    // Section 5: each user's events in (event_time, event_id) order.
-    let mut per_user: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    for ((user, _), event) in &applied {
-        per_user.entry(user.clone()).or_default().push(event);
+    let not_applied = accepted.len() as u64 - taken.len() as u64;
+    let mut overflowed = BTreeSet::new();
+    // Section 5: each user's events in apply order (as taken above).
+    let mut per_user: BTreeMap<String, Vec<(&Value, &(String, u64))>> = BTreeMap::new();
+    for (event, origin) in &taken {
+        per_user
+            .entry(event["user_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((event, origin));
     }
     let mut views = Vec::new();
-    for (user, mut events) in per_user {
-        events.sort_by(|a, b| {
-            let t = |e: &Value| e["event_time"].as_f64().unwrap();
-            t(a).total_cmp(&t(b))
-                .then_with(|| a["event_id"].as_str().cmp(&b["event_id"].as_str()))
-        });
+    for (user, events) in per_user {
         let mut purchased = BTreeSet::new();
         let mut viewed: Vec<String> = Vec::new();
         let mut interests: HashMap<String, f64> = HashMap::new();
@@ -226,7 +293,7 @@ fn reference(log: &Log) -> Expected {
         let mut session_start: Option<f64> = None;
         let mut last_active: Option<f64> = None;
         let mut has_view = false;
-        for event in events {
+        for (event, origin) in events {
             let time = event["event_time"].as_f64().unwrap();
             let payload = &event["payload"];
             let category = payload["category"].as_str().unwrap_or("unknown").to_owned();
@@ -239,6 +306,11 @@ fn reference(log: &Log) -> Expected {
                         .unwrap()
                         .as_f64()
                         .unwrap();
+                    // A total that would overflow refuses the event (dead-lettered).
+                    if !(spend + price).is_finite() {
+                        overflowed.insert(origin.clone());
+                        continue;
+                    }
                     spend += price;
                     let old = interests.get(&category).copied().unwrap_or(0.0);
                     interests.insert(category, old * 0.9 + 1.0);
@@ -293,10 +365,20 @@ fn reference(log: &Log) -> Expected {
     Expected {
         views,
         read,
-        applied: applied.len() as u64,
+        applied: taken.len() as u64 - overflowed.len() as u64,
         ignored,
         not_applied,
+        overflowed,
+        late_letters,
+        unique,
     }
+}
+
+fn key_of(event: &Value) -> (String, String) {
+    (
+        event["user_id"].as_str().unwrap().to_owned(),
+        event["event_id"].as_str().unwrap().to_owned(),
+    )
 }
 
 fn write_log(log: &Log) -> (tempfile::TempDir, Vec<PathBuf>) {
@@ -322,8 +404,8 @@ proptest! {
         draws in prop::collection::vec((0usize..4, draw()), 1..150),
     ) {
         let log = layout(&draws, partitions);
-        let expected = reference(&log);
         let (_dir, inputs) = write_log(&log);
+        let expected = reference(&log, &inputs);
         let job = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("jobs/recsys.toml");
         for workers in [1, 2, 4] {
             let outputs = common::run_job(&job, &inputs, workers);
@@ -336,6 +418,28 @@ proptest! {
             // copy the fold meets first; either way it is not applied.
             prop_assert_eq!(s.duplicates + s.late, expected.not_applied);
             prop_assert_eq!(s.users, expected.views.len() as u64);
+            // Dead letters, by reason and origin.
+            let origins = |reason: &str, only_unique: bool| -> BTreeSet<(String, u64)> {
+                outputs
+                    .dead_letters
+                    .iter()
+                    .filter(|l| l["failure_reason"] == reason)
+                    .filter(|l| !only_unique || expected.unique.contains(&key_of(&l["event"])))
+                    .map(|l| {
+                        (
+                            l["original_topic"].as_str().unwrap().to_owned(),
+                            l["original_offset"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect()
+            };
+            prop_assert_eq!(&origins("invalid_field_type", false), &expected.overflowed);
+            prop_assert_eq!(&origins("late_event", true), &expected.late_letters);
+            prop_assert_eq!(
+                outputs.dead_letters.len() as u64,
+                s.dlq_total,
+                "every dead letter is in the file"
+            );
         }
     }
 }
