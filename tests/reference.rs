@@ -204,13 +204,17 @@ struct Expected {
     unique: BTreeSet<(String, String)>,
 }
 
+/// An accepted record: the event, whether it was late, where it was read (path,
+/// 1-based line) and the rank of that position (partition name hash, offset).
+type Accepted = (Value, bool, (String, u64), (u64, u64));
+
 /// The plain batch fold of DESIGN.md sections 4 and 5, over the partitions written at
 /// `paths`.
 fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
     // Step 6 per partition: late against the partition's clock before the record.
     // Each accepted record keeps where it was read: (path, 1-based line, the rank of
     // its position: partition name hash, then offset).
-    let mut accepted: Vec<(Value, bool, (String, u64), (u64, u64))> = Vec::new();
+    let mut accepted: Vec<Accepted> = Vec::new();
     let mut read = 0;
     let mut ignored = 0;
     let mut max_time = f64::NEG_INFINITY;
@@ -251,8 +255,7 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
         .collect();
     // Step 5: on-time records in apply order (event time, event id, position); a copy
     // is a duplicate when the last copy of its (user, id) taken is within the horizon.
-    let mut on_time: Vec<&(Value, bool, (String, u64), (u64, u64))> =
-        accepted.iter().filter(|(_, late, _, _)| !late).collect();
+    let mut on_time: Vec<&Accepted> = accepted.iter().filter(|(_, late, _, _)| !late).collect();
     on_time.sort_by(|a, b| {
         let t = |e: &Value| e["event_time"].as_f64().unwrap();
         t(&a.0)
