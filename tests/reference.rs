@@ -206,7 +206,10 @@ struct Expected {
 
 /// An accepted record: the event, whether it was late, where it was read (path,
 /// 1-based line) and the rank of that position (partition name hash, offset).
-type Accepted = (Value, bool, (String, u64), (u64, u64));
+type Accepted = (Value, bool, Origin, (u64, u64));
+
+/// Where a record was read: its file and 1-based line.
+type Origin = (String, u64);
 
 /// The plain batch fold of DESIGN.md sections 4 and 5, over the partitions written at
 /// `paths`.
@@ -264,7 +267,7 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
             .then_with(|| a.3.cmp(&b.3))
     });
     let mut last_taken: HashMap<(String, String), f64> = HashMap::new();
-    let mut taken: Vec<(&Value, &(String, u64))> = Vec::new();
+    let mut taken: Vec<(&Value, &Origin)> = Vec::new();
     for (event, _, origin, _) in on_time {
         let time = event["event_time"].as_f64().unwrap();
         let key = key_of(event);
@@ -280,7 +283,7 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
     let not_applied = accepted.len() as u64 - taken.len() as u64;
     let mut overflowed = BTreeSet::new();
     // Section 5: each user's events in apply order (as taken above).
-    let mut per_user: BTreeMap<String, Vec<(&Value, &(String, u64))>> = BTreeMap::new();
+    let mut per_user: BTreeMap<String, Vec<(&Value, &Origin)>> = BTreeMap::new();
     for (event, origin) in &taken {
         per_user
             .entry(event["user_id"].as_str().unwrap().to_owned())
