@@ -343,7 +343,13 @@ fn a_checkpoint_of_two_workers_restores_on_one_and_on_four() {
         let outs = Outs::new(dir.path().join(format!("w{workers}")));
         let copy = dir.path().join(format!("checkpoints-{workers}"));
         copy_dir(&checkpoints, &copy);
-        std::fs::copy(first.dir.join("dlq.jsonl"), outs.dir.join("dlq.jsonl")).unwrap();
+        // A backfill writes its dead letters aside until it ends: the killed run's
+        // are in the partial file, which the resume goes on with.
+        std::fs::copy(
+            first.dir.join("dlq.jsonl.partial"),
+            outs.dir.join("dlq.jsonl.partial"),
+        )
+        .unwrap();
         let output = succeed(backfill(&inputs, &outs, workers, Some(&copy)));
         assert!(resumed_from(&output).is_some());
         outs.assert_same_as(&reference);
@@ -776,7 +782,7 @@ fn two_processes_give_what_one_process_with_one_worker_gives() {
     let process = |index: usize| {
         let mut command = backfill(&inputs, &outs, 2, Some(&checkpoints));
         command
-            .args(["-n", "2", "-p", &index.to_string(), "-h"])
+            .args(["-n", "2", "-p", &index.to_string(), "-H"])
             .arg(&hostfile);
         let log = std::fs::File::create(dir.path().join(format!("process-{index}.log"))).unwrap();
         Running::spawn(command.stdout(Stdio::null()).stderr(log))

@@ -97,7 +97,7 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
     }
     // A backfill writes its files under temporary names, published when it ends: a
     // failed run leaves the previous run's outputs as they were.
-    let aside = (!streaming).then(|| Aside::new(&mut job, process, peers));
+    let aside = (!streaming).then(|| Aside::new(&mut job, process, processes, peers));
     let result = execute(job, inputs, options, started, &aside);
     if let (Err(_), Some(aside)) = (&result, &aside) {
         aside.discard();
@@ -269,7 +269,7 @@ struct Aside {
 
 impl Aside {
     /// Points the job's SQLite and dead-letter paths at their temporary names.
-    fn new(job: &mut Job, process: usize, peers: usize) -> Aside {
+    fn new(job: &mut Job, process: usize, processes: usize, peers: usize) -> Aside {
         let mut files = Vec::new();
         for path in [&mut job.sinks.views_sqlite, &mut job.sinks.dlq]
             .into_iter()
@@ -288,9 +288,10 @@ impl Aside {
         {
             let _ = std::fs::copy(published, partial);
         }
-        // A stale SQLite file of a failed run would be upserted into; a new run
-        // starts it afresh (its views are written at the end, from the state).
-        if process == 0
+        // A stale SQLite file of a killed run would be upserted into; a new run
+        // starts it afresh (its views are written at the end, from the state). The
+        // processes of a cluster share the file, and may have opened it already.
+        if processes == 1
             && let Some(sqlite) = &job.sinks.views_sqlite
         {
             let mut journal = sqlite.clone().into_os_string();
