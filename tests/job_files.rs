@@ -270,3 +270,40 @@ field = 12
     has(&problems, &file, 2, "state[0]", "missing field `name`");
     assert_eq!(problems.len(), 3, "{problems:#?}");
 }
+
+#[test]
+fn decay_weights_outside_zero_to_one_and_infinite_increments_are_refused() {
+    let (file, problems, _dir) = load_bad(
+        r#"[[events]]
+type = "shop.viewed"
+version = 1
+fields.category = { type = "string", required = true }
+
+[[events]]
+type = "shop.bought"
+version = 1
+fields.category = { type = "string", required = true }
+
+[[state]]
+name = "interests"
+agg = "decayed_score"
+group_by = "category"
+weights."shop.viewed" = { decay = 1.5, increment = 1.0 }
+weights."shop.bought" = { decay = 0.9, increment = inf }
+"#,
+    );
+    has(
+        &problems,
+        &file,
+        15,
+        "state[0].weights.\"shop.viewed\"",
+        "`decay` must be above 0 and at most 1, not 1.5",
+    );
+    has(
+        &problems,
+        &file,
+        16,
+        "state[0].weights.\"shop.bought\"",
+        "`increment` must be a finite number, not inf",
+    );
+}

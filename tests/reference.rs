@@ -305,7 +305,6 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
             let category = payload["category"].as_str().unwrap_or("unknown").to_owned();
             match event["event_type"].as_str().unwrap() {
                 "ecommerce.purchase_completed" => {
-                    purchased.insert(payload["item_id"].as_str().unwrap().to_owned());
                     let price = payload
                         .get("price")
                         .or(payload.get("amount"))
@@ -317,6 +316,7 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
                         overflowed.insert(origin.clone());
                         continue;
                     }
+                    purchased.insert(payload["item_id"].as_str().unwrap().to_owned());
                     spend += price;
                     let old = interests.get(&category).copied().unwrap_or(0.0);
                     interests.insert(category, old * 0.9 + 1.0);
