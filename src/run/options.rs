@@ -11,12 +11,7 @@ use crate::job::{Job, LatePolicy};
 use crate::kafka::settings::StartPosition;
 use crate::model::span::Span;
 
-/// Most records read per activation. A quiet stream yields what is queued, so a large
-/// bound costs no freshness; with a backlog, 4k-record batches left a third of the
-/// broker's read rate unused (scripts/bench-stream.sh). Workers run up to a few batches
-/// ahead of each other, so memory in flight grows with it: 64k-record batches held
-/// ~85 MiB more than 16k in the 5M-event backfill bench, for no measurable speed.
-pub const DEFAULT_BATCH: usize = 1 << 14;
+pub use crate::dataflow::ingest::DEFAULT_BATCH;
 
 /// Command-line choices that override the job file. The default is one worker and
 /// nothing overridden.

@@ -18,7 +18,7 @@ use super::plan::{DeadLetters, Inputs, Plan, RunEnd, WorkerReport};
 use crate::checkpoint::PartitionState;
 use crate::checkpoint::protocol::{Checkpointing, Control, Coordinator};
 use crate::dataflow::fold::{FoldContext, FoldFeatures};
-use crate::dataflow::ingest::{IngestShared, ingest};
+use crate::dataflow::ingest::{Ingest, IngestShared};
 use crate::dlq::letter::DeadLetter;
 use crate::error_chain as chain;
 use crate::kafka::source::KafkaSource;
@@ -156,8 +156,7 @@ fn run_worker<S: Source + 'static>(
     let dataflow = worker.next_dataflow_index();
     worker.dataflow::<u64, _, _>(|scope| {
         let global = ProbeHandle::new();
-        let ingested = ingest(
-            scope,
+        let ingested = scope.ingest(
             Rc::clone(&source),
             archive,
             Arc::clone(job),

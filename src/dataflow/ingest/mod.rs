@@ -43,8 +43,9 @@ use crate::sinks::archive::Archive;
 use crate::source::{Read, Record, Source, SourceError};
 use crate::summary::Counts;
 
-/// What the ingest operator shares with the rest of its worker.
-#[derive(Clone)]
+/// What the ingest operator shares with the rest of its worker. The default shares
+/// nothing with anyone: fresh counters, no metrics, no checkpoints, nothing restored.
+#[derive(Clone, Default)]
 pub struct IngestShared {
     /// The worker's counters.
     pub counts: Rc<RefCell<Counts>>,
@@ -81,6 +82,12 @@ pub struct IngestShared {
 /// with the watchdog that ends a run stuck in one after a stop request (see `run`).
 #[derive(Debug, Clone)]
 pub struct Blocking(Arc<[AtomicU64]>);
+
+impl Default for Blocking {
+    fn default() -> Blocking {
+        Blocking::new(1)
+    }
+}
 
 impl Blocking {
     /// `slots` slots, none blocked.
@@ -130,6 +137,13 @@ pub enum ClockReport {
 /// Where a worker's partitions stood when it stopped reading: `(partition, position)`.
 pub type FinalPositions = Rc<RefCell<Option<Vec<(usize, i64)>>>>;
 
+/// Most records read per activation. A quiet stream yields what is queued, so a large
+/// bound costs no freshness; with a backlog, 4k-record batches left a third of the
+/// broker's read rate unused (scripts/bench-stream.sh). Workers run up to a few batches
+/// ahead of each other, so memory in flight grows with it: 64k-record batches held
+/// ~85 MiB more than 16k in the 5M-event backfill bench, for no measurable speed.
+pub const DEFAULT_BATCH: usize = 1 << 14;
+
 /// How the ingest operator paces itself and when it stops.
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
@@ -153,6 +167,22 @@ pub struct Pacing {
     /// the request is complete, so that running again resumes exactly where this run
     /// stopped (bounded runs with checkpoints).
     pub checkpoint_on_stop: bool,
+}
+
+impl Default for Pacing {
+    /// A bounded input read in batches of 16k records, no stop but its end.
+    fn default() -> Pacing {
+        Pacing {
+            batch: DEFAULT_BATCH,
+            max_skew_ms: 60_000,
+            exit_when_idle: None,
+            commit_interval: Duration::from_secs(1),
+            idle_poll: Duration::from_millis(20),
+            stop_after: None,
+            bounded: true,
+            checkpoint_on_stop: false,
+        }
+    }
 }
 
 /// The streams the ingest operator produces.
@@ -214,12 +244,88 @@ impl Uncommitted {
     }
 }
 
-/// Builds the ingest operator over `source`. `global` is a probe of the clocks stream
-/// (whose capability moves with the events'), which shows the slowest worker's
-/// watermark; `durable` is a probe after the sinks,
-/// which shows what is durable.
+/// Reading a source into the dataflow: the first operator of every job.
+pub trait Ingest<'s> {
+    /// Builds the ingest operator over `source`: records decoded, validated, upcast and
+    /// timed against their partition's clock, out as events, dead letters and clock
+    /// reports. `global` is a probe of the clocks stream (whose capability moves with
+    /// the events'), which shows the slowest worker's watermark; `durable` is a probe
+    /// after the sinks, which shows what is durable.
+    ///
+    /// ```
+    /// use std::cell::RefCell;
+    /// use std::rc::Rc;
+    /// use std::sync::Arc;
+    /// use timely::dataflow::ProbeHandle;
+    /// use timely::dataflow::operators::capture::{Capture, Event as Captured};
+    /// use skewless::dataflow::ingest::{Ingest, IngestShared, Pacing};
+    /// use skewless::job::Job;
+    /// use skewless::source::file::{FileSource, resolve_partitions};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = dir.path().join("events.jsonl");
+    /// std::fs::write(
+    ///     &log,
+    ///     concat!(
+    ///         r#"{"event_id":"a","event_type":"session.started","event_version":"1.0","event_time":10,"user_id":"u1"}"#,
+    ///         "\n{not json\n",
+    ///     ),
+    /// )
+    /// .unwrap();
+    /// let job = Arc::new(Job::load("jobs/recsys.toml".as_ref()).unwrap());
+    /// let partitions = resolve_partitions(&[log.display().to_string()]).unwrap();
+    /// let (events, letters) = timely::example(move |scope| {
+    ///     let source = Rc::new(RefCell::new(FileSource::new(partitions, job.max_event_bytes)));
+    ///     let shared = IngestShared::default();
+    ///     let (global, durable) = (ProbeHandle::new(), ProbeHandle::new());
+    ///     let ingested = scope.ingest(source, None, job, shared, Pacing::default(), global, durable);
+    ///     (ingested.events.capture(), ingested.dead_letters.capture())
+    /// });
+    /// let data = |captured: Captured<u64, Vec<_>>| match captured {
+    ///     Captured::Messages(_time, data) => data,
+    ///     Captured::Progress(_) => Vec::new(),
+    /// };
+    /// let events: Vec<_> = events.try_iter().flat_map(data).collect();
+    /// let letters: Vec<_> = letters.try_iter().flat_map(|c| match c {
+    ///     Captured::Messages(_time, data) => data,
+    ///     Captured::Progress(_) => Vec::new(),
+    /// }).collect();
+    /// assert_eq!(events.len(), 1);
+    /// assert_eq!(events[0].user_id, "u1");
+    /// assert_eq!(letters.len(), 1);
+    /// assert_eq!(letters[0].reason.as_str(), "invalid_json");
+    /// assert_eq!(letters[0].origin.offset, 2, "the line it was read from");
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    fn ingest<S: Source + 'static>(
+        self,
+        source: Rc<RefCell<S>>,
+        archive: Option<Archive>,
+        job: Arc<Job>,
+        shared: IngestShared,
+        pacing: Pacing,
+        global: ProbeHandle<Millis>,
+        durable: ProbeHandle<Millis>,
+    ) -> Ingested<'s>;
+}
+
+impl<'s> Ingest<'s> for Scope<'s, Millis> {
+    fn ingest<S: Source + 'static>(
+        self,
+        source: Rc<RefCell<S>>,
+        archive: Option<Archive>,
+        job: Arc<Job>,
+        shared: IngestShared,
+        pacing: Pacing,
+        global: ProbeHandle<Millis>,
+        durable: ProbeHandle<Millis>,
+    ) -> Ingested<'s> {
+        build(self, source, archive, job, shared, pacing, global, durable)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-pub fn ingest<'s, S: Source + 'static>(
+fn build<'s, S: Source + 'static>(
     scope: Scope<'s, Millis>,
     source: Rc<RefCell<S>>,
     mut archive: Option<Archive>,
