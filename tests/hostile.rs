@@ -21,6 +21,22 @@ fn recsys() -> PathBuf {
     repo().join("jobs/recsys.toml")
 }
 
+/// `skewless run` of the recsys job over `input`, without checkpoints, with each
+/// `(flag, path)` output; expects exit 0 and returns the summary.
+fn run_ok(dir: &Path, input: &Path, outputs: &[(&str, &Path)]) -> Value {
+    let mut command = skewless(dir);
+    command
+        .args(["run", "--no-progress"])
+        .arg(recsys())
+        .arg("--input")
+        .arg(input)
+        .args(["--checkpoint-dir", ""]);
+    for (flag, path) in outputs {
+        command.arg(flag).arg(path);
+    }
+    serde_json::from_slice(&expect(&mut command, 0, &[]).stdout).unwrap()
+}
+
 /// Runs `command`; asserts it exits with `code` (never a panic's 101) and that its
 /// stderr says each of `says`. Returns the output.
 fn expect(command: &mut Command, code: i32, says: &[&str]) -> Output {
@@ -110,19 +126,7 @@ fn a_deeply_nested_record_leaves_the_dead_letters_readable() {
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     let input = log(dir.path(), "a.jsonl", &[view("u", "i", "e1", 1.0), deep.clone()]);
     let dlq = dir.path().join("dlq.jsonl");
-    let output = expect(
-        skewless(dir.path())
-            .args(["run", "--no-progress"])
-            .arg(recsys())
-            .arg("--input")
-            .arg(&input)
-            .arg("--dlq")
-            .arg(&dlq)
-            .args(["--checkpoint-dir", ""]),
-        0,
-        &[],
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary = run_ok(dir.path(), &input, &[("--dlq", &dlq)]);
     // It does not parse within the parser's nesting limit: invalid_json, kept raw.
     assert_eq!(summary["dlq"]["invalid_json"], 1, "{summary}");
     let letters = read_jsonl(&dlq);
@@ -528,21 +532,7 @@ fn numbers_that_would_overflow_are_dead_lettered_and_big_integers_round() {
     );
     let views = dir.path().join("views.jsonl");
     let dlq = dir.path().join("dlq.jsonl");
-    let output = expect(
-        skewless(dir.path())
-            .args(["run", "--no-progress"])
-            .arg(recsys())
-            .arg("--input")
-            .arg(&input)
-            .arg("--views-jsonl")
-            .arg(&views)
-            .arg("--dlq")
-            .arg(&dlq)
-            .args(["--checkpoint-dir", ""]),
-        0,
-        &[],
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary = run_ok(dir.path(), &input, &[("--views-jsonl", &views), ("--dlq", &dlq)]);
     assert_eq!(summary["applied"], 2, "{summary}");
     assert_eq!(summary["dlq"]["invalid_field_type"], 1, "{summary}");
     let letters = read_jsonl(&dlq);

@@ -60,6 +60,37 @@ pub enum RunError {
     },
 }
 
+/// How a run is spread out, and whether it streams.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// Worker threads of this process.
+    workers: usize,
+    /// Processes of the cluster (1 without one).
+    processes: usize,
+    /// This process.
+    process: usize,
+    /// Workers of all processes.
+    peers: usize,
+    /// The run reads Kafka (no end of input).
+    streaming: bool,
+}
+
+impl Shape {
+    fn of(options: &RunOptions, inputs: &Inputs) -> Shape {
+        let (processes, process) = match &options.cluster {
+            Some(cluster) => (cluster.addresses.len(), cluster.process),
+            None => (1, 0),
+        };
+        Shape {
+            workers: options.workers,
+            processes,
+            process,
+            peers: options.workers * processes,
+            streaming: matches!(inputs, Inputs::Kafka { .. }),
+        }
+    }
+}
+
 /// Runs `job` to the end of its input: archived files to their end, Kafka until
 /// stopped or idle.
 pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
@@ -67,13 +98,14 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
     options.check()?;
     apply_overrides(&mut job, options);
     let inputs = choose_inputs(&job, options)?;
-    let workers = options.workers;
-    let (processes, process) = match &options.cluster {
-        Some(cluster) => (cluster.addresses.len(), cluster.process),
-        None => (1, 0),
-    };
-    let peers = workers * processes;
-    let streaming = matches!(inputs, Inputs::Kafka { .. });
+    let shape = Shape::of(options, &inputs);
+    let Shape {
+        processes,
+        process,
+        peers,
+        streaming,
+        ..
+    } = shape;
     if job.sinks.archive.is_some() && !streaming {
         return Err(RunError::Options(
             "an archive sink archives Kafka topics; this run reads files".into(),
@@ -98,7 +130,7 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
     // A backfill writes its files under temporary names, published when it ends: a
     // failed run leaves the previous run's outputs as they were.
     let aside = (!streaming).then(|| Aside::new(&mut job, process, processes, peers));
-    let result = execute(job, inputs, options, started, &aside);
+    let result = execute(job, inputs, options, started, shape, &aside);
     if let (Err(_), Some(aside)) = (&result, &aside) {
         aside.discard();
     }
@@ -111,15 +143,16 @@ fn execute(
     inputs: Inputs,
     options: &RunOptions,
     started: Instant,
+    shape: Shape,
     aside: &Option<Aside>,
 ) -> Result<Summary, RunError> {
-    let workers = options.workers;
-    let (processes, process) = match &options.cluster {
-        Some(cluster) => (cluster.addresses.len(), cluster.process),
-        None => (1, 0),
-    };
-    let peers = workers * processes;
-    let streaming = matches!(inputs, Inputs::Kafka { .. });
+    let Shape {
+        workers,
+        processes,
+        process,
+        peers,
+        streaming,
+    } = shape;
     let plan = Arc::new(Plan::build(job, inputs, options, workers, process)?);
     let resumed_from = plan.resumed_from;
     let progress = Progress::start(Arc::clone(&plan.records), options.progress);
