@@ -599,3 +599,30 @@ fn a_stop_is_honoured_while_a_read_blocks() {
         assert!(stderr.contains("the run was blocked"), "{stderr}");
     }
 }
+
+/// Outputs sent to /dev/null are written there, never replaced by a rename (as root a
+/// rename would turn the device into a file).
+#[test]
+fn outputs_to_dev_null_leave_it_a_device() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let input = log(
+        dir.path(),
+        "a.jsonl",
+        &[view("u", "i", "e1", 1.0), "{".to_owned()],
+    );
+    let null = Path::new("/dev/null");
+    let summary = run_ok(
+        dir.path(),
+        &input,
+        &[
+            ("--dlq", null),
+            ("--summary-json", null),
+            ("--views-jsonl", null),
+            ("--views-sqlite", &dir.path().join("v.sqlite")),
+        ],
+    );
+    assert_eq!(summary["read"], 2);
+    assert!(std::fs::metadata(null).unwrap().file_type().is_char_device());
+    assert!(!Path::new("/dev/null.partial").exists());
+}

@@ -266,14 +266,17 @@ fn execute(
     }
     if let Some(path) = &job.sinks.summary {
         crate::sinks::create_parent(path)?;
-        let text = serde_json::to_string_pretty(&summary).expect("a summary serializes");
-        let partial = aside_path(path);
-        std::fs::write(&partial, text + "\n")
-            .and_then(|()| std::fs::rename(&partial, path))
-            .map_err(|source| SinkError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
+        let text = serde_json::to_string_pretty(&summary).expect("a summary serializes") + "\n";
+        let written = if replaceable(path) {
+            let partial = aside_path(path);
+            std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, path))
+        } else {
+            std::fs::write(path, text)
+        };
+        written.map_err(|source| SinkError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
     }
     tracing::info!(job = %job.name, read = summary.read, seconds = summary.wall_time_s, "run finished");
     Ok(summary)
@@ -284,6 +287,13 @@ fn aside_path(path: &std::path::Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     path.with_file_name(name)
+}
+
+/// Whether `path` can be written aside and renamed into place: not when it names
+/// something other than a regular file (`/dev/null`, a FIFO), which a rename would
+/// replace.
+fn replaceable(path: &std::path::Path) -> bool {
+    std::fs::metadata(path).map_or(true, |m| m.is_file())
 }
 
 /// The files a backfill writes under temporary names: the SQLite views and the dead
@@ -307,6 +317,7 @@ impl Aside {
         for path in [&mut job.sinks.views_sqlite, &mut job.sinks.dlq]
             .into_iter()
             .flatten()
+            .filter(|path| replaceable(path))
         {
             let partial = aside_path(path);
             files.push((partial.clone(), std::mem::replace(path, partial)));

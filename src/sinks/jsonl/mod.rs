@@ -91,7 +91,14 @@ pub fn merge_parts(path: &Path, workers: impl IntoIterator<Item = usize>) -> Res
             parts.push((part, BufReader::with_capacity(1 << 20, file).lines()));
         }
     }
-    let tmp = path.with_extension("jsonl.tmp");
+    // A regular file is replaced whole by a rename; anything else (/dev/null, a FIFO)
+    // is written in place, never replaced.
+    let regular = std::fs::metadata(path).map_or(true, |m| m.is_file());
+    let tmp = if regular {
+        path.with_extension("jsonl.tmp")
+    } else {
+        path.to_owned()
+    };
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_error(&tmp))?);
     let mut heads: Vec<Option<(String, String)>> = Vec::with_capacity(parts.len());
     for (part, lines) in parts.iter_mut() {
@@ -106,8 +113,12 @@ pub fn merge_parts(path: &Path, workers: impl IntoIterator<Item = usize>) -> Res
         heads[best] = next_line(lines, part)?;
     }
     out.flush().map_err(io_error(&tmp))?;
-    out.get_ref().sync_all().map_err(io_error(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_error(path))?;
+    if regular {
+        out.get_ref().sync_all().map_err(io_error(&tmp))?;
+    }
+    if regular {
+        std::fs::rename(&tmp, path).map_err(io_error(path))?;
+    }
     for (part, _) in parts {
         std::fs::remove_file(&part).map_err(io_error(&part))?;
     }
