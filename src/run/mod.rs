@@ -394,8 +394,9 @@ impl Aside {
 
 /// After a stop request, ends the process (exit 130) when the run is stuck in a call
 /// that never returns, a read of a FIFO without a writer or of `/dev/zero`, or
-/// peers that never connect, for more than [`Watchdog::PATIENCE`]: such a run could
-/// only be killed. A run at work stops cleanly, however long its flush takes.
+/// peers that never connect, for more than [`Watchdog::PATIENCE`] without progress
+/// (a read that hands out records marks its progress): such a run could only be
+/// killed. A run at work stops cleanly, however long its flush takes.
 struct Watchdog {
     done: Arc<std::sync::atomic::AtomicBool>,
 }

@@ -101,7 +101,7 @@ impl Blocking {
             .map_or(1, |d| d.as_millis() as u64)
     }
 
-    /// A possibly blocking call begins in `slot`.
+    /// A possibly blocking call begins in `slot`, or (called again) has made progress.
     pub fn enter(&self, slot: usize) {
         self.0[slot].store(Self::now_ms(), Ordering::Relaxed);
     }
@@ -531,6 +531,12 @@ fn build<'s, S: Source + 'static>(
                     }
                     let mut emit = |record: Record<'_>| {
                         counts.read += 1;
+                        // A read that hands out records is at work, not stuck: the
+                        // mark says when the last records came (decoding them under
+                        // load may take longer than the watchdog's patience).
+                        if counts.read % 1024 == 0 {
+                            shared.reading.0.enter(shared.reading.1);
+                        }
                         let archived = archive
                             .as_mut()
                             .map(|a| a.append(partition, record.offset, record.bytes, now));
