@@ -6,14 +6,15 @@
 //! fold and the view sinks going to the dead-letter sink, and a probe after that sink
 //! telling the ingest operator which source positions are safe to commit.
 
+mod aside;
 pub mod control;
 pub mod options;
 mod outputs;
 mod plan;
 pub mod progress;
+mod watchdog;
 mod worker;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,8 +25,10 @@ use crate::sinks::SinkError;
 use crate::sinks::jsonl::merge_parts;
 use crate::source::SourceError;
 use crate::summary::{Counts, Summary};
+use aside::{Aside, aside_path, replaceable};
 pub use options::{Cluster, DEFAULT_BATCH, RunOptions, apply_overrides};
 use plan::{Inputs, Plan, choose_inputs, describe_outputs};
+use watchdog::Watchdog;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -280,162 +283,6 @@ fn execute(
     }
     tracing::info!(job = %job.name, read = summary.read, seconds = summary.wall_time_s, "run finished");
     Ok(summary)
-}
-
-/// Where a backfill writes `path` until it is published: `<path>.partial`.
-fn aside_path(path: &std::path::Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    path.with_file_name(name)
-}
-
-/// Whether `path` can be written aside and renamed into place: not when it names
-/// something other than a regular file (`/dev/null`, a FIFO), which a rename would
-/// replace.
-fn replaceable(path: &std::path::Path) -> bool {
-    std::fs::metadata(path).map_or(true, |m| m.is_file())
-}
-
-/// The files a backfill writes under temporary names: the SQLite views and the dead
-/// letters (`<path>.partial`) and the JSONL views (per-worker parts, merged). They
-/// replace the previous outputs only when the run ends (an interrupted run included:
-/// it says so); a failed run removes them, except dead letters a checkpoint will
-/// resume with.
-struct Aside {
-    /// `(partial, final)` for each file written aside.
-    files: Vec<(PathBuf, PathBuf)>,
-    jsonl: Option<PathBuf>,
-    peers: usize,
-    checkpoints: Option<PathBuf>,
-    dead_letters: Option<PathBuf>,
-}
-
-impl Aside {
-    /// Points the job's SQLite and dead-letter paths at their temporary names.
-    fn new(job: &mut Job, process: usize, processes: usize, peers: usize) -> Aside {
-        let mut files = Vec::new();
-        for path in [&mut job.sinks.views_sqlite, &mut job.sinks.dlq]
-            .into_iter()
-            .flatten()
-            .filter(|path| replaceable(path))
-        {
-            let partial = aside_path(path);
-            files.push((partial.clone(), std::mem::replace(path, partial)));
-        }
-        // An interrupted run published its dead letters; a run that resumes it goes
-        // on from them (a fresh run starts the file over anyway).
-        if process == 0
-            && let Some(partial) = &job.sinks.dlq
-            && let Some((_, published)) = files.iter().find(|(p, _)| p == partial)
-            && !partial.exists()
-            && published.exists()
-        {
-            let _ = std::fs::copy(published, partial);
-        }
-        // A stale SQLite file of a killed run would be upserted into; a new run
-        // starts it afresh (its views are written at the end, from the state). The
-        // processes of a cluster share the file, and may have opened it already.
-        if processes == 1
-            && let Some(sqlite) = &job.sinks.views_sqlite
-        {
-            let mut journal = sqlite.clone().into_os_string();
-            journal.push("-journal");
-            for stale in [sqlite.clone(), PathBuf::from(journal)] {
-                let _ = std::fs::remove_file(stale);
-            }
-        }
-        Aside {
-            files,
-            jsonl: job.sinks.views_jsonl.clone(),
-            peers,
-            checkpoints: job.checkpoint.dir.clone(),
-            dead_letters: job.sinks.dlq.clone(),
-        }
-    }
-
-    /// Replaces the final files with what this run wrote, and says so in `summary`.
-    fn publish(&self, summary: &mut Summary) -> Result<(), SinkError> {
-        for (partial, path) in &self.files {
-            if partial.exists() {
-                std::fs::rename(partial, path).map_err(|source| SinkError::Io {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            }
-            let (partial, path) = (partial.display().to_string(), path.display().to_string());
-            for shown in summary.outputs.values_mut().filter(|shown| **shown == partial) {
-                shown.clone_from(&path);
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes what a failed run wrote aside. Dead letters stay when a checkpoint
-    /// holds the run's progress: the next run resumes from both.
-    fn discard(&self) {
-        let resumable = self
-            .checkpoints
-            .as_deref()
-            .is_some_and(|dir| !crate::checkpoint::epochs(dir).is_empty());
-        for (partial, _) in &self.files {
-            if resumable && Some(partial) == self.dead_letters.as_ref() {
-                continue;
-            }
-            let _ = std::fs::remove_file(partial);
-        }
-        if let Some(path) = &self.jsonl {
-            for worker in 0..self.peers {
-                let _ = std::fs::remove_file(crate::sinks::jsonl::part_path(path, worker));
-            }
-            let _ = std::fs::remove_file(path.with_extension("jsonl.tmp"));
-        }
-    }
-}
-
-/// After a stop request, ends the process (exit 130) when the run is stuck in a call
-/// that never returns, a read of a FIFO without a writer or of `/dev/zero`, or
-/// peers that never connect, for more than [`Watchdog::PATIENCE`] without progress
-/// (a read that hands out records marks its progress): such a run could only be
-/// killed. A run at work stops cleanly, however long its flush takes.
-struct Watchdog {
-    done: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Watchdog {
-    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
-
-    fn start(
-        stop: Arc<std::sync::atomic::AtomicBool>,
-        blocking: crate::dataflow::ingest::Blocking,
-    ) -> Watchdog {
-        use std::sync::atomic::Ordering;
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let finished = Arc::clone(&done);
-        std::thread::spawn(move || {
-            let mut stopped_at = None;
-            while !finished.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                if !stop.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let since = *stopped_at.get_or_insert_with(Instant::now);
-                let stuck = blocking.longest().is_some_and(|d| d >= Self::PATIENCE);
-                if stuck && since.elapsed() >= Self::PATIENCE {
-                    eprintln!(
-                        "stopped: the run was blocked (a read that does not return, or cluster peers that do not connect); exiting without a clean stop"
-                    );
-                    std::process::exit(130);
-                }
-            }
-        });
-        Watchdog { done }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// While it lives, what is written to stdout goes to stderr.
