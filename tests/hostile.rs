@@ -597,6 +597,17 @@ fn a_stop_is_honoured_while_a_read_blocks() {
         let mut stderr = String::new();
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
         assert!(stderr.contains("the run was blocked"), "{stderr}");
+        // What it had written aside is gone, as after any failed run.
+        let out = dir.path().join("out/recsys");
+        let debris: Vec<_> = std::fs::read_dir(&out)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.contains(".partial"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(debris.is_empty(), "{}: {debris:?}", input.display());
     }
 }
 

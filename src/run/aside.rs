@@ -26,6 +26,7 @@ pub(super) fn replaceable(path: &std::path::Path) -> bool {
 /// replace the previous outputs only when the run ends (an interrupted run included:
 /// it says so); a failed run removes them, except dead letters a checkpoint will
 /// resume with.
+#[derive(Debug, Clone)]
 pub(super) struct Aside {
     /// `(partial, final)` for each file written aside.
     files: Vec<(PathBuf, PathBuf)>,
@@ -63,9 +64,7 @@ impl Aside {
         if processes == 1
             && let Some(sqlite) = &job.sinks.views_sqlite
         {
-            let mut journal = sqlite.clone().into_os_string();
-            journal.push("-journal");
-            for stale in [sqlite.clone(), PathBuf::from(journal)] {
+            for stale in [sqlite.clone(), journal_of(sqlite)] {
                 let _ = std::fs::remove_file(stale);
             }
         }
@@ -107,6 +106,7 @@ impl Aside {
                 continue;
             }
             let _ = std::fs::remove_file(partial);
+            let _ = std::fs::remove_file(journal_of(partial));
         }
         if let Some(path) = &self.jsonl {
             for worker in 0..self.peers {
@@ -115,4 +115,11 @@ impl Aside {
             let _ = std::fs::remove_file(path.with_extension("jsonl.tmp"));
         }
     }
+}
+
+/// SQLite's rollback journal beside a database file.
+fn journal_of(database: &std::path::Path) -> PathBuf {
+    let mut journal = database.to_owned().into_os_string();
+    journal.push("-journal");
+    PathBuf::from(journal)
 }

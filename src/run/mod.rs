@@ -186,7 +186,7 @@ fn execute(
     let _watchdog = options
         .stop
         .as_ref()
-        .map(|stop| Watchdog::start(Arc::clone(stop), plan.blocking.clone()));
+        .map(|stop| Watchdog::start(Arc::clone(stop), plan.blocking.clone(), aside.clone()));
     // Connecting to the cluster's peers waits for them, for good if they never come.
     plan.blocking.enter(workers);
     let guards = timely::execute(config, move |worker| {

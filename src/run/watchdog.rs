@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::aside::Aside;
 use crate::dataflow::ingest::Blocking;
 
 /// After a stop request, ends the process (exit 130) when the run is stuck in a call
@@ -19,7 +20,9 @@ pub(super) struct Watchdog {
 impl Watchdog {
     const PATIENCE: Duration = Duration::from_secs(1);
 
-    pub(super) fn start(stop: Arc<AtomicBool>, blocking: Blocking) -> Watchdog {
+    /// Watches `stop` and `blocking`; before it ends a stuck run it removes what the
+    /// run wrote aside (`cleanup`), as a failed run does.
+    pub(super) fn start(stop: Arc<AtomicBool>, blocking: Blocking, cleanup: Option<Aside>) -> Watchdog {
         let done = Arc::new(AtomicBool::new(false));
         let finished = Arc::clone(&done);
         std::thread::spawn(move || {
@@ -35,6 +38,9 @@ impl Watchdog {
                     eprintln!(
                         "stopped: the run was blocked (a read that does not return, or cluster peers that do not connect); exiting without a clean stop"
                     );
+                    if let Some(aside) = &cleanup {
+                        aside.discard();
+                    }
                     std::process::exit(130);
                 }
             }
