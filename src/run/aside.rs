@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::job::Job;
-use crate::sinks::SinkError;
+use crate::sinks::{SinkError, replaceable};
 use crate::summary::Summary;
 
 /// Where a backfill writes `path` until it is published: `<path>.partial`.
@@ -12,13 +12,6 @@ pub(super) fn aside_path(path: &std::path::Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     path.with_file_name(name)
-}
-
-/// Whether `path` can be written aside and renamed into place: not when it names
-/// something other than a regular file (`/dev/null`, a FIFO), which a rename would
-/// replace.
-pub(super) fn replaceable(path: &std::path::Path) -> bool {
-    std::fs::metadata(path).map_or(true, |m| m.is_file())
 }
 
 /// The files a backfill writes under temporary names: the SQLite views and the dead

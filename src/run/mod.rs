@@ -25,7 +25,7 @@ use crate::sinks::SinkError;
 use crate::sinks::jsonl::merge_parts;
 use crate::source::SourceError;
 use crate::summary::{Counts, Summary};
-use aside::{Aside, aside_path, replaceable};
+use aside::{Aside, aside_path};
 pub use options::{Cluster, DEFAULT_BATCH, RunOptions, apply_overrides};
 use plan::{Inputs, Plan, choose_inputs, describe_outputs};
 use watchdog::Watchdog;
@@ -270,7 +270,7 @@ fn execute(
     if let Some(path) = &job.sinks.summary {
         crate::sinks::create_parent(path)?;
         let text = serde_json::to_string_pretty(&summary).expect("a summary serializes") + "\n";
-        let written = if replaceable(path) {
+        let written = if crate::sinks::replaceable(path) {
             let partial = aside_path(path);
             std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, path))
         } else {

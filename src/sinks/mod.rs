@@ -337,6 +337,13 @@ impl<'s> WriteDeadLetters<'s> for Stream<'s, Millis, Vec<DeadLetter>> {
     }
 }
 
+/// Whether an output at `path` may be written under another name and renamed into
+/// place: not when it names something other than a regular file (`/dev/null`, a
+/// FIFO), which a rename would replace; such outputs are written in place.
+pub fn replaceable(path: &std::path::Path) -> bool {
+    std::fs::metadata(path).map_or(true, |m| m.is_file())
+}
+
 /// Creates the parent directory of an output file.
 pub fn create_parent(path: &std::path::Path) -> Result<(), SinkError> {
     match path.parent() {

@@ -11,7 +11,7 @@ use crate::dataflow::batch::Pooled;
 use crate::dataflow::fold::dedup::SeenIds;
 use crate::dlq::letter::{DeadLetter, Reason};
 use crate::job::{Job, LatePolicy};
-use crate::model::event::{Event, Millis, to_millis};
+use crate::model::event::{Event, LateRecord, Millis, to_millis};
 use crate::model::features::{Interner, UserState, render_features, render_state};
 use crate::model::view::ViewRecord;
 use crate::summary::Counts;
@@ -211,15 +211,7 @@ impl Fold {
                 && let Some(problem) = entry.state.overflow(&job.features, event)
             {
                 // An infinite sum would be written as null: the event is refused.
-                self.counts.dead_letter(Reason::InvalidFieldType);
-                dead.push(DeadLetter::first_attempt(
-                    &job.name,
-                    record.origin.clone(),
-                    record.text.as_bytes(),
-                    true,
-                    Reason::InvalidFieldType,
-                    problem,
-                ));
+                dead.push(self.refuse(job, record, Reason::InvalidFieldType, problem));
                 return;
             }
             self.counts.applied += 1;
@@ -247,24 +239,31 @@ impl Fold {
         match job.time.late_policy {
             LatePolicy::Drop => self.counts.late_dropped += 1,
             LatePolicy::Dlq => {
-                self.counts.dead_letter(Reason::LateEvent);
                 let record = event
                     .late_record
                     .as_ref()
                     .expect("late events carry their record");
-                dead.push(DeadLetter::first_attempt(
-                    &job.name,
-                    record.origin.clone(),
-                    record.text.as_bytes(),
-                    true,
-                    Reason::LateEvent,
-                    format!(
-                        "event_time {} is more than allowed_lateness ({}) behind its partition's clock or the watermark",
-                        event.event_time, job.time.allowed_lateness
-                    ),
-                ));
+                let detail = format!(
+                    "event_time {} is more than allowed_lateness ({}) behind its partition's clock or the watermark",
+                    event.event_time, job.time.allowed_lateness
+                );
+                dead.push(self.refuse(job, record, Reason::LateEvent, detail));
             }
         }
+    }
+
+    /// Counts a dead letter for an event the fold refuses, and writes it from the
+    /// record the event kept for that.
+    fn refuse(&mut self, job: &Job, record: &LateRecord, reason: Reason, detail: String) -> DeadLetter {
+        self.counts.dead_letter(reason);
+        DeadLetter::first_attempt(
+            &job.name,
+            record.origin.clone(),
+            record.text.as_bytes(),
+            true,
+            reason,
+            detail,
+        )
     }
 
     pub(super) fn render(&self, index: u32, as_of: f64, changed: bool, snapshot: bool) -> ViewRecord {

@@ -91,9 +91,7 @@ pub fn merge_parts(path: &Path, workers: impl IntoIterator<Item = usize>) -> Res
             parts.push((part, BufReader::with_capacity(1 << 20, file).lines()));
         }
     }
-    // A regular file is replaced whole by a rename; anything else (/dev/null, a FIFO)
-    // is written in place, never replaced.
-    let regular = std::fs::metadata(path).map_or(true, |m| m.is_file());
+    let regular = super::replaceable(path);
     let tmp = if regular {
         path.with_extension("jsonl.tmp")
     } else {
