@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod run;
 pub mod sinks;
+pub mod skew;
 pub mod source;
 pub mod summary;
 pub mod synthetic;

@@ -1,5 +1,6 @@
 //! The `skewless` command: run a job, check job files, generate synthetic logs,
-//! publish logs, operate dead-letter queues and checkpoints, measure lag. Each
+//! publish logs, operate dead-letter queues and checkpoints, measure lag and serving
+//! skew. Each
 //! subcommand lives in its own file under `cli/`.
 
 mod cli;
@@ -49,6 +50,9 @@ enum Command {
     },
     /// Show a job's consumer lag per partition; exit 1 when over its lag tolerance.
     Lag(cli::lag::LagArgs),
+    /// Report how far the features the server used were from a replay's; exit 1 over
+    /// the job's thresholds.
+    Skew(cli::skew::SkewArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Dlq { command } => cli::dlq::main(command),
         Command::Checkpoint { command } => cli::checkpoint::main(command),
         Command::Lag(args) => cli::lag::main(args),
+        Command::Skew(args) => cli::skew::main(args),
     };
     match outcome {
         Ok(code) => code,

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::dlq::letter::Reason;
@@ -24,6 +25,7 @@ pub struct Metrics {
     watermark_lag: IntGaugeVec,
     consumer_lag: IntGaugeVec,
     sink_write: HistogramVec,
+    skew: GaugeVec,
 }
 
 impl Metrics {
@@ -76,6 +78,14 @@ impl Metrics {
             &["sink"],
         )
         .expect("valid metric");
+        let skew = GaugeVec::new(
+            Opts::new(
+                "skewless_skew_mismatch_rate",
+                "Share of served feature values that differ from the replay's (spine events with a snapshot)",
+            ),
+            &["feature"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(records.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(dead_letters.clone()),
@@ -83,6 +93,7 @@ impl Metrics {
             Box::new(watermark_lag.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(sink_write.clone()),
+            Box::new(skew.clone()),
         ] {
             registry.register(collector).expect("registered once");
         }
@@ -105,7 +116,13 @@ impl Metrics {
             watermark_lag,
             consumer_lag,
             sink_write,
+            skew,
         }
+    }
+
+    /// Sets a feature's serving-skew mismatch rate.
+    pub fn skew_mismatch_rate(&self, feature: &str, rate: f64) {
+        self.skew.with_label_values(&[feature]).set(rate);
     }
 
     /// Adds a batch of outcome counts.

@@ -132,6 +132,15 @@ pub struct Summary {
     /// only their own workers' counts (process 0's holds the run's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<usize>,
+    /// Training rows the export wrote (DESIGN.md section 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_rows: Option<u64>,
+    /// Features whose serving-skew mismatch rate is over their threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_failed: Option<Vec<String>>,
+    /// The serving-skew report, for the table the command line prints.
+    #[serde(skip)]
+    pub skew: Option<crate::skew::Report>,
 }
 
 impl Summary {
@@ -173,6 +182,9 @@ impl Summary {
             resumed_from_checkpoint: None,
             processes: None,
             process: None,
+            training_rows: None,
+            skew_failed: None,
+            skew: None,
         }
     }
 }

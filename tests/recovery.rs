@@ -105,6 +105,7 @@ fn synthetic(dir: &Path, events: u64, users: u64, seed: u64) -> Vec<PathBuf> {
         unknown: 0.01,
         seed,
         gzip: true,
+        ..GenOptions::default()
     })
     .unwrap();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&out)

@@ -15,7 +15,7 @@ use crate::summary::Counts;
 
 /// The first bytes of a part file (format version 3: partitions carry a digest of the
 /// records read).
-pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP3";
+pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP4";
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";
 
@@ -92,6 +92,8 @@ pub struct FoldSnapshot {
     pub pending: Vec<(Millis, Event)>,
     /// The largest partition clock reported.
     pub max_clock: Option<f64>,
+    /// Training rows whose label windows were open at the cut.
+    pub open_rows: Vec<crate::model::training::OpenRow>,
 }
 
 /// One worker's part of a checkpoint.

@@ -59,6 +59,12 @@ impl Restored {
                     .cloned()
                     .collect(),
                 max_clock: fold.max_clock,
+                open_rows: fold
+                    .open_rows
+                    .iter()
+                    .filter(|r| mine(crate::model::event::key_hash(&r.user_id)))
+                    .cloned()
+                    .collect(),
             });
             if worker == 0 {
                 share.ingest_counts.merge(&part.ingest_counts);
@@ -70,11 +76,24 @@ impl Restored {
 }
 
 /// A fingerprint of what shapes a job's state: its state and feature declarations.
+/// A job with a training export adds what shapes its open rows (spine, labels, carried
+/// fields), which a checkpoint holds too.
 pub fn fingerprint(job: &crate::job::Job) -> String {
-    format!(
-        "{:016x}",
-        xxhash_rust::xxh3::xxh3_64(format!("{:?}", job.features).as_bytes())
-    )
+    let mut shape = format!("{:?}", job.features);
+    if let Some(export) = &job.export {
+        shape.push_str(&format!(
+            "{:?}",
+            (
+                export.spine,
+                export.row_id,
+                export.explode,
+                &export.carry,
+                export.snapshot,
+                &export.labels
+            )
+        ));
+    }
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(shape.as_bytes()))
 }
 
 /// The time settings that decide which records are late or duplicates, as a

@@ -58,6 +58,21 @@ pub struct GenArgs {
     /// Write plain .jsonl instead of .jsonl.gz.
     #[arg(long)]
     pub no_gzip: bool,
+    /// Chance that a shown item is viewed within about half an hour.
+    #[arg(long, default_value_t = 0.1)]
+    pub ctr: f64,
+    /// Chance that a shown item is bought within about a day.
+    #[arg(long, default_value_t = 0.02)]
+    pub purchase_rate: f64,
+    /// The least lag of the simulated feature store behind the events.
+    #[arg(long, default_value = "500ms")]
+    pub serving_lag_min: Span,
+    /// The most lag of the simulated feature store.
+    #[arg(long, default_value = "45s")]
+    pub serving_lag_max: Span,
+    /// Chance that a served snapshot holds one wrong value.
+    #[arg(long, default_value_t = 0.01)]
+    pub wrong_values: f64,
 }
 
 /// Runs the command.
@@ -79,6 +94,13 @@ pub fn main(args: GenArgs) -> anyhow::Result<ExitCode> {
         unknown: args.unknown,
         seed: args.seed,
         gzip: !args.no_gzip,
+        ctr: args.ctr,
+        purchase_rate: args.purchase_rate,
+        serving_lag: (
+            args.serving_lag_min.as_secs_f64(),
+            args.serving_lag_max.as_secs_f64(),
+        ),
+        wrong_values: args.wrong_values,
     };
     let report = generate(&options)?;
     eprintln!(

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod lag;
 pub mod produce;
 pub mod run;
+pub mod skew;
 pub mod validate;
 
 use std::path::PathBuf;

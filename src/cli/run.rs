@@ -12,7 +12,7 @@ use clap::Args;
 use skewless::job::{Job, LatePolicy};
 use skewless::kafka::settings::StartPosition;
 use skewless::model::span::Span;
-use skewless::run::{Cluster, RunOptions, run};
+use skewless::run::{Cluster, ExportMode, RunOptions, run};
 use skewless::summary::Summary;
 
 use super::any_path;
@@ -93,6 +93,9 @@ pub struct RunArgs {
     /// 127.0.0.1:2102, ...).
     #[arg(long, short = 'H')]
     pub hostfile: Option<PathBuf>,
+    /// Leave out the job's training export (`[export]`).
+    #[arg(long)]
+    pub no_export: bool,
 }
 
 /// A flag that SIGINT and SIGTERM set: the run stops consuming, flushes its sinks,
@@ -109,7 +112,37 @@ fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
 /// Runs the command.
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let job = Job::load(&args.job)?;
-    let options = RunOptions {
+    let options = options(args)?;
+    let summary = run(job, &options).context("run failed")?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if std::io::stderr().is_terminal() {
+        eprint!("{}", human_summary(&summary));
+    }
+    if let Some(report) = &summary.skew {
+        eprint!("{}", report.table());
+        if !report.failed.is_empty() {
+            eprintln!(
+                "serving skew over its threshold: {} (`skewless skew` exits 1 on this)",
+                report.failed.join(", ")
+            );
+        }
+    }
+    for (name, path) in &summary.outputs {
+        eprintln!("{name}: {path}");
+    }
+    if summary.interrupted {
+        eprintln!(
+            "interrupted before the end of the input (watermark {}); run the same command again to resume",
+            summary.watermark.map_or("-".to_owned(), |w| format!("{w}"))
+        );
+        return Ok(ExitCode::from(INTERRUPTED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run options the flags ask for.
+pub fn options(args: RunArgs) -> anyhow::Result<RunOptions> {
+    Ok(RunOptions {
         inputs: args.inputs,
         workers: args.workers,
         views_sqlite: args.views_sqlite,
@@ -141,23 +174,12 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
             None
         },
         stop_after: None,
-    };
-    let summary = run(job, &options).context("run failed")?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    if std::io::stderr().is_terminal() {
-        eprint!("{}", human_summary(&summary));
-    }
-    for (name, path) in &summary.outputs {
-        eprintln!("{name}: {path}");
-    }
-    if summary.interrupted {
-        eprintln!(
-            "interrupted before the end of the input (watermark {}); run the same command again to resume",
-            summary.watermark.map_or("-".to_owned(), |w| format!("{w}"))
-        );
-        return Ok(ExitCode::from(INTERRUPTED));
-    }
-    Ok(ExitCode::SUCCESS)
+        export: if args.no_export {
+            ExportMode::Off
+        } else {
+            ExportMode::AsJob
+        },
+    })
 }
 
 /// The exit status of a run over files stopped before the end of its input.

@@ -233,3 +233,76 @@ pub struct FeatureDecl {
     /// `top_k`: how many pairs.
     pub k: Option<Spanned<usize>>,
 }
+
+/// A file format the training export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    /// Parquet (zstd), Hive-partitioned by date under `dir`.
+    Parquet,
+    /// One JSON object per row, sorted, at `jsonl`.
+    Jsonl,
+}
+
+/// `[export]`: training examples, one per spine event (or per element of its
+/// exploded list), with the features as they were at that event (DESIGN.md section
+/// 10). A file that `extends` another replaces this section as a whole.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSection {
+    /// The spine event type. Default: `recommendation.items_shown`.
+    pub spine: Option<Spanned<String>>,
+    /// The spine payload field that is the row id. Default: `impression_id`.
+    pub row_id: Option<Spanned<String>>,
+    /// A string-list field of the spine: one row per element (`position`, `item_id`).
+    pub explode: Option<Spanned<String>>,
+    /// Spine payload fields written as columns (`model_version`).
+    pub carry: Option<Vec<Spanned<String>>>,
+    /// The object field holding the features the server used. Default:
+    /// `features_snapshot` when the spine type has it; `""` turns it off.
+    pub snapshot: Option<Spanned<String>>,
+    /// Where the Parquet dataset is written. Default: `out/<job>/training`.
+    pub dir: Option<String>,
+    /// Which formats: `parquet` and/or `jsonl`. Default: `["parquet"]`.
+    pub formats: Option<Spanned<Vec<ExportFormat>>>,
+    /// The JSONL form's path. Default: `<dir>.jsonl`.
+    pub jsonl: Option<String>,
+    /// Leave out rows whose label windows had not closed when a bounded input ended.
+    /// Default: false (they are written with `labels_complete` false).
+    pub complete_only: Option<bool>,
+}
+
+/// `[[labels]]`: what happened after a spine event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelDecl {
+    /// The label's name; its column is `label_<name>`.
+    pub name: Spanned<String>,
+    /// The outcome event types.
+    pub on: Spanned<Vec<Spanned<String>>>,
+    /// How long after the spine event an outcome counts.
+    pub window: Spanned<Span>,
+    /// An outcome payload field that must equal the row's `item_id`.
+    #[serde(rename = "match")]
+    pub matches: Option<Spanned<String>>,
+    /// What it computes.
+    #[serde(rename = "fn")]
+    pub func: crate::model::training::LabelFn,
+    /// `sum`: the number field added up.
+    pub field: Option<Spanned<String>>,
+}
+
+/// `[skew]`: the serving-skew report and its gate. A file that `extends` another
+/// replaces this section as a whole.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkewSection {
+    /// Above this overall mismatch rate `skewless skew` exits 1.
+    pub max_mismatch_rate: Option<Spanned<f64>>,
+    /// Per-feature thresholds.
+    pub per_feature: Option<BTreeMap<Spanned<String>, Spanned<f64>>>,
+    /// The JSON report. Default: `out/<job>/skew.json`.
+    pub report: Option<String>,
+    /// The HTML report. Default: `out/<job>/skew.html`.
+    pub html: Option<String>,
+}

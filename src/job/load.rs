@@ -11,8 +11,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::file::{
-    ArchiveSection, CheckpointSection, EventDecl, FeatureDecl, JobSection, KafkaSection, LimitsSection,
-    RedisSection, SinksSection, SourceSection, StateDecl, TimeSection,
+    ArchiveSection, CheckpointSection, EventDecl, ExportSection, FeatureDecl, JobSection, KafkaSection,
+    LabelDecl, LimitsSection, RedisSection, SinksSection, SkewSection, SourceSection, StateDecl, TimeSection,
 };
 use super::{JobError, Located, Problems, SourceFile, locate};
 
@@ -31,6 +31,9 @@ pub(super) struct Layer {
     pub(super) events: Option<Vec<EventDecl>>,
     pub(super) state: Option<Vec<StateDecl>>,
     pub(super) features: Option<Vec<FeatureDecl>>,
+    pub(super) export: Option<ExportSection>,
+    pub(super) labels: Option<Vec<LabelDecl>>,
+    pub(super) skew: Option<SkewSection>,
 }
 
 /// Every section of a job, merged over its `extends` chain.
@@ -44,6 +47,9 @@ pub(super) struct Merged {
     pub(super) events: Option<Located<Vec<EventDecl>>>,
     pub(super) state: Option<Located<Vec<StateDecl>>>,
     pub(super) features: Option<Located<Vec<FeatureDecl>>>,
+    pub(super) export: Option<Located<ExportSection>>,
+    pub(super) labels: Option<Located<Vec<LabelDecl>>>,
+    pub(super) skew: Option<Located<SkewSection>>,
 }
 
 /// Loads `path` and the files it extends, base first.
@@ -197,11 +203,14 @@ fn parse_layer(file: &SourceFile, problems: &mut Problems) -> (Layer, Option<Spa
             "events" => layer.events = list_section(file, "events", value, problems),
             "state" => layer.state = list_section(file, "state", value, problems),
             "features" => layer.features = list_section(file, "features", value, problems),
+            "export" => layer.export = Some(section(file, "export", value, problems).unwrap_or_default()),
+            "labels" => layer.labels = list_section(file, "labels", value, problems),
+            "skew" => layer.skew = Some(section(file, "skew", value, problems).unwrap_or_default()),
             _ => problems.at(
                 file,
                 key.span(),
                 &name,
-                "unknown key; expected one of `extends`, `job`, `source`, `limits`, `time`, `sinks`, `checkpoint`, `events`, `state`, `features`",
+                "unknown key; expected one of `extends`, `job`, `source`, `limits`, `time`, `sinks`, `checkpoint`, `events`, `state`, `features`, `export`, `labels`, `skew`",
             ),
         }
     }
@@ -221,6 +230,9 @@ pub(super) fn merge(layers: Vec<(usize, Layer)>) -> Merged {
         events: None,
         state: None,
         features: None,
+        export: None,
+        labels: None,
+        skew: None,
     };
     for (file, layer) in layers {
         let Layer {
@@ -233,6 +245,9 @@ pub(super) fn merge(layers: Vec<(usize, Layer)>) -> Merged {
             events,
             state,
             features,
+            export,
+            labels,
+            skew,
         } = layer;
         overlay(&mut merged.job.name, job.name);
         overlay(&mut merged.source.files, source.files);
@@ -262,6 +277,15 @@ pub(super) fn merge(layers: Vec<(usize, Layer)>) -> Merged {
         }
         if let Some(value) = features {
             merged.features = Some(Located { file, value });
+        }
+        if let Some(value) = export {
+            merged.export = Some(Located { file, value });
+        }
+        if let Some(value) = labels {
+            merged.labels = Some(Located { file, value });
+        }
+        if let Some(value) = skew {
+            merged.skew = Some(Located { file, value });
         }
     }
     merged

@@ -53,6 +53,8 @@ pub struct Job {
     pub checkpoint: CheckpointPolicy,
     /// The Kafka source, when the job reads Kafka.
     pub kafka: Option<KafkaJob>,
+    /// The training-data export (`[export]`), when the job has one.
+    pub export: Option<crate::model::training::ExportSpec>,
 }
 
 /// The event-time policy of a job.
@@ -166,6 +168,36 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
     });
     let mut registry = compile::registry(&events, files, problems);
     let features = compile::features(&mut registry, &state, &features, files, problems)?;
+    let export = match &merged.export {
+        Some(export) => compile::export(
+            &name,
+            &mut registry,
+            &features,
+            compile::export::ExportDecls {
+                export,
+                labels: merged.labels.as_ref(),
+                skew: merged.skew.as_ref(),
+            },
+            files,
+            problems,
+        ),
+        None => {
+            for (key, file) in [
+                ("labels", merged.labels.as_ref().map(|l| l.file)),
+                ("skew", merged.skew.as_ref().map(|s| s.file)),
+            ] {
+                if let Some(file) = file {
+                    problems.at(
+                        &files[file],
+                        0..0,
+                        key,
+                        format!("`[{key}]` needs an `[export]` section"),
+                    );
+                }
+            }
+            None
+        }
+    };
     let max_event_bytes = merged.limits.max_event_bytes.unwrap_or(DEFAULT_MAX_EVENT_BYTES);
     // A sink path defaults to `out/<job>/<file>`; an empty string turns the sink off.
     let sink_path = |set: Option<String>, default: Option<&str>| match set {
@@ -260,5 +292,6 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
         checkpoint,
         registry,
         features,
+        export,
     })
 }

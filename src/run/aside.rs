@@ -27,6 +27,8 @@ pub(super) struct Aside {
     peers: usize,
     checkpoints: Option<PathBuf>,
     dead_letters: Option<PathBuf>,
+    /// The training export's dataset directory, written as `<dir>.partial`.
+    export: Option<PathBuf>,
 }
 
 impl Aside {
@@ -67,6 +69,11 @@ impl Aside {
             peers,
             checkpoints: job.checkpoint.dir.clone(),
             dead_letters: job.sinks.dlq.clone(),
+            export: job
+                .export
+                .as_ref()
+                .filter(|e| e.formats.parquet)
+                .map(|e| e.dir.clone()),
         }
     }
 
@@ -82,6 +89,19 @@ impl Aside {
             let (partial, path) = (partial.display().to_string(), path.display().to_string());
             for shown in summary.outputs.values_mut().filter(|shown| **shown == partial) {
                 shown.clone_from(&path);
+            }
+        }
+        if let Some(dir) = &self.export {
+            let partial = aside_path(dir);
+            let io = |source| SinkError::Io {
+                path: dir.display().to_string(),
+                source,
+            };
+            if partial.exists() {
+                if dir.exists() {
+                    std::fs::remove_dir_all(dir).map_err(io)?;
+                }
+                std::fs::rename(&partial, dir).map_err(io)?;
             }
         }
         Ok(())
@@ -100,6 +120,9 @@ impl Aside {
             }
             let _ = std::fs::remove_file(partial);
             let _ = std::fs::remove_file(journal_of(partial));
+        }
+        if let (Some(dir), false) = (&self.export, resumable) {
+            let _ = std::fs::remove_dir_all(aside_path(dir));
         }
         if let Some(path) = &self.jsonl {
             for worker in 0..self.peers {

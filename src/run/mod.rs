@@ -26,7 +26,7 @@ use crate::sinks::jsonl::merge_parts;
 use crate::source::SourceError;
 use crate::summary::{Counts, Summary};
 use aside::{Aside, aside_path};
-pub use options::{Cluster, DEFAULT_BATCH, RunOptions, apply_overrides};
+pub use options::{Cluster, DEFAULT_BATCH, ExportMode, RunOptions, apply_overrides};
 use plan::{Inputs, Plan, choose_inputs, describe_outputs};
 use watchdog::Watchdog;
 
@@ -241,6 +241,10 @@ fn execute(
     if let Some(path) = &job.sinks.views_jsonl {
         merge_parts(path, 0..peers)?;
     }
+    let mut training = None;
+    if let Some(spec) = &job.export {
+        training = Some(finish_export(&plan, spec, interrupted || streaming)?);
+    }
     if !counts.conserved() {
         return Err(RunError::Conservation {
             read: counts.read,
@@ -254,6 +258,11 @@ fn execute(
         crate::checkpoint::clear(&checkpoint.dir).map_err(|e| RunError::Checkpoint(chain(&e)))?;
     }
     let mut summary = summary_of(&counts, watermark);
+    if let Some((rows, report)) = training {
+        summary.training_rows = Some(rows);
+        summary.skew_failed = report.as_ref().map(|r| r.failed.clone());
+        summary.skew = report;
+    }
     summary.interrupted = interrupted;
     summary.resumed_from_checkpoint = resumed_from;
     if resumed_from.is_some() {
@@ -283,6 +292,49 @@ fn execute(
     }
     tracing::info!(job = %job.name, read = summary.read, seconds = summary.wall_time_s, "run finished");
     Ok(summary)
+}
+
+/// The export's end on process 0: the JSONL form merged from its parts (kept for a
+/// run that may be resumed), and the skew report written.
+fn finish_export(
+    plan: &Plan,
+    spec: &crate::model::training::ExportSpec,
+    resumable: bool,
+) -> Result<(u64, Option<crate::skew::Report>), RunError> {
+    let job = &plan.job;
+    if let Some(path) = &spec.formats.jsonl {
+        let parts = crate::sinks::training::parts_dir(path);
+        crate::sinks::training::merge_jsonl(&parts, path)?;
+        if !resumable {
+            let _ = std::fs::remove_dir_all(&parts);
+        }
+    }
+    let rows = plan.exported.load(std::sync::atomic::Ordering::Relaxed);
+    let Some(skew) = &plan.skew else {
+        return Ok((rows, None));
+    };
+    let shared = skew.lock().unwrap_or_else(|p| p.into_inner());
+    let features: Vec<String> = job.features.features.iter().map(|f| f.name.clone()).collect();
+    let report = crate::skew::Report::new(&job.name, spec, &features, &shared.totals);
+    let write = |path: &std::path::Path, text: String| -> Result<(), RunError> {
+        crate::sinks::create_parent(path)?;
+        std::fs::write(path, text).map_err(|source| {
+            RunError::Sink(SinkError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        })
+    };
+    if let Some(path) = &spec.skew.report {
+        write(
+            path,
+            serde_json::to_string_pretty(&report).expect("a report serializes") + "\n",
+        )?;
+    }
+    if let Some(path) = &spec.skew.html {
+        write(path, crate::skew::html::render(&report, &shared.examples))?;
+    }
+    Ok((rows, Some(report)))
 }
 
 /// While it lives, what is written to stdout goes to stderr.

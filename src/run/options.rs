@@ -64,6 +64,20 @@ pub struct RunOptions {
     /// Stop, as a stop request does, once a worker has read this many records (tests
     /// use it to interrupt a run at a chosen point).
     pub stop_after: Option<u64>,
+    /// What becomes of the job's training export.
+    pub export: ExportMode,
+}
+
+/// What a run does with the job's `[export]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExportMode {
+    /// As the job says.
+    #[default]
+    AsJob,
+    /// No export (`run --no-export`).
+    Off,
+    /// Only the skew report (`skewless skew`): no training files, views or dead letters.
+    SkewOnly,
 }
 
 impl Default for RunOptions {
@@ -92,6 +106,7 @@ impl Default for RunOptions {
             fresh: Default::default(),
             cluster: Default::default(),
             stop_after: Default::default(),
+            export: Default::default(),
         }
     }
 }
@@ -228,6 +243,21 @@ pub fn apply_overrides(job: &mut Job, options: &RunOptions) {
     }
     if let Some(interval) = options.checkpoint_interval {
         job.checkpoint.interval = interval;
+    }
+    match options.export {
+        ExportMode::AsJob => {}
+        ExportMode::Off => job.export = None,
+        ExportMode::SkewOnly => {
+            if let Some(export) = &mut job.export {
+                export.formats = Default::default();
+            }
+            let sinks = &mut job.sinks;
+            sinks.views_sqlite = None;
+            sinks.views_jsonl = None;
+            sinks.dlq = None;
+            sinks.summary = None;
+            job.checkpoint.dir = None;
+        }
     }
 }
 

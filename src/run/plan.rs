@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::sinks::dlq_file::DeadLetterFile;
 use crate::sinks::dlq_kafka::{DeadLetterTopics, KafkaDeadLetters};
 use crate::sinks::sqlite::{Journal, SqliteViews};
+use crate::sinks::training::{ExportSink, RowCount, discard_after};
 use crate::source::SourceError;
 use crate::source::file::{FilePartition, resolve_partitions};
 use crate::summary::{Counts, Summary};
@@ -94,6 +95,14 @@ pub(super) struct Plan {
     pub(super) restoring: std::sync::Mutex<Restoring>,
     /// The epoch of the checkpoint the run resumes from.
     pub(super) resumed_from: Option<u64>,
+    /// The training export's sink, when the job exports.
+    pub(super) export: Option<ExportSink>,
+    /// The tag of the export's first files: the next checkpoint's epoch.
+    pub(super) export_first_tag: u64,
+    /// Training rows written by this process.
+    pub(super) exported: RowCount,
+    /// The serving-skew counters, when the export has served features.
+    pub(super) skew: Option<Arc<std::sync::Mutex<crate::dataflow::skew::SkewShared>>>,
 }
 
 impl Plan {
@@ -182,6 +191,22 @@ impl Plan {
         } else {
             FlushPolicy::AtEnd
         };
+        if streaming && job.export.is_some() && checkpoint.is_none() {
+            return Err(RunError::Options(
+                "a live export writes every row exactly once through checkpoints: give the job a `[checkpoint] dir`"
+                    .into(),
+            ));
+        }
+        let export = match job.export.as_ref().filter(|e| e.writes_files()) {
+            None => None,
+            Some(spec) => Some(prepare_export(
+                &job,
+                spec,
+                streaming,
+                restored.as_ref().map(|r| r.manifest.epoch),
+                process,
+            )?),
+        };
         let metrics = match options.metrics_addr {
             None => None,
             Some(addr) => {
@@ -194,6 +219,14 @@ impl Plan {
             }
         };
         Ok(Plan {
+            export_first_tag: checkpoint.as_ref().map_or(1, |c| c.last_epoch + 1),
+            export,
+            exported: RowCount::default(),
+            skew: job
+                .export
+                .as_ref()
+                .filter(|e| e.snapshot.is_some())
+                .map(|_| Arc::default()),
             resumed_from: restored.as_ref().map(|r| r.manifest.epoch),
             jsonl: job.sinks.views_jsonl.clone(),
             job: Arc::new(job),
@@ -214,6 +247,58 @@ impl Plan {
             }),
         })
     }
+}
+
+/// The export's sink, with its directory made ready: a run resumed from checkpoint E
+/// drops the files written after E; one that starts afresh starts the dataset over.
+/// A backfill writes into `<dir>.partial`, published when it ends.
+fn prepare_export(
+    job: &Job,
+    spec: &crate::model::training::ExportSpec,
+    streaming: bool,
+    resumed: Option<u64>,
+    process: usize,
+) -> Result<ExportSink, RunError> {
+    let dir = if streaming {
+        spec.dir.clone()
+    } else {
+        super::aside::aside_path(&spec.dir)
+    };
+    let io = |path: &std::path::Path, e: std::io::Error| {
+        RunError::Sink(crate::sinks::SinkError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })
+    };
+    if process == 0 {
+        let parquet = spec.formats.parquet.then_some(&dir);
+        let parts = spec
+            .formats
+            .jsonl
+            .as_deref()
+            .map(crate::sinks::training::parts_dir);
+        if let (Some(_), false, true) = (
+            resumed,
+            dir.exists(),
+            spec.dir.exists() && parquet.is_some() && !streaming,
+        ) {
+            // The run it resumes published the dataset: go on from it.
+            std::fs::rename(&spec.dir, &dir).map_err(|e| io(&dir, e))?;
+        }
+        for d in parquet.into_iter().chain(parts.as_ref()) {
+            match resumed {
+                Some(epoch) => discard_after(d, epoch).map(drop),
+                None if streaming => discard_after(d, 0).map(drop),
+                None if d.exists() => std::fs::remove_dir_all(d),
+                None => Ok(()),
+            }
+            .map_err(|e| io(d, e))?;
+        }
+        if let Some(dir) = parquet {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        }
+    }
+    Ok(ExportSink::new(job, spec, dir, process))
 }
 
 /// Decides whether the run takes checkpoints and which one it resumes from.
@@ -362,6 +447,26 @@ pub(super) fn describe_outputs(plan: &Plan, summary: &mut Summary) {
             summary
                 .outputs
                 .insert(name.to_owned(), path.display().to_string());
+        }
+    }
+    if let Some(export) = &job.export {
+        if export.formats.parquet {
+            summary
+                .outputs
+                .insert("training_parquet".into(), export.dir.display().to_string());
+        }
+        if let Some(path) = &export.formats.jsonl {
+            summary
+                .outputs
+                .insert("training_jsonl".into(), path.display().to_string());
+        }
+        for (name, path) in [
+            ("skew_report", &export.skew.report),
+            ("skew_html", &export.skew.html),
+        ] {
+            if let (Some(path), Some(_)) = (path, &plan.skew) {
+                summary.outputs.insert(name.into(), path.display().to_string());
+            }
         }
     }
     match &plan.dead_letters {

@@ -26,6 +26,7 @@ use crate::run::control::ControlPlane;
 use crate::sinks::archive::Archive;
 use crate::sinks::jsonl::JsonlPart;
 use crate::sinks::redis::RedisViews;
+use crate::sinks::training::WriteRows;
 use crate::sinks::{DeadLetterSink, SinkError, SinkFailure, ViewSink, WriteDeadLetters, WriteViews};
 use crate::source::Source;
 use crate::source::file::{FilePartition, FileSource};
@@ -185,10 +186,31 @@ fn run_worker<S: Source + 'static>(
         let sink_dead = folded
             .views
             .write_views(view_sinks, Rc::clone(&sink_failure), plan.metrics.clone());
+        if let (Some(skew), Some(export)) = (&plan.skew, &job.export) {
+            crate::dataflow::skew::count_skew(
+                folded.rows.clone(),
+                Arc::new(export.clone()),
+                job.features.features.iter().map(|f| f.name.clone()).collect(),
+                Arc::clone(skew),
+                plan.metrics.clone(),
+            );
+        }
+        let rows_dead = match &plan.export {
+            Some(export) => folded.rows.write_rows(
+                export.clone(),
+                index,
+                plan.export_first_tag,
+                Rc::clone(&checkpointing),
+                Rc::clone(&sink_failure),
+                Arc::clone(&plan.exported),
+            ),
+            None => timely::dataflow::operators::generic::operator::empty(scope),
+        };
         ingested
             .dead_letters
             .concat(folded.dead_letters)
             .concat(sink_dead)
+            .concat(rows_dead)
             .write_dead_letters(dead_sink, Rc::clone(&sink_failure))
             .probe_with(&durable);
     });

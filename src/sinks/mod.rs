@@ -17,6 +17,7 @@ pub mod dlq_kafka;
 pub mod jsonl;
 pub mod redis;
 pub mod sqlite;
+pub mod training;
 
 use std::cell::RefCell;
 use std::rc::Rc;

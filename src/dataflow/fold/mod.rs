@@ -11,6 +11,7 @@
 
 pub mod dedup;
 mod snapshot;
+mod spine;
 mod state;
 
 use state::{Fold, Pending, UserEntry};
@@ -33,6 +34,7 @@ use crate::dataflow::ingest::ClockReport;
 use crate::dlq::letter::DeadLetter;
 use crate::job::Job;
 use crate::model::event::{Event, Millis};
+use crate::model::training::TrainingRow;
 use crate::model::view::ViewRecord;
 use crate::summary::Counts;
 
@@ -77,6 +79,8 @@ pub struct Folded<'s> {
     pub views: Stream<'s, Millis, Vec<ViewRecord>>,
     /// Late events dead-lettered.
     pub dead_letters: Stream<'s, Millis, Vec<DeadLetter>>,
+    /// Training rows whose labels are final (none unless the job exports).
+    pub rows: Stream<'s, Millis, Vec<TrainingRow>>,
 }
 
 /// Folding a stream of events into per-user features.
@@ -149,6 +153,8 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
         let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
         let mut views_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<ViewRecord>>>::from(views_out);
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+        let (rows_out, rows) = builder.new_output::<Vec<TrainingRow>>();
+        let mut rows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<TrainingRow>>>::from(rows_out);
 
         let FoldContext {
             job,
@@ -187,6 +193,8 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
         let mut snapshot_started = Instant::now();
         let mut dead = Vec::new();
         let mut views_buffer = Vec::new();
+        let mut rows_buffer: Vec<TrainingRow> = Vec::new();
+        let keep_open_rows_on_stop = checkpointing.borrow().dir.is_some();
 
         builder.build(move |capabilities| {
             let mut capabilities = Some(capabilities);
@@ -256,6 +264,18 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                     dead_out.activate().session(&caps[1]).give_container(&mut dead);
                 }
 
+                if let (Some(spine), Some(export), Some(frontier)) =
+                    (fold.spine.as_mut(), fold.job.export.as_ref(), frontier)
+                {
+                    spine.close_before(export, frontier, &mut rows_buffer);
+                }
+                if !rows_buffer.is_empty() {
+                    rows_out
+                        .activate()
+                        .session(&caps[2])
+                        .give_container(&mut rows_buffer);
+                }
+
                 match frontier {
                     Some(frontier) => {
                         last_frontier = last_frontier.max(frontier);
@@ -278,7 +298,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                             Some(t) if hold_unflushed => t.min(frontier),
                             _ => frontier,
                         };
-                        for (cap, time) in caps.iter_mut().zip([views_at, frontier]) {
+                        for (cap, time) in caps.iter_mut().zip([views_at, frontier, frontier]) {
                             if *cap.time() < time {
                                 cap.downgrade(&time);
                             }
@@ -289,6 +309,14 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                         // End of input: write every user's view, sorted by user id.
                         let queue = snapshot.get_or_insert_with(|| {
                             snapshot_started = Instant::now();
+                            // Open rows: written now, unless a stopped run's checkpoint
+                            // keeps them for the run that resumes it.
+                            if let (Some(spine), Some(export)) =
+                                (fold.spine.as_mut(), fold.job.export.as_ref())
+                                && !(stopped_at.is_some() && keep_open_rows_on_stop)
+                            {
+                                spine.close_all(export, fold.max_clock, &mut rows_buffer);
+                            }
                             let entries = &fold.users.entries;
                             tracing::debug!(
                                 users = entries.len(),
@@ -326,6 +354,12 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                                 .session(&caps[0])
                                 .give_container(&mut views_buffer);
                         }
+                        if !rows_buffer.is_empty() {
+                            rows_out
+                                .activate()
+                                .session(&caps[2])
+                                .give_container(&mut rows_buffer);
+                        }
                         if queue.len() > 0 {
                             activator.activate();
                         } else {
@@ -349,6 +383,10 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             }
         });
 
-        Folded { views, dead_letters }
+        Folded {
+            views,
+            dead_letters,
+            rows,
+        }
     }
 }

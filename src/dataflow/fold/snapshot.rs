@@ -33,6 +33,7 @@ pub(super) struct FoldView<'a> {
     pub(super) seen_late: Vec<crate::checkpoint::SeenEntry>,
     pub(super) pending: Vec<(Millis, &'a Event)>,
     pub(super) max_clock: Option<f64>,
+    pub(super) open_rows: Vec<&'a crate::model::training::OpenRow>,
 }
 
 impl Fold {
@@ -64,6 +65,7 @@ impl Fold {
                 .flat_map(|batch| batch.events.iter().map(move |e| (batch.sent_at, e.clone())))
                 .collect(),
             max_clock: self.max_clock,
+            open_rows: self.spine.iter().flat_map(|s| s.all().cloned()).collect(),
         }
     }
 
@@ -109,6 +111,9 @@ impl Fold {
                 sent_at: 0,
                 events: restored,
             });
+        }
+        if let (Some(spine), Some(export)) = (self.spine.as_mut(), self.job.export.as_ref()) {
+            spine.restore(export, snapshot.open_rows);
         }
         self.max_clock = match (self.max_clock, snapshot.max_clock) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -166,6 +171,7 @@ impl Fold {
                 .flat_map(|batch| batch.events.iter().map(move |e| (batch.sent_at, e)))
                 .collect(),
             max_clock: self.max_clock,
+            open_rows: self.spine.iter().flat_map(|s| s.all()).collect(),
         }
     }
 }
@@ -203,6 +209,7 @@ mod tests {
             seen_late: Vec::new(),
             pending: Vec::new(),
             max_clock: Some(12.5),
+            open_rows: Vec::new(),
         });
         let partitions = vec![PartitionState {
             name: "p0".into(),

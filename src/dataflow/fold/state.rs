@@ -9,6 +9,7 @@ use hashbrown::HashTable;
 
 use crate::dataflow::batch::Pooled;
 use crate::dataflow::fold::dedup::SeenIds;
+use crate::dataflow::fold::spine::Spine;
 use crate::dlq::letter::{DeadLetter, Reason};
 use crate::job::{Job, LatePolicy};
 use crate::model::event::{Event, LateRecord, Millis, to_millis};
@@ -35,6 +36,14 @@ pub(super) struct Users {
 }
 
 impl Users {
+    /// A user's entry, if the user has one.
+    pub(super) fn find(&self, hash: u64, user_id: &str) -> Option<&UserEntry> {
+        let entries = &self.entries;
+        self.index
+            .find(hash, |&i| entries[i as usize].user_id == user_id)
+            .map(|&i| &entries[i as usize])
+    }
+
     /// The index of a user's entry, created empty if new.
     pub(super) fn slot(&mut self, hash: u64, user_id: &CompactString, job: &Job) -> u32 {
         let entries = &mut self.entries;
@@ -106,12 +115,19 @@ pub(super) struct Fold {
     /// The earliest time of a change not yet written as a view: the views output holds
     /// its capability there, so nothing downstream counts as durable past it.
     pub(super) unflushed_since: Option<Millis>,
+    /// Open training rows, when the job exports them.
+    pub(super) spine: Option<Spine>,
 }
 
 impl Fold {
     /// An empty fold for `job`.
     pub(super) fn new(job: Arc<Job>) -> Fold {
+        let spine = job
+            .export
+            .as_ref()
+            .map(|_| Spine::new(UserState::new(&job.features)));
         Fold {
+            spine,
             seen: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
             seen_late: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
             job,
@@ -201,20 +217,31 @@ impl Fold {
                 self.counts.duplicates += 1;
                 return;
             }
-            if !job.features.reads(event.event_type) {
-                self.counts.applied += 1;
-                return;
-            }
-            let slot = self.users.slot(event.user_hash, &event.user_id, job);
-            let entry = &mut self.users.entries[slot as usize];
-            if let Some(record) = &event.late_record
-                && let Some(problem) = entry.state.overflow(&job.features, event)
+            let reads = job.features.reads(event.event_type);
+            let slot = reads.then(|| self.users.slot(event.user_hash, &event.user_id, job));
+            if let (Some(slot), Some(record)) = (slot, &event.late_record)
+                && let Some(problem) = self.users.entries[slot as usize]
+                    .state
+                    .overflow(&job.features, event)
             {
                 // An infinite sum would be written as null: the event is refused.
                 dead.push(self.refuse(job, record, Reason::InvalidFieldType, problem));
                 return;
             }
             self.counts.applied += 1;
+            if let (Some(spine), Some(export)) = (self.spine.as_mut(), job.export.as_ref()) {
+                // Outcomes and spine events see the state before this event is applied.
+                spine.outcome(export, event);
+                if event.event_type == export.spine {
+                    let state = match slot {
+                        Some(slot) => Some(&self.users.entries[slot as usize].state),
+                        None => self.users.find(event.user_hash, &event.user_id).map(|e| &e.state),
+                    };
+                    spine.open(export, &job.features, &self.interner, state, event);
+                }
+            }
+            let Some(slot) = slot else { return };
+            let entry = &mut self.users.entries[slot as usize];
             entry.state.apply(&job.features, &mut self.interner, event);
             entry.has_view = true;
             self.unflushed_since = Some(self.unflushed_since.map_or(ready_at, |t| t.min(ready_at)));

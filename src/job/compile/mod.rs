@@ -1,8 +1,11 @@
 //! Compiling a merged job file into the runtime model: the schema registry
-//! ([`schema`]) and the feature spec ([`features`]).
+//! ([`schema`]), the feature spec ([`features`]) and the training export
+//! ([`export`]).
 
+pub mod export;
 pub mod features;
 pub mod schema;
 
+pub use export::export;
 pub use features::features;
 pub use schema::registry;

@@ -6,12 +6,25 @@
 //! Zipf skew; event times advance evenly over `span`, with
 //! small out-of-order jitter inside the lateness bound, and optional late, duplicate,
 //! malformed, v1-schema and unknown-type records.
+//!
+//! Impressions (`recommendation.items_shown`, five items each) lead to views and
+//! purchases of the shown items (`ctr`, `purchase_rate` per item), and carry a
+//! `features_snapshot`: what a feature store lagging `serving_lag` behind would have
+//! served ([`serving`]), with a share of deliberately wrong values.
+
+pub mod serving;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use rand::{RngExt, SeedableRng};
+use serde_json::Value as Json;
+
+use self::serving::{Effect, ServingStore};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Zipf};
 
@@ -50,6 +63,14 @@ pub struct GenOptions {
     pub seed: u64,
     /// Write `.jsonl.gz` rather than `.jsonl`.
     pub gzip: bool,
+    /// Chance that a shown item is viewed within about half an hour.
+    pub ctr: f64,
+    /// Chance that a shown item is bought within about a day.
+    pub purchase_rate: f64,
+    /// How far the simulated feature store lags, seconds: `(least, most)`.
+    pub serving_lag: (f64, f64),
+    /// Chance that a snapshot holds one wrong value.
+    pub wrong_values: f64,
 }
 
 impl GenOptions {
@@ -64,6 +85,9 @@ impl GenOptions {
             ("malformed", self.malformed),
             ("v1", self.v1),
             ("unknown", self.unknown),
+            ("ctr", self.ctr),
+            ("purchase-rate", self.purchase_rate),
+            ("wrong-values", self.wrong_values),
         ];
         for (flag, value) in fractions {
             if !(0.0..=1.0).contains(&value) {
@@ -91,6 +115,12 @@ impl GenOptions {
         if !(self.lateness.is_finite() && self.lateness >= 0.0) {
             return refuse("lateness", self.lateness, "a duration");
         }
+        let (least, most) = self.serving_lag;
+        if !(least.is_finite() && most.is_finite() && 0.0 <= least && least <= most) {
+            return Err(GenError::Options(format!(
+                "--serving-lag {least}..{most}: two durations, the least first"
+            )));
+        }
         if !(self.zipf.is_finite() && self.zipf >= 0.0) {
             return refuse("zipf", self.zipf, "an exponent of 0 or more");
         }
@@ -117,6 +147,10 @@ impl Default for GenOptions {
             unknown: 0.0,
             seed: 1,
             gzip: true,
+            ctr: 0.1,
+            purchase_rate: 0.02,
+            serving_lag: (0.5, 45.0),
+            wrong_values: 0.01,
         }
     }
 }
@@ -257,6 +291,23 @@ struct PartitionGen<'o> {
     items: Zipf<f64>,
     clock: f64,
     recent: Vec<Vec<u8>>,
+    /// Events that others lead to: `(due, sequence, user, item, kind)`, kind 0 a
+    /// view and 1 a purchase of a shown item, 2 an impression right after activity.
+    outcomes: BinaryHeap<Reverse<Scheduled>>,
+    scheduled: u64,
+    store: ServingStore,
+}
+
+/// An event another leads to: `(due as f64 bits, sequence, user, item, kind)`.
+type Scheduled = (u64, u64, u64, u64, u8);
+
+/// What a generated record is, before it is written.
+enum Kind {
+    View(u64),
+    Purchase(u64),
+    Session,
+    Shown,
+    Unknown,
 }
 
 impl<'o> PartitionGen<'o> {
@@ -270,6 +321,9 @@ impl<'o> PartitionGen<'o> {
             items: Zipf::new(o.items as f64, 1.1).expect("valid zipf"),
             clock: o.start,
             recent: Vec::new(),
+            outcomes: BinaryHeap::new(),
+            scheduled: 0,
+            store: ServingStore::default(),
         }
     }
 
@@ -309,6 +363,7 @@ impl<'o> PartitionGen<'o> {
             return;
         }
         let late = self.rng.random_bool(o.late);
+        let clock_before = self.clock;
         let time = if late {
             self.clock - o.lateness - self.rng.random_range(1.0..120.0)
         } else {
@@ -318,56 +373,114 @@ impl<'o> PartitionGen<'o> {
                     .random_range(0.0..(o.lateness * 0.4).max(0.0) + f64::EPSILON))
             .max(o.start)
         };
-        let time = (time * 1000.0).round() / 1000.0;
+        let mut time = (time * 1000.0).round() / 1000.0;
         if !late {
             self.clock = self.clock.max(time);
         }
-        let user = user_name(self.user());
+        // An outcome an earlier impression led to, once it is due; else a fresh event.
+        let due = self
+            .outcomes
+            .peek()
+            .is_some_and(|Reverse((due, ..))| f64::from_bits(*due) <= base && !late);
+        let (user, kind) = if due {
+            let Some(Reverse((due, _, user, item, kind))) = self.outcomes.pop() else {
+                unreachable!("peeked")
+            };
+            // At its own time when that is still on time here (sparse logs step
+            // further than an outcome's delay).
+            let due = (f64::from_bits(due) * 1000.0).round() / 1000.0;
+            if due >= clock_before - o.lateness * 0.4 {
+                time = due;
+                self.clock = self.clock.max(time);
+            }
+            let kind = match kind {
+                0 => Kind::View(item),
+                1 => Kind::Purchase(item),
+                _ => Kind::Shown,
+            };
+            (user, kind)
+        } else {
+            let user = self.user();
+            let roll: f64 = self.rng.random();
+            let kind = if self.rng.random_bool(o.unknown) {
+                Kind::Unknown
+            } else if roll < 0.60 {
+                Kind::View(self.item())
+            } else if roll < 0.75 {
+                Kind::Purchase(self.item())
+            } else if roll < 0.93 {
+                Kind::Session
+            } else {
+                Kind::Shown
+            };
+            (user, kind)
+        };
+        let user_id = user_name(user);
         let id = self.uuid();
         let session = self.rng.random_range(0..1_000_000u32);
         let instance = self.rng.random_range(0..8u32);
         let mut payload = String::new();
-        let roll: f64 = self.rng.random();
-        let (event_type, version) = if self.rng.random_bool(o.unknown) {
-            ("ecommerce.cart_updated", "1.0".to_owned())
-        } else if roll < 0.60 {
-            let item = self.item();
-            payload = format!(r#"{{"item_id":"item-{item}","category":"{}"}}"#, category(item));
-            ("ecommerce.item_viewed", "1.0".to_owned())
-        } else if roll < 0.75 {
-            let item = self.item();
-            let price = (self.rng.random_range(1.0..500.0f64) * 100.0).round() / 100.0;
-            let with_category = self.rng.random_bool(0.9);
-            let cat = if with_category {
-                format!(r#","category":"{}""#, category(item))
-            } else {
-                String::new()
-            };
-            if self.rng.random_bool(o.v1) {
-                payload = format!(r#"{{"item_id":"item-{item}","amount":{price}{cat}}}"#);
-                (
-                    "ecommerce.purchase_completed",
-                    format!("1.{}", self.rng.random_range(0..3)),
-                )
-            } else {
-                payload =
-                    format!(r#"{{"item_id":"item-{item}","price":{price}{cat},"payment_method":"card"}}"#);
-                (
-                    "ecommerce.purchase_completed",
-                    format!("2.{}", self.rng.random_range(0..3)),
-                )
+        let mut effect = None;
+        let (event_type, version) = match kind {
+            Kind::Unknown => ("ecommerce.cart_updated", "1.0".to_owned()),
+            Kind::View(item) => {
+                payload = format!(r#"{{"item_id":"item-{item}","category":"{}"}}"#, category(item));
+                effect = Some(Effect::View(item, category(item)));
+                ("ecommerce.item_viewed", "1.0".to_owned())
             }
-        } else if roll < 0.85 {
-            ("session.started", "1.0".to_owned())
-        } else {
-            let items: Vec<String> = (0..5).map(|_| format!("\"item-{}\"", self.item())).collect();
-            payload = format!(
-                r#"{{"impression_id":"{}","recommended_items":[{}],"model_version":"m-7"}}"#,
-                self.uuid(),
-                items.join(",")
-            );
-            ("recommendation.items_shown", "1.0".to_owned())
+            Kind::Purchase(item) => {
+                let price = (self.rng.random_range(1.0..500.0f64) * 100.0).round() / 100.0;
+                let with_category = self.rng.random_bool(0.9);
+                let cat = if with_category {
+                    format!(r#","category":"{}""#, category(item))
+                } else {
+                    String::new()
+                };
+                effect = Some(Effect::Purchase(
+                    item,
+                    if with_category { category(item) } else { "unknown" },
+                    price,
+                ));
+                if self.rng.random_bool(o.v1) {
+                    payload = format!(r#"{{"item_id":"item-{item}","amount":{price}{cat}}}"#);
+                    (
+                        "ecommerce.purchase_completed",
+                        format!("1.{}", self.rng.random_range(0..3)),
+                    )
+                } else {
+                    payload = format!(
+                        r#"{{"item_id":"item-{item}","price":{price}{cat},"payment_method":"card"}}"#
+                    );
+                    (
+                        "ecommerce.purchase_completed",
+                        format!("2.{}", self.rng.random_range(0..3)),
+                    )
+                }
+            }
+            Kind::Session => {
+                effect = Some(Effect::Session);
+                ("session.started", "1.0".to_owned())
+            }
+            Kind::Shown => {
+                let shown: Vec<u64> = (0..5).map(|_| self.item()).collect();
+                if !late {
+                    for &item in &shown {
+                        self.schedule(time, user, item);
+                    }
+                }
+                let items: Vec<String> = shown.iter().map(|i| format!("\"item-{i}\"")).collect();
+                let snapshot = self.snapshot(user, time);
+                payload = format!(
+                    r#"{{"impression_id":"{}","recommended_items":[{}],"model_version":"m-{}","features_snapshot":{snapshot}}}"#,
+                    self.uuid(),
+                    items.join(","),
+                    7 + u32::from(self.rng.random_bool(0.3)),
+                );
+                ("recommendation.items_shown", "1.0".to_owned())
+            }
         };
+        let user_key = user;
+        let user = user_id;
         let payload_field = if payload.is_empty() {
             String::new()
         } else {
@@ -381,6 +494,17 @@ impl<'o> PartitionGen<'o> {
             self.malform(text, time, line);
             return;
         }
+        if let (Some(effect), false) = (effect, late) {
+            // Activity draws recommendations: sometimes an impression follows
+            // seconds later, before a lagging store has seen the activity.
+            if matches!(effect, Effect::View(..) | Effect::Purchase(..)) && self.rng.random_bool(0.05) {
+                let due = time + self.rng.random_range(0.5..3.0);
+                self.scheduled += 1;
+                self.outcomes
+                    .push(Reverse((due.to_bits(), self.scheduled, user_key, 0, 2)));
+            }
+            self.store.apply(user_key, time, &id, effect);
+        }
         line.extend_from_slice(text.as_bytes());
         if self.recent.len() < 64 {
             self.recent.push(text.into_bytes());
@@ -388,6 +512,66 @@ impl<'o> PartitionGen<'o> {
             let slot = self.rng.random_range(0..64);
             self.recent[slot] = text.into_bytes();
         }
+    }
+
+    /// Schedules what an impression of `item` at `time` leads to.
+    fn schedule(&mut self, time: f64, user: u64, item: u64) {
+        let o = self.o;
+        let after = |mean: f64, most: f64, rng: &mut ChaCha8Rng| {
+            let u: f64 = rng.random_range(f64::EPSILON..1.0);
+            (-u.ln() * mean).clamp(5.0, most)
+        };
+        if self.rng.random_bool(o.ctr) {
+            let due = time + after(300.0, 1800.0, &mut self.rng);
+            self.scheduled += 1;
+            self.outcomes
+                .push(Reverse((due.to_bits(), self.scheduled, user, item, 0)));
+        }
+        if self.rng.random_bool(o.purchase_rate) {
+            let due = time + after(7200.0, 86_400.0, &mut self.rng);
+            self.scheduled += 1;
+            self.outcomes
+                .push(Reverse((due.to_bits(), self.scheduled, user, item, 1)));
+        }
+    }
+
+    /// What the lagging store serves for `user` at `time`: its features as of
+    /// `time - lag`, sometimes with one value wrong.
+    fn snapshot(&mut self, user: u64, time: f64) -> String {
+        let (least, most) = self.o.serving_lag;
+        let lag = if most > least {
+            self.rng.random_range(least..most)
+        } else {
+            least
+        };
+        let as_of = ((time - lag) * 1000.0).round() / 1000.0;
+        let mut features = self.store.snapshot(user, as_of);
+        if self.rng.random_bool(self.o.wrong_values) {
+            let wrong = |v: &Json| match v {
+                Json::Number(n) if n.is_u64() => Json::from(n.as_u64().unwrap_or(0) + 1),
+                Json::Number(n) => Json::from(n.as_f64().unwrap_or(0.0) * 1.1 + 1.0),
+                Json::Bool(b) => Json::Bool(!b),
+                Json::Array(a) if !a.is_empty() => Json::Array(a[..a.len() - 1].to_vec()),
+                Json::Array(_) => serde_json::json!([["unknown", 1.0]]),
+                _ => Json::from(time),
+            };
+            let names = [
+                "n_purchased_items",
+                "n_viewed_items",
+                "total_spend",
+                "top_categories",
+                "session_active",
+                "last_active_time",
+            ];
+            let name = names[self.rng.random_range(0..names.len())];
+            let value = match (name, features[name].as_f64()) {
+                // A stale clock in the store: an hour behind.
+                ("last_active_time", Some(t)) => Json::from(t - 3600.0),
+                _ => wrong(&features[name]),
+            };
+            features.insert(name.into(), value);
+        }
+        Json::Object(features).to_string()
     }
 
     fn item(&mut self) -> u64 {

@@ -1,0 +1,125 @@
+//! The serving-skew counters as a differential collection: each training row that
+//! opens a spine event with served features becomes one update per feature, keyed
+//! by (feature, model version, hour, staleness) with its counters as the difference;
+//! `consolidate` reduces them per key as rows arrive and emits the changes at the
+//! frontier, which worker 0 gathers into the run's totals (and, when the run serves
+//! metrics, the mismatch-rate gauges).
+
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::AsCollection;
+use differential_dataflow::difference::Semigroup;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Operator;
+
+use crate::metrics::Metrics;
+use crate::model::event::Millis;
+use crate::model::training::{ExportSpec, TrainingRow};
+use crate::skew::{SkewKey, SkewStats, SkewTotals, observe};
+
+/// Up to this many example mismatches are kept per feature, for the HTML report.
+pub const EXAMPLES_PER_FEATURE: usize = 5;
+
+/// A mismatching served value, as the report shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Example {
+    /// The feature.
+    pub feature: String,
+    /// The spine row.
+    pub row_id: String,
+    /// The user.
+    pub user_id: String,
+    /// The spine event's time.
+    pub ts: f64,
+    /// What the server used.
+    pub served: serde_json::Value,
+    /// What the replay computed.
+    pub computed: serde_json::Value,
+}
+
+/// What the skew operators gather, shared by a process's workers.
+#[derive(Debug, Default)]
+pub struct SkewShared {
+    /// The counters by key (on worker 0's process).
+    pub totals: SkewTotals,
+    /// Example mismatches.
+    pub examples: Vec<Example>,
+}
+
+/// Counts the serving skew of `rows` into `shared`.
+pub fn count_skew<'s>(
+    rows: Stream<'s, Millis, Vec<TrainingRow>>,
+    spec: Arc<ExportSpec>,
+    features: Arc<[String]>,
+    shared: Arc<Mutex<SkewShared>>,
+    metrics: Option<Arc<Metrics>>,
+) {
+    let examples = Arc::clone(&shared);
+    let names = Arc::clone(&features);
+    let updates = rows.unary::<CapacityContainerBuilder<Vec<(SkewKey, Millis, SkewStats)>>, _, _, _>(
+        Pipeline,
+        "SkewObserve",
+        move |_, _| {
+            move |input, output| {
+                input.for_each(|time, rows| {
+                    let at = *time.least().expect("totally ordered time");
+                    let mut session = output.session(&time);
+                    for row in rows.iter() {
+                        for (key, stats) in observe(&spec, &names, row) {
+                            if stats.mismatches > 0 {
+                                keep_example(&examples, &names[key.feature as usize], row);
+                            }
+                            session.give((key, at, stats));
+                        }
+                    }
+                });
+            }
+        },
+    );
+    updates.as_collection().consolidate().inner.sink(
+        Exchange::new(|_| 0),
+        "SkewTotals",
+        move |(input, _frontier)| {
+            let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let mut changed = false;
+            input.for_each(|_, updates| {
+                for (key, _, stats) in updates.drain(..) {
+                    shared.totals.entry(key).or_default().plus_equals(&stats);
+                    changed = true;
+                }
+            });
+            if let (true, Some(metrics)) = (changed, &metrics) {
+                let mut per_feature = vec![SkewStats::default(); features.len()];
+                for (key, stats) in &shared.totals {
+                    per_feature[key.feature as usize].plus_equals(stats);
+                }
+                for (name, stats) in features.iter().zip(&per_feature) {
+                    metrics.skew_mismatch_rate(name, stats.mismatch_rate());
+                }
+            }
+        },
+    );
+}
+
+fn keep_example(shared: &Mutex<SkewShared>, feature: &str, row: &TrainingRow) {
+    let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+    if shared.examples.iter().filter(|e| e.feature == feature).count() >= EXAMPLES_PER_FEATURE {
+        return;
+    }
+    let field = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get(feature).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    shared.examples.push(Example {
+        feature: feature.to_owned(),
+        row_id: row.row_id.to_string(),
+        user_id: row.user_id.to_string(),
+        ts: row.ts,
+        served: row.snapshot.as_deref().map_or(serde_json::Value::Null, field),
+        computed: field(&row.features),
+    });
+}

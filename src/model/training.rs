@@ -1,0 +1,288 @@
+//! Training examples (DESIGN.md section 10): what a job's `[export]`, `[[labels]]` and
+//! `[skew]` compile into, and the row the fold hands to the training-data sinks.
+//!
+//! A row's features are the view's `features` object, rendered by the code that
+//! renders views, at the spine event; its labels are folded from the outcomes that
+//! follow it within their windows.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+
+use crate::model::event::Value;
+use crate::model::schema::{FieldRef, FieldType};
+
+/// What a label computes over a row's outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelFn {
+    /// Whether any outcome followed (bool).
+    Any,
+    /// How many outcomes followed (int64).
+    Count,
+    /// The sum of a number field of the outcomes (float64).
+    Sum,
+    /// Seconds from the spine event to the first outcome; null if none (float64).
+    FirstAfter,
+}
+
+impl LabelFn {
+    /// The name job files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            LabelFn::Any => "any",
+            LabelFn::Count => "count",
+            LabelFn::Sum => "sum",
+            LabelFn::FirstAfter => "first_after",
+        }
+    }
+}
+
+/// A compiled `[[labels]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelSpec {
+    /// The label's name; its column is `label_<name>`.
+    pub name: String,
+    /// Window W, seconds: outcomes up to `ts + W` count.
+    pub window: f64,
+    /// What it computes.
+    pub func: LabelFn,
+    /// Per event type (registry index): `None` when the type is not an outcome of
+    /// this label, else the fields it reads.
+    pub per_type: Vec<Option<OutcomeFields>>,
+}
+
+/// The fields a label reads from one outcome type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutcomeFields {
+    /// The field that must equal the row's `item_id` (`match`).
+    pub matches: Option<FieldRef>,
+    /// The number field `sum` adds.
+    pub sum: Option<FieldRef>,
+}
+
+/// A carried spine payload field, written as a column of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CarriedField {
+    /// The column (the field's canonical name).
+    pub name: String,
+    /// Where the event carries it.
+    pub field: FieldRef,
+    /// Its type: string, number or bool.
+    pub ty: FieldType,
+}
+
+/// Which files the export writes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExportFormats {
+    /// Parquet under `dir`, Hive-partitioned by date.
+    pub parquet: bool,
+    /// The JSONL form, one row per line, sorted.
+    pub jsonl: Option<PathBuf>,
+}
+
+/// A compiled `[export]` with its labels and skew thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSpec {
+    /// The spine event type (registry index).
+    pub spine: u16,
+    /// Its name.
+    pub spine_name: String,
+    /// The field whose value is the row id.
+    pub row_id: FieldRef,
+    /// The string-list field exploded into one row per element.
+    pub explode: Option<FieldRef>,
+    /// Spine payload fields carried into columns.
+    pub carry: Vec<CarriedField>,
+    /// The object field holding the served features.
+    pub snapshot: Option<FieldRef>,
+    /// Where Parquet is written.
+    pub dir: PathBuf,
+    /// Which formats.
+    pub formats: ExportFormats,
+    /// Drop rows whose labels are not complete at the end of a bounded input.
+    pub complete_only: bool,
+    /// The labels, in declaration order.
+    pub labels: Vec<LabelSpec>,
+    /// The longest label window, seconds.
+    pub max_window: f64,
+    /// Per event type: whether any label reads it.
+    pub outcome_types: Vec<bool>,
+    /// The skew report's settings.
+    pub skew: SkewSpec,
+    /// Each feature's column type, in the feature spec's order.
+    pub feature_kinds: Vec<FeatureKind>,
+}
+
+impl ExportSpec {
+    /// Whether the export writes any files (a skew-only run writes none).
+    pub fn writes_files(&self) -> bool {
+        self.formats.parquet || self.formats.jsonl.is_some()
+    }
+}
+
+/// A compiled `[skew]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SkewSpec {
+    /// The overall mismatch rate above which `skewless skew` fails.
+    pub max_mismatch_rate: Option<f64>,
+    /// Per-feature thresholds.
+    pub per_feature: Vec<(String, f64)>,
+    /// The JSON report's path.
+    pub report: Option<PathBuf>,
+    /// The HTML report's path.
+    pub html: Option<PathBuf>,
+    /// The carried field the report groups by (`model_version` when carried).
+    pub by: Option<usize>,
+}
+
+/// One label's value on a row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum LabelValue {
+    /// `any`.
+    Any(bool),
+    /// `count`.
+    Count(u64),
+    /// `sum`.
+    Sum(f64),
+    /// `first_after`.
+    FirstAfter(Option<f64>),
+}
+
+impl LabelValue {
+    /// The value before any outcome.
+    pub fn empty(func: LabelFn) -> LabelValue {
+        match func {
+            LabelFn::Any => LabelValue::Any(false),
+            LabelFn::Count => LabelValue::Count(0),
+            LabelFn::Sum => LabelValue::Sum(0.0),
+            LabelFn::FirstAfter => LabelValue::FirstAfter(None),
+        }
+    }
+
+    /// Counts one outcome `after` seconds past the spine event, with `amount` for sums.
+    pub fn add(&mut self, after: f64, amount: f64) {
+        match self {
+            LabelValue::Any(any) => *any = true,
+            LabelValue::Count(count) => *count += 1,
+            LabelValue::Sum(sum) => *sum += amount,
+            LabelValue::FirstAfter(first) => {
+                if first.is_none() {
+                    *first = Some(after);
+                }
+            }
+        }
+    }
+}
+
+/// One training example on its way to the sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingRow {
+    /// The spine's row id (`impression_id`).
+    pub row_id: CompactString,
+    /// The user.
+    pub user_id: CompactString,
+    /// The spine event's time, seconds.
+    pub ts: f64,
+    /// The spine event's id.
+    pub event_id: CompactString,
+    /// Carried spine payload values, in the spec's order.
+    pub carried: Arc<[Value]>,
+    /// `(position, item_id)` when exploded.
+    pub item: Option<(i32, CompactString)>,
+    /// The view's `features` object at the spine event (JSON text).
+    pub features: Arc<str>,
+    /// The labels, in the spec's order.
+    pub labels: Vec<LabelValue>,
+    /// No on-time outcome could still change the labels.
+    pub labels_complete: bool,
+    /// The spine event's `features_snapshot` (JSON text), when it had one.
+    pub snapshot: Option<Arc<str>>,
+}
+
+impl TrainingRow {
+    /// The JSONL form's sort order: `user_id`, `ts`, `event_id`, `position`.
+    pub fn sort_key(&self) -> (&str, u64, &str, i32) {
+        (
+            &self.user_id,
+            self.ts.to_bits(),
+            &self.event_id,
+            self.item.as_ref().map_or(-1, |(p, _)| *p),
+        )
+    }
+}
+
+/// A spine event whose label windows are still open: the rows it becomes, waiting
+/// for their outcomes. Part of checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenRow {
+    /// The spine's row id.
+    pub row_id: CompactString,
+    /// The user.
+    pub user_id: CompactString,
+    /// The spine event's time, seconds.
+    pub ts: f64,
+    /// The spine event's id.
+    pub event_id: CompactString,
+    /// Carried payload values.
+    pub carried: Arc<[Value]>,
+    /// The exploded items; `None` when the spine is not exploded.
+    pub items: Option<Vec<CompactString>>,
+    /// The features at the spine event.
+    pub features: Arc<str>,
+    /// The served features.
+    pub snapshot: Option<Arc<str>>,
+    /// Labels, row by row (one row when not exploded), label by label.
+    pub labels: Vec<LabelValue>,
+}
+
+impl OpenRow {
+    /// The rows it becomes, with `labels_complete` as given.
+    pub fn rows(self, labels_complete: bool, out: &mut Vec<TrainingRow>) {
+        let per_row = if self.items.is_some() {
+            self.labels.len() / self.items.as_ref().map_or(1, |i| i.len().max(1))
+        } else {
+            self.labels.len()
+        };
+        let row = |item: Option<(i32, CompactString)>, labels: &[LabelValue]| TrainingRow {
+            row_id: self.row_id.clone(),
+            user_id: self.user_id.clone(),
+            ts: self.ts,
+            event_id: self.event_id.clone(),
+            carried: Arc::clone(&self.carried),
+            item,
+            features: Arc::clone(&self.features),
+            labels: labels.to_vec(),
+            labels_complete,
+            snapshot: self.snapshot.clone(),
+        };
+        match &self.items {
+            None => out.push(row(None, &self.labels)),
+            Some(items) => {
+                for (position, item) in items.iter().enumerate() {
+                    let labels = &self.labels[position * per_row..(position + 1) * per_row];
+                    out.push(row(Some((position as i32, item.clone())), labels));
+                }
+            }
+        }
+    }
+}
+
+/// The column type of a feature (and of its `served__` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureKind {
+    /// A count or size: int64.
+    Int64,
+    /// A sum, a time or another number: float64.
+    Float64,
+    /// `present`, or the latest bool: bool.
+    Bool,
+    /// The latest string: string.
+    Utf8,
+    /// `top_k`: list of `{key string, score float64}`.
+    TopK,
+    /// The latest value of an `any` field: its JSON text.
+    Json,
+}

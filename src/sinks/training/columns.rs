@@ -1,0 +1,219 @@
+//! The export's columns (DESIGN.md section 10) and a row's values in them: one
+//! description that both the Parquet batches and the JSONL lines are written from,
+//! so the two forms cannot disagree.
+
+use std::sync::Arc;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::Value as Json;
+
+use crate::job::Job;
+use crate::model::event::Value;
+use crate::model::schema::FieldType;
+use crate::model::training::{ExportSpec, FeatureKind, LabelFn, LabelValue, TrainingRow};
+
+/// One column of the export.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Column {
+    /// `row_id`.
+    RowId,
+    /// `user_id`.
+    UserId,
+    /// `ts`.
+    Ts,
+    /// `event_id`.
+    EventId,
+    /// A carried spine field.
+    Carried(usize, FieldType),
+    /// `position`.
+    Position,
+    /// `item_id`.
+    ItemId,
+    /// A feature at the spine event.
+    Feature(usize, FeatureKind),
+    /// A label.
+    Label(usize, LabelFn),
+    /// `labels_complete`.
+    Complete,
+    /// A served feature.
+    Served(usize, FeatureKind),
+    /// `served_as_of`.
+    ServedAsOf,
+}
+
+/// The export's columns, in order, with their names.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    /// `(name, column)` in order.
+    pub list: Vec<(String, Column)>,
+    /// Feature names, in the spec's order.
+    pub features: Vec<String>,
+}
+
+impl Columns {
+    /// The columns of `job`'s export.
+    pub fn of(job: &Job, spec: &ExportSpec) -> Columns {
+        let mut list = vec![
+            ("row_id".to_owned(), Column::RowId),
+            ("user_id".to_owned(), Column::UserId),
+            ("ts".to_owned(), Column::Ts),
+            ("event_id".to_owned(), Column::EventId),
+        ];
+        for (i, c) in spec.carry.iter().enumerate() {
+            list.push((c.name.clone(), Column::Carried(i, c.ty)));
+        }
+        if spec.explode.is_some() {
+            list.push(("position".into(), Column::Position));
+            list.push(("item_id".into(), Column::ItemId));
+        }
+        let features: Vec<String> = job.features.features.iter().map(|f| f.name.clone()).collect();
+        for (i, (name, kind)) in features.iter().zip(&spec.feature_kinds).enumerate() {
+            list.push((name.clone(), Column::Feature(i, *kind)));
+        }
+        for (i, label) in spec.labels.iter().enumerate() {
+            list.push((format!("label_{}", label.name), Column::Label(i, label.func)));
+        }
+        list.push(("labels_complete".into(), Column::Complete));
+        if spec.snapshot.is_some() {
+            for (i, (name, kind)) in features.iter().zip(&spec.feature_kinds).enumerate() {
+                list.push((format!("served__{name}"), Column::Served(i, *kind)));
+            }
+            list.push(("served_as_of".into(), Column::ServedAsOf));
+        }
+        Columns { list, features }
+    }
+}
+
+/// A row's features and served features, parsed from their JSON text.
+pub struct Parsed {
+    /// Feature values, in the spec's order (null when absent).
+    pub features: Vec<Json>,
+    /// Served values typed as their feature (null when absent or of another type).
+    pub served: Vec<Json>,
+    /// The snapshot's `as_of`, seconds.
+    pub served_as_of: Option<f64>,
+    features_text: Arc<str>,
+    snapshot_text: Option<Arc<str>>,
+}
+
+impl Parsed {
+    /// Parses `row`'s JSON, reusing `previous` when the row shares its text (the rows
+    /// of one exploded spine event do).
+    pub fn of(
+        columns: &Columns,
+        kinds: &[FeatureKind],
+        row: &TrainingRow,
+        previous: Option<Parsed>,
+    ) -> Parsed {
+        if let Some(previous) = previous
+            && Arc::ptr_eq(&previous.features_text, &row.features)
+            && match (&previous.snapshot_text, &row.snapshot) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        {
+            return previous;
+        }
+        let object = |text: &str| match serde_json::from_str::<Json>(text) {
+            Ok(Json::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        let features = object(&row.features);
+        let snapshot = row.snapshot.as_deref().map(object).unwrap_or_default();
+        Parsed {
+            features: columns
+                .features
+                .iter()
+                .map(|name| features.get(name).cloned().unwrap_or(Json::Null))
+                .collect(),
+            served: columns
+                .features
+                .iter()
+                .zip(kinds)
+                .map(|(name, kind)| typed(snapshot.get(name), *kind))
+                .collect(),
+            served_as_of: snapshot.get("as_of").and_then(Json::as_f64),
+            features_text: Arc::clone(&row.features),
+            snapshot_text: row.snapshot.clone(),
+        }
+    }
+}
+
+/// A served value as its feature's type: null when absent or of another type.
+pub fn typed(value: Option<&Json>, kind: FeatureKind) -> Json {
+    let Some(value) = value else { return Json::Null };
+    let fits = match kind {
+        FeatureKind::Int64 => value.is_i64() || value.is_u64(),
+        FeatureKind::Float64 => value.is_number(),
+        FeatureKind::Bool => value.is_boolean(),
+        FeatureKind::Utf8 => value.is_string(),
+        FeatureKind::TopK => top_k(value).is_some(),
+        FeatureKind::Json => true,
+    };
+    if fits { value.clone() } else { Json::Null }
+}
+
+/// A `top_k` value's `(key, score)` pairs: the view writes `[[key, score], ...]`.
+pub fn top_k(value: &Json) -> Option<Vec<(&str, f64)>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|pair| match pair.as_array()?.as_slice() {
+            [Json::String(key), score] => Some((key.as_str(), score.as_f64()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The JSON value of a carried field.
+pub fn carried(value: &Value) -> Json {
+    match value {
+        Value::Str(s) => Json::String(s.to_string()),
+        Value::Num(n) => serde_json::Number::from_f64(*n).map_or(Json::Null, Json::Number),
+        Value::Bool(b) => Json::Bool(*b),
+        _ => Json::Null,
+    }
+}
+
+/// A label's JSON value.
+pub fn label(value: &LabelValue) -> Json {
+    match *value {
+        LabelValue::Any(b) => Json::Bool(b),
+        LabelValue::Count(n) => Json::from(n),
+        LabelValue::Sum(s) => serde_json::Number::from_f64(s).map_or(Json::Null, Json::Number),
+        LabelValue::FirstAfter(f) => f
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Json::Null, Json::Number),
+    }
+}
+
+/// A row as one JSON object, columns in order (a line of the JSONL form; `ts` and
+/// `served_as_of` in epoch seconds).
+pub fn json_line(columns: &Columns, row: &TrainingRow, parsed: &Parsed) -> String {
+    struct Line<'a>(&'a Columns, &'a TrainingRow, &'a Parsed);
+    impl serde::Serialize for Line<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let Line(columns, row, parsed) = *self;
+            let mut map = serializer.serialize_map(Some(columns.list.len()))?;
+            for (name, column) in &columns.list {
+                match column {
+                    Column::RowId => map.serialize_entry(name, row.row_id.as_str())?,
+                    Column::UserId => map.serialize_entry(name, row.user_id.as_str())?,
+                    Column::Ts => map.serialize_entry(name, &row.ts)?,
+                    Column::EventId => map.serialize_entry(name, row.event_id.as_str())?,
+                    Column::Carried(i, _) => map.serialize_entry(name, &carried(&row.carried[*i]))?,
+                    Column::Position => map.serialize_entry(name, &row.item.as_ref().map(|i| i.0))?,
+                    Column::ItemId => map.serialize_entry(name, &row.item.as_ref().map(|i| i.1.as_str()))?,
+                    Column::Feature(i, _) => map.serialize_entry(name, &parsed.features[*i])?,
+                    Column::Label(i, _) => map.serialize_entry(name, &label(&row.labels[*i]))?,
+                    Column::Complete => map.serialize_entry(name, &row.labels_complete)?,
+                    Column::Served(i, _) => map.serialize_entry(name, &parsed.served[*i])?,
+                    Column::ServedAsOf => map.serialize_entry(name, &parsed.served_as_of)?,
+                }
+            }
+            map.end()
+        }
+    }
+    serde_json::to_string(&Line(columns, row, parsed)).expect("a row serializes")
+}

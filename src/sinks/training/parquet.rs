@@ -1,0 +1,269 @@
+//! The export's Parquet files: rows as Arrow record batches, written with zstd and
+//! dictionary-encoded strings, one open file per date partition, each under a
+//! temporary name until it is closed.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    ArrayBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
+    StructBuilder, TimestampMillisecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use serde_json::Value as Json;
+
+use super::columns::{Column, Columns, Parsed, top_k};
+use crate::model::schema::FieldType;
+use crate::model::training::{FeatureKind, LabelFn, LabelValue, TrainingRow};
+use crate::sinks::SinkError;
+
+/// Rows per row group: bounds what a writer holds before it encodes a group.
+pub const ROW_GROUP_ROWS: usize = 65_536;
+
+fn top_k_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+    ])
+}
+
+fn kind_type(kind: FeatureKind) -> DataType {
+    match kind {
+        FeatureKind::Int64 => DataType::Int64,
+        FeatureKind::Float64 => DataType::Float64,
+        FeatureKind::Bool => DataType::Boolean,
+        FeatureKind::Utf8 | FeatureKind::Json => DataType::Utf8,
+        FeatureKind::TopK => DataType::List(Arc::new(Field::new(
+            "item",
+            DataType::Struct(top_k_fields()),
+            true,
+        ))),
+    }
+}
+
+fn timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// The Arrow schema of the export's columns.
+pub fn schema(columns: &Columns) -> SchemaRef {
+    let fields: Vec<Field> = columns
+        .list
+        .iter()
+        .map(|(name, column)| {
+            let (ty, nullable) = match column {
+                Column::RowId | Column::UserId | Column::EventId => (DataType::Utf8, false),
+                Column::Ts => (timestamp(), false),
+                Column::Carried(_, FieldType::Number) => (DataType::Float64, true),
+                Column::Carried(_, FieldType::Bool) => (DataType::Boolean, true),
+                Column::Carried(..) => (DataType::Utf8, true),
+                Column::Position => (DataType::Int32, false),
+                Column::ItemId => (DataType::Utf8, false),
+                Column::Feature(_, kind) => (kind_type(*kind), true),
+                Column::Label(_, LabelFn::Any) => (DataType::Boolean, false),
+                Column::Label(_, LabelFn::Count) => (DataType::Int64, false),
+                Column::Label(_, LabelFn::Sum) => (DataType::Float64, false),
+                Column::Label(_, LabelFn::FirstAfter) => (DataType::Float64, true),
+                Column::Complete => (DataType::Boolean, false),
+                Column::Served(_, kind) => (kind_type(*kind), true),
+                Column::ServedAsOf => (timestamp(), true),
+            };
+            Field::new(name, ty, nullable)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn builder(ty: &DataType, capacity: usize) -> Box<dyn ArrayBuilder> {
+    match ty {
+        DataType::Utf8 => Box::new(StringBuilder::with_capacity(capacity, capacity * 16)),
+        DataType::Int64 => Box::new(Int64Builder::with_capacity(capacity)),
+        DataType::Int32 => Box::new(Int32Builder::with_capacity(capacity)),
+        DataType::Float64 => Box::new(Float64Builder::with_capacity(capacity)),
+        DataType::Boolean => Box::new(BooleanBuilder::with_capacity(capacity)),
+        DataType::Timestamp(..) => {
+            Box::new(TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC"))
+        }
+        DataType::List(item) => {
+            let values = StructBuilder::from_fields(top_k_fields(), capacity);
+            Box::new(ListBuilder::new(values).with_field(Arc::clone(item)))
+        }
+        other => unreachable!("the export writes no {other} column"),
+    }
+}
+
+fn get<T: 'static>(builder: &mut Box<dyn ArrayBuilder>) -> &mut T {
+    builder
+        .as_any_mut()
+        .downcast_mut::<T>()
+        .expect("builders match the schema")
+}
+
+fn seconds_to_millis(seconds: f64) -> i64 {
+    (seconds * 1000.0).round() as i64
+}
+
+/// Appends one JSON value of a feature's kind.
+fn append_feature(builder: &mut Box<dyn ArrayBuilder>, kind: FeatureKind, value: &Json) {
+    match kind {
+        FeatureKind::Int64 => get::<Int64Builder>(builder).append_option(value.as_i64()),
+        FeatureKind::Float64 => get::<Float64Builder>(builder).append_option(value.as_f64()),
+        FeatureKind::Bool => get::<BooleanBuilder>(builder).append_option(value.as_bool()),
+        FeatureKind::Utf8 => get::<StringBuilder>(builder).append_option(value.as_str()),
+        FeatureKind::Json => {
+            get::<StringBuilder>(builder).append_option((!value.is_null()).then(|| value.to_string()))
+        }
+        FeatureKind::TopK => {
+            let list = get::<ListBuilder<StructBuilder>>(builder);
+            match top_k(value) {
+                None => list.append(false),
+                Some(pairs) => {
+                    let values = list.values();
+                    for (key, score) in pairs {
+                        values
+                            .field_builder::<StringBuilder>(0)
+                            .expect("key")
+                            .append_value(key);
+                        values
+                            .field_builder::<Float64Builder>(1)
+                            .expect("score")
+                            .append_value(score);
+                        values.append(true);
+                    }
+                    list.append(true);
+                }
+            }
+        }
+    }
+}
+
+/// Rows as one record batch.
+pub fn batch(
+    columns: &Columns,
+    kinds: &[FeatureKind],
+    schema: &SchemaRef,
+    rows: &[TrainingRow],
+) -> RecordBatch {
+    let mut builders: Vec<Box<dyn ArrayBuilder>> = schema
+        .fields()
+        .iter()
+        .map(|f| builder(f.data_type(), rows.len()))
+        .collect();
+    let mut parsed: Option<Parsed> = None;
+    for row in rows {
+        let p = Parsed::of(columns, kinds, row, parsed.take());
+        for ((_, column), b) in columns.list.iter().zip(builders.iter_mut()) {
+            match column {
+                Column::RowId => get::<StringBuilder>(b).append_value(&row.row_id),
+                Column::UserId => get::<StringBuilder>(b).append_value(&row.user_id),
+                Column::EventId => get::<StringBuilder>(b).append_value(&row.event_id),
+                Column::Ts => get::<TimestampMillisecondBuilder>(b).append_value(seconds_to_millis(row.ts)),
+                Column::Carried(i, ty) => {
+                    let value = super::columns::carried(&row.carried[*i]);
+                    match ty {
+                        FieldType::Number => get::<Float64Builder>(b).append_option(value.as_f64()),
+                        FieldType::Bool => get::<BooleanBuilder>(b).append_option(value.as_bool()),
+                        _ => get::<StringBuilder>(b).append_option(value.as_str()),
+                    }
+                }
+                Column::Position => get::<Int32Builder>(b).append_value(row.item.as_ref().map_or(0, |i| i.0)),
+                Column::ItemId => {
+                    get::<StringBuilder>(b).append_value(row.item.as_ref().map_or("", |i| i.1.as_str()))
+                }
+                Column::Feature(i, kind) => append_feature(b, *kind, &p.features[*i]),
+                Column::Served(i, kind) => append_feature(b, *kind, &p.served[*i]),
+                Column::ServedAsOf => {
+                    get::<TimestampMillisecondBuilder>(b).append_option(p.served_as_of.map(seconds_to_millis))
+                }
+                Column::Complete => get::<BooleanBuilder>(b).append_value(row.labels_complete),
+                Column::Label(i, _) => match row.labels[*i] {
+                    LabelValue::Any(v) => get::<BooleanBuilder>(b).append_value(v),
+                    LabelValue::Count(n) => get::<Int64Builder>(b).append_value(n as i64),
+                    LabelValue::Sum(s) => get::<Float64Builder>(b).append_value(s),
+                    LabelValue::FirstAfter(f) => get::<Float64Builder>(b).append_option(f),
+                },
+            }
+        }
+        parsed = Some(p);
+    }
+    let arrays: Vec<ArrayRef> = builders.iter_mut().map(|b| b.finish()).collect();
+    RecordBatch::try_new(Arc::clone(schema), arrays).expect("arrays match the schema")
+}
+
+/// One Parquet file being written: under a temporary name until it is closed.
+pub struct ParquetFile {
+    writer: ArrowWriter<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
+    move |source| SinkError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn parquet_error(path: &Path, error: parquet::errors::ParquetError) -> SinkError {
+    SinkError::Store(format!("writing {}: {error}", path.display()))
+}
+
+impl ParquetFile {
+    /// Creates `path` (written as `.<name>.tmp` beside it), with `metadata`.
+    pub fn create(
+        path: PathBuf,
+        schema: &SchemaRef,
+        metadata: &[(String, String)],
+    ) -> Result<ParquetFile, SinkError> {
+        let parent = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let tmp = parent.join(format!(".{name}.tmp"));
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_dictionary_enabled(true)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_key_value_metadata(Some(
+                metadata
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                    .collect(),
+            ))
+            .build();
+        let writer = ArrowWriter::try_new(file, Arc::clone(schema), Some(properties))
+            .map_err(|e| parquet_error(&tmp, e))?;
+        Ok(ParquetFile { writer, tmp, path })
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        self.writer.write(batch).map_err(|e| parquet_error(&self.tmp, e))
+    }
+
+    /// Bytes written so far (encoded, not counting the open row group).
+    pub fn bytes(&self) -> usize {
+        self.writer.bytes_written() + self.writer.in_progress_size()
+    }
+
+    /// Writes the footer, syncs, and renames the file to its name.
+    pub fn close(self) -> Result<PathBuf, SinkError> {
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|e| parquet_error(&self.tmp, e))?;
+        file.sync_all().map_err(io(&self.tmp))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
+        Ok(self.path)
+    }
+}
