@@ -1,6 +1,7 @@
 //! Golden job tests: every directory under `tests/jobs/` is a case with a `job.toml`,
 //! its input partitions (`input/`, each entry one partition), and the expected
-//! `views.jsonl`, `dlq.jsonl` and `summary.json` under `expected/`.
+//! `views.jsonl`, `dlq.jsonl` and `summary.json` under `expected/`, and for jobs that
+//! export training data the rows (`training.jsonl`) and the skew report (`skew.json`).
 //!
 //! Each case runs with 1, 2 and 4 workers, with its partitions named in reverse order,
 //! and stopped halfway (with 1 and with 2 workers) then resumed from the checkpoint
@@ -114,6 +115,16 @@ fn bless_case(case: &Path) {
     .unwrap();
     let summary = serde_json::to_string_pretty(&summary_counts(&outputs.summary)).unwrap() + "\n";
     std::fs::write(expected.join("summary.json"), summary).unwrap();
+    if !outputs.rows.is_empty() {
+        std::fs::write(expected.join("training.jsonl"), lines(&outputs.rows)).unwrap();
+    }
+    if let Some(skew) = outputs.skew.as_ref().filter(|s| s["rows"].as_i64() > Some(0)) {
+        std::fs::write(
+            expected.join("skew.json"),
+            serde_json::to_string_pretty(skew).unwrap() + "\n",
+        )
+        .unwrap();
+    }
 }
 
 /// Runs one case every way and compares each run with its expected outputs.
@@ -125,7 +136,19 @@ fn check_case(case: &Path, name: &str) {
     let want_dlq = read_expected(&expected.join("dlq.jsonl"));
     let want_summary: Value =
         serde_json::from_str(&std::fs::read_to_string(expected.join("summary.json")).unwrap()).unwrap();
+    let want_rows = expected
+        .join("training.jsonl")
+        .exists()
+        .then(|| read_expected(&expected.join("training.jsonl")))
+        .unwrap_or_default();
+    let want_skew: Option<Value> = std::fs::read_to_string(expected.join("skew.json"))
+        .ok()
+        .map(|text| serde_json::from_str(&text).unwrap());
     let check = |label: &str, outputs: Outputs| {
+        assert_same(label, "training rows", &outputs.rows, &want_rows);
+        if let Some(want) = &want_skew {
+            assert_eq!(outputs.skew.as_ref(), Some(want), "{label}: skew report");
+        }
         assert_same(label, "views", &outputs.views, &want_views);
         assert_same(label, "SQLite views", &outputs.sqlite_views, &want_views);
         assert_same(

@@ -96,6 +96,12 @@ pub struct RunArgs {
     /// Leave out the job's training export (`[export]`).
     #[arg(long)]
     pub no_export: bool,
+    /// Write the training export's Parquet dataset here (its JSONL form beside it).
+    #[arg(long)]
+    pub export_dir: Option<PathBuf>,
+    /// Write the serving-skew report here (its HTML page beside it).
+    #[arg(long)]
+    pub skew_report: Option<PathBuf>,
 }
 
 /// A flag that SIGINT and SIGTERM set: the run stops consuming, flushes its sinks,
@@ -179,6 +185,8 @@ pub fn options(args: RunArgs) -> anyhow::Result<RunOptions> {
         } else {
             ExportMode::AsJob
         },
+        export_dir: args.export_dir,
+        skew_report: args.skew_report,
     })
 }
 

@@ -66,6 +66,10 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// What becomes of the job's training export.
     pub export: ExportMode,
+    /// The export's Parquet directory (its JSONL form goes beside it as `<dir>.jsonl`).
+    pub export_dir: Option<PathBuf>,
+    /// The skew report's JSON file (its HTML page goes beside it as `.html`).
+    pub skew_report: Option<PathBuf>,
 }
 
 /// What a run does with the job's `[export]`.
@@ -107,6 +111,8 @@ impl Default for RunOptions {
             cluster: Default::default(),
             stop_after: Default::default(),
             export: Default::default(),
+            export_dir: Default::default(),
+            skew_report: Default::default(),
         }
     }
 }
@@ -243,6 +249,18 @@ pub fn apply_overrides(job: &mut Job, options: &RunOptions) {
     }
     if let Some(interval) = options.checkpoint_interval {
         job.checkpoint.interval = interval;
+    }
+    if let Some(export) = &mut job.export {
+        if let Some(dir) = &options.export_dir {
+            export.dir = dir.clone();
+            if export.formats.jsonl.is_some() {
+                export.formats.jsonl = Some(dir.with_extension("jsonl"));
+            }
+        }
+        if let Some(report) = &options.skew_report {
+            export.skew.report = Some(report.clone());
+            export.skew.html = Some(report.with_extension("html"));
+        }
     }
     match options.export {
         ExportMode::AsJob => {}

@@ -62,6 +62,23 @@ pub fn check(job: &Job, partitions: &[FilePartition], patterns: &[String]) -> Re
             });
         }
     }
+    if let Some(export) = &job.export {
+        let dir = export.formats.parquet.then_some(&export.dir);
+        for (what, path) in [
+            ("--export-dir", dir),
+            ("the export's JSONL form", export.formats.jsonl.as_ref()),
+            ("--skew-report", export.skew.report.as_ref()),
+            ("the skew report's HTML", export.skew.html.as_ref()),
+        ] {
+            if let Some(path) = path {
+                outputs.push(Use {
+                    what,
+                    path: absolute(path),
+                    shown: path.display().to_string(),
+                });
+            }
+        }
+    }
     let refuse = |message: String| Err(RunError::Options(message));
     for (i, a) in outputs.iter().enumerate() {
         for b in &outputs[i + 1..] {

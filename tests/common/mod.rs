@@ -19,6 +19,10 @@ pub struct Outputs {
     pub sqlite_views: Vec<Value>,
     /// The dead letters, parsed, in file order.
     pub dead_letters: Vec<Value>,
+    /// The training export's JSONL rows, in file order (empty without an export).
+    pub rows: Vec<Value>,
+    /// The skew report, when the run made one.
+    pub skew: Option<Value>,
     /// The scratch directory (kept alive while the outputs are).
     pub dir: tempfile::TempDir,
 }
@@ -72,6 +76,8 @@ fn run_into(
         summary: Some(out("summary.json")),
         checkpoint_dir: Some(out("checkpoints")),
         stop_after,
+        export_dir: Some(out("training")),
+        skew_report: Some(out("skew.json")),
         ..RunOptions::default()
     };
     let summary = run_files(job, &options)
@@ -79,8 +85,14 @@ fn run_into(
     assert!(summary.conserved, "conservation broken: {summary:#?}");
     let written: Summary =
         serde_json::from_str(&std::fs::read_to_string(out("summary.json")).unwrap()).unwrap();
+    // The skew report travels with the returned summary for the command line, and
+    // has files of its own.
+    let returned = Summary {
+        skew: None,
+        ..summary.clone()
+    };
     assert_eq!(
-        written, summary,
+        written, returned,
         "the summary file differs from the returned summary"
     );
     summary
@@ -92,6 +104,14 @@ fn outputs(summary: Summary, dir: tempfile::TempDir) -> Outputs {
         views: read_jsonl(&out("views.jsonl")),
         sqlite_views: read_sqlite(&out("views.sqlite")),
         dead_letters: read_jsonl(&out("dlq.jsonl")),
+        rows: if out("training.jsonl").exists() {
+            read_jsonl(&out("training.jsonl"))
+        } else {
+            Vec::new()
+        },
+        skew: std::fs::read_to_string(out("skew.json"))
+            .ok()
+            .map(|text| serde_json::from_str(&text).expect("the skew report is JSON")),
         summary,
         dir,
     }
