@@ -136,11 +136,11 @@ fn check_case(case: &Path, name: &str) {
     let want_dlq = read_expected(&expected.join("dlq.jsonl"));
     let want_summary: Value =
         serde_json::from_str(&std::fs::read_to_string(expected.join("summary.json")).unwrap()).unwrap();
-    let want_rows = expected
-        .join("training.jsonl")
-        .exists()
-        .then(|| read_expected(&expected.join("training.jsonl")))
-        .unwrap_or_default();
+    let want_rows = if expected.join("training.jsonl").exists() {
+        read_expected(&expected.join("training.jsonl"))
+    } else {
+        Vec::new()
+    };
     let want_skew: Option<Value> = std::fs::read_to_string(expected.join("skew.json"))
         .ok()
         .map(|text| serde_json::from_str(&text).unwrap());
