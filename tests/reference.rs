@@ -8,6 +8,9 @@
 //! the 24 h dedup horizon), v1 and v2 purchases, prices that overflow a sum, sessions,
 //! impressions, unknown types, integral times, -0.0, and ties in event time. Dead
 //! letters are compared by reason and origin where the contract decides them.
+//! The training rows (DESIGN.md section 10: point-in-time features at each applied
+//! impression, one row per shown item, labels from the outcomes that follow within
+//! their windows, completeness against the largest time seen) are compared whole.
 
 mod common;
 
@@ -191,6 +194,8 @@ fn layout(draws: &[(usize, Draw)], partitions: usize) -> Log {
 /// What the batch fold expects.
 struct Expected {
     views: Vec<Value>,
+    /// The training rows of `jobs/recsys.toml`'s export, in the JSONL form's order.
+    rows: Vec<Value>,
     read: u64,
     applied: u64,
     ignored: u64,
@@ -291,7 +296,12 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
             .push((event, origin));
     }
     let mut views = Vec::new();
+    let mut rows = Vec::new();
     for (user, events) in per_user {
+        // Impressions seen so far: (event, features then), for their labels later.
+        let mut impressions: Vec<(&Value, Value)> = Vec::new();
+        // The user's applied events, for the labels.
+        let mut applied: Vec<&Value> = Vec::new();
         let mut purchased = BTreeSet::new();
         let mut viewed: Vec<String> = Vec::new();
         let mut interests: HashMap<String, f64> = HashMap::new();
@@ -302,6 +312,20 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
         for (event, origin) in events {
             let time = event["event_time"].as_f64().unwrap();
             let payload = &event["payload"];
+            if event["event_type"] == "recommendation.items_shown" {
+                let mut top: Vec<(String, f64)> = interests.iter().map(|(c, s)| (c.clone(), *s)).collect();
+                top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                top.truncate(5);
+                let features = json!({
+                    "n_purchased_items": purchased.len(),
+                    "n_viewed_items": viewed.len(),
+                    "total_spend": spend,
+                    "top_categories": top.iter().map(|(c, s)| json!([c, s])).collect::<Vec<_>>(),
+                    "session_active": session_start.is_some(),
+                    "last_active_time": last_active,
+                });
+                impressions.push((event, features));
+            }
             let category = payload["category"].as_str().unwrap_or("unknown").to_owned();
             match event["event_type"].as_str().unwrap() {
                 "ecommerce.purchase_completed" => {
@@ -339,7 +363,9 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
                 }
                 _ => {}
             }
+            applied.push(event);
         }
+        rows.extend(training_rows(&impressions, &applied, max_time));
         if !has_view {
             continue;
         }
@@ -368,8 +394,20 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
             },
         }));
     }
+    rows.sort_by(|a, b| {
+        let key = |r: &Value| {
+            (
+                r["user_id"].as_str().unwrap().to_owned(),
+                r["ts"].as_f64().unwrap().to_bits(),
+                r["event_id"].as_str().unwrap().to_owned(),
+                r["position"].as_i64().unwrap(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
     Expected {
         views,
+        rows,
         read,
         applied: taken.len() as u64 - overflowed.len() as u64,
         ignored,
@@ -378,6 +416,63 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
         late_letters,
         unique,
     }
+}
+
+/// The rows of one user's impressions: one per shown item, with the features the
+/// user had before it and the labels of `jobs/recsys.toml` from the applied events
+/// after it (`applied` is in apply order and holds the impressions themselves).
+fn training_rows(impressions: &[(&Value, Value)], applied: &[&Value], max_time: f64) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for (impression, features) in impressions {
+        let ts = impression["event_time"].as_f64().unwrap();
+        let at = applied
+            .iter()
+            .position(|e| std::ptr::eq(*e, *impression))
+            .expect("an impression is applied");
+        let after = &applied[at + 1..];
+        let items = impression["payload"]["recommended_items"].as_array().unwrap();
+        for (position, item) in items.iter().enumerate() {
+            let within = |e: &&&Value, kind: &str, window: f64| {
+                e["event_type"] == kind && e["event_time"].as_f64().unwrap() <= ts + window
+            };
+            let viewed = after
+                .iter()
+                .any(|e| within(&e, "ecommerce.item_viewed", 1800.0) && e["payload"]["item_id"] == *item);
+            let purchased = after.iter().any(|e| {
+                within(&e, "ecommerce.purchase_completed", 86_400.0) && e["payload"]["item_id"] == *item
+            });
+            let spend: f64 = after
+                .iter()
+                .filter(|e| within(e, "ecommerce.purchase_completed", 86_400.0))
+                .map(|e| {
+                    let p = &e["payload"];
+                    p.get("price").or(p.get("amount")).unwrap().as_f64().unwrap()
+                })
+                .sum();
+            let mut row = json!({
+                "row_id": impression["payload"]["impression_id"],
+                "user_id": impression["user_id"],
+                "ts": ts,
+                "event_id": impression["event_id"],
+                "model_version": impression["payload"]["model_version"],
+                "position": position,
+                "item_id": item,
+            });
+            for (name, value) in features.as_object().unwrap() {
+                row[name] = value.clone();
+            }
+            row["label_viewed_30m"] = json!(viewed);
+            row["label_purchased_24h"] = json!(purchased);
+            row["label_spend_24h"] = json!(spend);
+            row["labels_complete"] = json!(ts + 86_400.0 <= max_time);
+            for name in features.as_object().unwrap().keys() {
+                row[format!("served__{name}")] = Value::Null;
+            }
+            row["served_as_of"] = Value::Null;
+            rows.push(row);
+        }
+    }
+    rows
 }
 
 fn key_of(event: &Value) -> (String, String) {
@@ -416,6 +511,7 @@ proptest! {
         for workers in [1, 2, 4] {
             let outputs = common::run_job(&job, &inputs, workers);
             prop_assert_eq!(&outputs.views, &expected.views, "views with {} workers", workers);
+            prop_assert_eq!(&outputs.rows, &expected.rows, "training rows with {} workers", workers);
             let s = &outputs.summary;
             prop_assert_eq!(s.read, expected.read);
             prop_assert_eq!(s.applied, expected.applied, "applied with {} workers", workers);

@@ -71,6 +71,8 @@ fn streaming_options(topic: &str, group: &str, dir: &Path) -> RunOptions {
         views_sqlite: Some(dir.join("live.sqlite")),
         summary: Some(dir.join("live-summary.json")),
         checkpoint_dir: Some(dir.join("checkpoints")),
+        export_dir: Some(dir.join("live-training")),
+        skew_report: Some(dir.join("live-skew.json")),
         ..RunOptions::default()
     }
 }

@@ -33,6 +33,10 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_REDIS_KEY_PREFIX: &str = "user_state:";
 /// Default `sinks.redis.ttl`: 30 days.
 pub const DEFAULT_REDIS_TTL: Span = Span::secs(30 * 86_400);
+/// Default `export.roll_bytes`: 128 MiB.
+pub const DEFAULT_EXPORT_ROLL_BYTES: u64 = 128 << 20;
+/// Default `export.roll_interval`: 10 minutes.
+pub const DEFAULT_EXPORT_ROLL_INTERVAL: Span = Span::secs(600);
 /// Default `sinks.archive.roll_bytes`: 64 MiB.
 pub const DEFAULT_ARCHIVE_ROLL_BYTES: u64 = 64 << 20;
 /// Default `sinks.archive.roll_interval`: 5 minutes.

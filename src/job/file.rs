@@ -261,7 +261,8 @@ pub struct ExportSection {
     /// The object field holding the features the server used. Default:
     /// `features_snapshot` when the spine type has it; `""` turns it off.
     pub snapshot: Option<Spanned<String>>,
-    /// Where the Parquet dataset is written. Default: `out/<job>/training`.
+    /// Where the Parquet dataset is written. Default: `out/<job>/training`; `""`
+    /// turns the export off (a job that extends an exporting one).
     pub dir: Option<String>,
     /// Which formats: `parquet` and/or `jsonl`. Default: `["parquet"]`.
     pub formats: Option<Spanned<Vec<ExportFormat>>>,
@@ -270,6 +271,10 @@ pub struct ExportSection {
     /// Leave out rows whose label windows had not closed when a bounded input ended.
     /// Default: false (they are written with `labels_complete` false).
     pub complete_only: Option<bool>,
+    /// A Parquet file is closed once it holds this many bytes. Default: 128 MiB.
+    pub roll_bytes: Option<u64>,
+    /// A Parquet file is closed this long after it was opened. Default: 10 minutes.
+    pub roll_interval: Option<Span>,
 }
 
 /// `[[labels]]`: what happened after a spine event.

@@ -169,6 +169,8 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
     let mut registry = compile::registry(&events, files, problems);
     let features = compile::features(&mut registry, &state, &features, files, problems)?;
     let export = match &merged.export {
+        // `dir = ""` turns the export off, as an empty path turns off every sink.
+        Some(export) if export.value.dir.as_deref() == Some("") => None,
         Some(export) => compile::export(
             &name,
             &mut registry,

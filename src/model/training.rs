@@ -104,6 +104,10 @@ pub struct ExportSpec {
     pub formats: ExportFormats,
     /// Drop rows whose labels are not complete at the end of a bounded input.
     pub complete_only: bool,
+    /// A file is closed once it holds this many bytes.
+    pub roll_bytes: u64,
+    /// A file is closed this long after it was opened.
+    pub roll_interval: std::time::Duration,
     /// The labels, in declaration order.
     pub labels: Vec<LabelSpec>,
     /// The longest label window, seconds.

@@ -245,6 +245,13 @@ fn run_worker<S: Source + 'static>(
                 other => checkpointing.borrow_mut().receive(other),
             }
         }
+        // Another worker failed: its part of the dataflow is gone, so this one's
+        // frontier would never pass; stop too, with its error.
+        if let Some(error) = gathered.iter().find_map(|g| g.error.clone()) {
+            failure = Some(error);
+            worker.drop_dataflow(dataflow);
+            break;
+        }
         if let Some(coordinator) = coordinator.as_mut() {
             // A stopped backfill finishes with a checkpoint where it stopped.
             if !hurried && plan.stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -289,13 +296,19 @@ fn run_worker<S: Source + 'static>(
     let local = counts.borrow().clone();
     let max_event_time = shared.max_event_time.get();
     let stopped_at = shared.stopped_at.get();
-    control.to_zero(Control::Stats {
+    let stats = Control::Stats {
         worker: index,
         counts: local.clone(),
         max_event_time,
         stopped_at,
         error: failure.clone(),
-    });
+    };
+    // A failure goes to every worker, which stops them; counts go to worker 0.
+    if failure.is_some() {
+        control.broadcast(stats);
+    } else {
+        control.to_zero(stats);
+    }
     let global = if index == 0 && failure.is_none() {
         while gathered.len() < peers && gathered.iter().all(|g| g.error.is_none()) {
             worker.step_or_park(Some(Duration::from_millis(20)));

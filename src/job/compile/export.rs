@@ -160,8 +160,8 @@ pub fn export(
         None => None,
     };
     let dir = match &section.dir {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => defaults::output_path(job_name, "training"),
+        Some(dir) => PathBuf::from(dir),
+        None => defaults::output_path(job_name, "training"),
     };
     let formats: Vec<ExportFormat> = section
         .formats
@@ -215,6 +215,11 @@ pub fn export(
         dir,
         formats,
         complete_only: section.complete_only.unwrap_or(false),
+        roll_bytes: section.roll_bytes.unwrap_or(defaults::DEFAULT_EXPORT_ROLL_BYTES),
+        roll_interval: section
+            .roll_interval
+            .unwrap_or(defaults::DEFAULT_EXPORT_ROLL_INTERVAL)
+            .duration(),
         labels,
         max_window,
         outcome_types,

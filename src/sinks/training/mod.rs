@@ -10,7 +10,9 @@
 //! frontier until they are durable, so a checkpoint completes only with every row
 //! before its cut in closed files. A run resumed from epoch E removes the files of
 //! later tags ([`discard_after`]) and writes them again from the open rows and the
-//! log: every row exactly once.
+//! log: every row exactly once. Between cuts a file is also closed once it holds
+//! `roll_bytes` or has been open `roll_interval`; a date partition gets `_SUCCESS`
+//! once the watermark at a cut is past its end plus the longest label window.
 
 pub mod columns;
 pub mod parquet;
@@ -20,8 +22,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
 use timely::container::CapacityContainerBuilder;
@@ -195,6 +198,8 @@ impl SortKey {
 
 enum Command {
     Rows(Vec<TrainingRow>),
+    /// Close the files open longer than the roll interval.
+    Roll,
     /// Close every file; later rows get `tag`. Dates whose end plus the longest
     /// window is not past `watermark` are marked `_SUCCESS`.
     Close {
@@ -203,16 +208,22 @@ enum Command {
     },
 }
 
+/// A Parquet file being written and when it was opened.
+type OpenFile = (ParquetFile, Instant);
+
 /// One worker's writer thread.
 struct Writer {
     sink: ExportSink,
     worker: usize,
     tag: u64,
     next: u64,
-    open: BTreeMap<String, (Option<ParquetFile>, Vec<TrainingRow>)>,
+    /// Per date: its open file (and when it was opened) and the rows not yet encoded.
+    open: BTreeMap<String, (Option<OpenFile>, Vec<TrainingRow>)>,
     jsonl: Vec<(SortKey, String)>,
     dates: BTreeSet<String>,
     marked: BTreeSet<String>,
+    /// When rows were last buffered with no file open.
+    started: Instant,
 }
 
 impl Writer {
@@ -277,7 +288,10 @@ impl Writer {
                 .dir
                 .join(format!("dt={date}"))
                 .join(format!("part-{process}-{worker}-{seq:011}.parquet"));
-            *file = Some(ParquetFile::create(path, &self.sink.schema, &self.sink.metadata)?);
+            *file = Some((
+                ParquetFile::create(path, &self.sink.schema, &self.sink.metadata)?,
+                Instant::now(),
+            ));
         }
         let batch = batch(
             &self.sink.columns,
@@ -286,14 +300,53 @@ impl Writer {
             buffer,
         );
         buffer.clear();
-        file.as_mut().expect("opened").write(&batch)
+        let (file, _) = file.as_mut().expect("opened");
+        file.write(&batch)?;
+        let full = file.bytes() as u64 >= self.sink.spec.roll_bytes;
+        if full {
+            self.roll(date)?;
+        }
+        Ok(())
+    }
+
+    /// Closes a date's file (its rows stay in this tag: a resumed run keeps or drops
+    /// them with the rest of it).
+    fn roll(&mut self, date: &str) -> Result<(), SinkError> {
+        if let Some((file @ Some(_), _)) = self.open.get_mut(date) {
+            let (file, _) = file.take().expect("some");
+            file.close()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the files open longer than the roll interval, their buffered rows
+    /// encoded first.
+    fn roll_old(&mut self) -> Result<(), SinkError> {
+        let interval = self.sink.spec.roll_interval;
+        let old: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, (file, buffer))| match file {
+                Some((_, opened)) => opened.elapsed() >= interval,
+                None => !buffer.is_empty() && self.started.elapsed() >= interval,
+            })
+            .map(|(date, _)| date.clone())
+            .collect();
+        for date in old {
+            self.encode(&date)?;
+            self.roll(&date)?;
+        }
+        if self.open.values().all(|(file, _)| file.is_none()) {
+            self.started = Instant::now();
+        }
+        Ok(())
     }
 
     fn close(&mut self, tag: u64, watermark: Option<f64>) -> Result<(), SinkError> {
         let dates: Vec<String> = self.open.keys().cloned().collect();
         for date in dates {
             self.encode(&date)?;
-            if let Some((Some(file), _)) = self.open.remove(&date) {
+            if let Some((Some((file, _)), _)) = self.open.remove(&date) {
                 file.close()?;
             }
         }
@@ -311,14 +364,16 @@ impl Writer {
                 text.push_str(&line);
                 text.push('\n');
             }
-            write_durably(&path, text.as_bytes())?;
+            write_durably(&path, &path.with_extension("tmp"), text.as_bytes())?;
         }
         if let Some(watermark) = watermark {
             for date in &self.dates {
                 let end = date_end(date);
                 if end + self.sink.spec.max_window <= watermark && self.marked.insert(date.clone()) {
+                    // Every worker may mark a date: each through a name of its own.
                     let marker = self.sink.dir.join(format!("dt={date}")).join("_SUCCESS");
-                    write_durably(&marker, b"")?;
+                    let tmp = marker.with_extension(format!("{}-{}.tmp", self.sink.process, self.worker));
+                    write_durably(&marker, &tmp, b"")?;
                 }
             }
         }
@@ -348,7 +403,7 @@ fn date_end(date: &str) -> f64 {
 }
 
 /// Writes a file under a temporary name, syncs it and renames it.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
+fn write_durably(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), SinkError> {
     let io = |source| SinkError::Io {
         path: path.display().to_string(),
         source,
@@ -356,11 +411,10 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let tmp = path.with_extension("tmp");
-    let file = std::fs::File::create(&tmp).map_err(io)?;
+    let file = std::fs::File::create(tmp).map_err(io)?;
     std::io::Write::write_all(&mut &file, bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(tmp, path).map_err(io)
 }
 
 /// What the operator and its writer thread share.
@@ -430,9 +484,17 @@ impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<TrainingRow>> {
                     jsonl: Vec::new(),
                     dates: BTreeSet::new(),
                     marked: BTreeSet::new(),
+                    started: Instant::now(),
                 };
-                for command in rx {
+                let tick = (writer.sink.spec.roll_interval / 4).max(Duration::from_millis(50));
+                loop {
+                    let command = match rx.recv_timeout(tick) {
+                        Ok(command) => command,
+                        Err(RecvTimeoutError::Timeout) => Command::Roll,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
                     let result = match command {
+                        Command::Roll => writer.roll_old(),
                         Command::Rows(rows) => {
                             let n = rows.len() as u64;
                             writer.write(rows).map(|()| {
