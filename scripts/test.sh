@@ -17,6 +17,15 @@ scripts/kafka.sh reset
 export SKEWLESS_KAFKA="${SKEWLESS_KAFKA:-127.0.0.1:9092}"
 export SKEWLESS_REDIS="${SKEWLESS_REDIS:-redis://127.0.0.1:6379}"
 
+# A real client of the training export: pyarrow, in a virtual environment cached
+# beside tansu (installed from PyPI the first time).
+venv="${SKEWLESS_CACHE:-$HOME/.cache/skewless}/venv"
+if ! "$venv/bin/python" -c 'import pyarrow' >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet 'pyarrow>=15'
+fi
+export SKEWLESS_PYTHON="$venv/bin/python"
+
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --lib --bins --tests --no-fail-fast

@@ -132,7 +132,7 @@ pub struct Summary {
     /// only their own workers' counts (process 0's holds the run's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<usize>,
-    /// Training rows the export wrote (DESIGN.md section 10).
+    /// Training rows this run wrote (DESIGN.md section 10); a resumed run counts its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_rows: Option<u64>,
     /// Features whose serving-skew mismatch rate is over their threshold.

@@ -133,9 +133,15 @@ impl Outs {
             ("--views-sqlite", "views.sqlite"),
             ("--dlq", "dlq.jsonl"),
             ("--summary-json", "summary.json"),
+            ("--export-dir", "training"),
+            ("--skew-report", "skew.json"),
         ] {
             command.arg(flag).arg(self.dir.join(file));
         }
+    }
+
+    fn rows(&self) -> String {
+        std::fs::read_to_string(self.dir.join("training.jsonl")).unwrap()
     }
 
     fn views(&self) -> String {
@@ -164,6 +170,18 @@ impl Outs {
             expected.lines().count()
         );
         assert_eq!(self.sqlite(), reference.sqlite(), "SQLite views differ");
+        let (rows, expected) = (self.rows(), reference.rows());
+        assert!(
+            rows == expected,
+            "training rows differ from the uninterrupted run's ({} vs {} rows)",
+            rows.lines().count(),
+            expected.lines().count()
+        );
+        assert_eq!(
+            parquet_rows(&self.dir.join("training")),
+            parquet_rows(&reference.dir.join("training")),
+            "Parquet rows differ"
+        );
         assert_eq!(
             self.dead_letters(),
             reference.dead_letters(),
@@ -177,6 +195,35 @@ impl Outs {
     }
 }
 
+/// Every row of a Parquet dataset as `(row_id, position, labels_complete)`, sorted,
+/// read with the parquet crate's Arrow reader.
+fn parquet_rows(dir: &Path) -> Vec<(String, i32, bool)> {
+    use arrow_array::{Array, BooleanArray, Int32Array, StringArray};
+    let mut rows = Vec::new();
+    for part in glob::glob(&format!("{}/dt=*/part-*.parquet", dir.display())).unwrap() {
+        let file = std::fs::File::open(part.unwrap()).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+            let ids = column("row_id");
+            let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+            let positions = column("position");
+            let positions = positions.as_any().downcast_ref::<Int32Array>().unwrap();
+            let complete = column("labels_complete");
+            let complete = complete.as_any().downcast_ref::<BooleanArray>().unwrap();
+            for i in 0..batch.num_rows() {
+                rows.push((ids.value(i).to_owned(), positions.value(i), complete.value(i)));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
 /// A summary's counts: everything but timings, workers and outputs.
 fn counts(summary: &Value) -> Value {
     let mut counts = summary.clone();
@@ -188,6 +235,7 @@ fn counts(summary: &Value) -> Value {
         "outputs",
         "resumed_from_checkpoint",
         "processes",
+        "training_rows",
     ] {
         object.remove(key);
     }
@@ -513,8 +561,14 @@ fn stream_on(
     outs: &Path,
 ) -> Command {
     let mut command = skewless();
+    // The job's training export, beside its job file.
+    let training = job.with_extension("training");
     command
         .args(["run", "--no-progress", "--workers", &workers.to_string()])
+        .arg("--export-dir")
+        .arg(&training)
+        .arg("--skew-report")
+        .arg(job.with_extension("skew.json"))
         .args(["--brokers", &broker.brokers])
         .args(["--topic", topic, "--group", group, "--redis", &redis_url()])
         .args(["--exit-when-idle", idle, "--checkpoint-interval", "200ms"])
@@ -632,6 +686,24 @@ fn a_stream_killed_five_times_ends_as_if_never_interrupted() {
         &kafka(),
         (&crashed, &crash_prefix, &crash_dlq),
         (&reference, &reference_prefix, &reference_dlq),
+    );
+    // The live training export: every row exactly once across the files that five
+    // killed runs and the last one left, in Parquet and in the JSONL form.
+    let rows = |job: &Path| std::fs::read_to_string(job.with_extension("training.jsonl")).unwrap();
+    let (got, want) = (rows(&job), rows(&reference_job));
+    assert!(want.lines().count() > 1000, "the stream has impressions");
+    assert!(
+        got == want,
+        "training rows differ from the uninterrupted run's ({} vs {} rows)",
+        got.lines().count(),
+        want.lines().count()
+    );
+    let parquet = parquet_rows(&job.with_extension("training"));
+    assert_eq!(parquet, parquet_rows(&reference_job.with_extension("training")));
+    assert_eq!(
+        parquet.len(),
+        want.lines().count(),
+        "no Parquet row twice, none lost"
     );
 }
 

@@ -48,10 +48,12 @@ fn kafka_job(topic: &str, group: &str) -> KafkaJob {
 }
 
 /// Views of a backfill over the records as they sit in the topic's partitions.
-fn backfill(dir: &Path, inputs: &[PathBuf]) -> (Vec<Value>, skewless::summary::Summary) {
+/// A backfill of `inputs` laid out as the topic's partitions: views, summary and the
+/// training rows.
+fn backfill_rows(dir: &Path, inputs: &[PathBuf]) -> (Vec<Value>, skewless::summary::Summary, Vec<Value>) {
     let files = write_partitions(&dir.join("partitions"), &expected_partitions(inputs, 4));
     let outputs = run_job(&repo().join("jobs/recsys.toml"), &files, 2);
-    (outputs.views, outputs.summary)
+    (outputs.views, outputs.summary, outputs.rows)
 }
 
 fn by_user(views: impl IntoIterator<Item = Value>) -> BTreeMap<String, Value> {
@@ -100,7 +102,12 @@ fn replay_equals_live_and_dead_letters_reach_their_topic() {
     assert!(live.conserved);
     assert_eq!(live.read, produced);
 
-    let (views, replay) = backfill(dir.path(), &inputs());
+    let (views, replay, rows) = backfill_rows(dir.path(), &inputs());
+    // The live export's rows are the backfill's (the JSONL form, merged at the end).
+    let live_rows = read_jsonl(&dir.path().join("live-training.jsonl"));
+    assert!(rows.len() > 1000, "the sample has impressions");
+    assert_eq!(live_rows.len(), rows.len(), "as many rows live as replayed");
+    assert!(live_rows == rows, "live training rows differ from the backfill's");
     let stored = redis_views(&redis_url(), &prefix);
     assert_eq!(stored.len(), views.len(), "one Redis key per user with a view");
     assert_eq!(

@@ -17,27 +17,10 @@ use timely::dataflow::operators::Operator;
 use crate::metrics::Metrics;
 use crate::model::event::Millis;
 use crate::model::training::{ExportSpec, TrainingRow};
-use crate::skew::{SkewKey, SkewStats, SkewTotals, observe};
+use crate::skew::{Example, SkewKey, SkewStats, SkewTotals, observe};
 
 /// Up to this many example mismatches are kept per feature, for the HTML report.
 pub const EXAMPLES_PER_FEATURE: usize = 5;
-
-/// A mismatching served value, as the report shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Example {
-    /// The feature.
-    pub feature: String,
-    /// The spine row.
-    pub row_id: String,
-    /// The user.
-    pub user_id: String,
-    /// The spine event's time.
-    pub ts: f64,
-    /// What the server used.
-    pub served: serde_json::Value,
-    /// What the replay computed.
-    pub computed: serde_json::Value,
-}
 
 /// What the skew operators gather, shared by a process's workers.
 #[derive(Debug, Default)]

@@ -290,3 +290,53 @@ pub enum FeatureKind {
     /// The latest value of an `any` field: its JSON text.
     Json,
 }
+
+/// The UTC date of `seconds`, `YYYY-MM-DD`.
+pub fn utc_date(seconds: f64) -> String {
+    let days = (seconds / 86_400.0).floor() as i64;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The end of a `YYYY-MM-DD` date, in epoch seconds.
+pub fn date_end(date: &str) -> f64 {
+    let mut parts = date.split('-').map(|p| p.parse::<i64>().unwrap_or(0));
+    let (y, m, d) = (
+        parts.next().unwrap_or(1970),
+        parts.next().unwrap_or(1),
+        parts.next().unwrap_or(1),
+    );
+    // Howard Hinnant's days-from-civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (days + 1) as f64 * 86_400.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_days() {
+        assert_eq!(utc_date(0.0), "1970-01-01");
+        assert_eq!(utc_date(1_767_225_600.0), "2026-01-01");
+        assert_eq!(utc_date(1_767_225_599.999), "2025-12-31");
+        assert_eq!(utc_date(951_782_400.0), "2000-02-29");
+        assert_eq!(date_end("2026-01-01"), 1_767_312_000.0);
+        assert_eq!(date_end("2000-02-29"), 951_868_800.0);
+    }
+}

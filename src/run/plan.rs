@@ -298,7 +298,14 @@ fn prepare_export(
             std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         }
     }
-    Ok(ExportSink::new(job, spec, dir, process))
+    Ok(ExportSink::new(
+        &job.name,
+        &job.features,
+        spec,
+        dir,
+        process,
+        crate::checkpoint::fingerprint(job),
+    ))
 }
 
 /// Decides whether the run takes checkpoints and which one it resumes from.

@@ -200,7 +200,10 @@ fn run_worker<S: Source + 'static>(
                 export.clone(),
                 index,
                 plan.export_first_tag,
-                Rc::clone(&checkpointing),
+                {
+                    let checkpointing = Rc::clone(&checkpointing);
+                    Rc::new(move || checkpointing.borrow().cut)
+                },
                 Rc::clone(&sink_failure),
                 Arc::clone(&plan.exported),
             ),

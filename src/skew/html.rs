@@ -4,8 +4,7 @@
 
 use std::fmt::Write;
 
-use super::{Report, STALENESS};
-use crate::dataflow::skew::Example;
+use super::{Example, Report, STALENESS};
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")

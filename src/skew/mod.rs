@@ -236,6 +236,23 @@ pub fn observe(spec: &ExportSpec, features: &[String], row: &TrainingRow) -> Vec
         .collect()
 }
 
+/// A mismatching served value, as the report shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Example {
+    /// The feature.
+    pub feature: String,
+    /// The spine row.
+    pub row_id: String,
+    /// The user.
+    pub user_id: String,
+    /// The spine event's time.
+    pub ts: f64,
+    /// What the server used.
+    pub served: serde_json::Value,
+    /// What the replay computed.
+    pub computed: serde_json::Value,
+}
+
 /// The counters of a run, by key.
 pub type SkewTotals = BTreeMap<SkewKey, SkewStats>;
 
@@ -315,7 +332,7 @@ pub struct Report {
 fn hour_label(hour: i64) -> String {
     format!(
         "{}T{:02}",
-        crate::sinks::training::utc_date(hour as f64 * 3600.0),
+        crate::model::training::utc_date(hour as f64 * 3600.0),
         hour.rem_euclid(24)
     )
 }

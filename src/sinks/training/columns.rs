@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value as Json;
 
-use crate::job::Job;
 use crate::model::event::Value;
+use crate::model::features::FeatureSpec;
 use crate::model::schema::FieldType;
 use crate::model::training::{ExportSpec, FeatureKind, LabelFn, LabelValue, TrainingRow};
 
@@ -51,8 +51,8 @@ pub struct Columns {
 }
 
 impl Columns {
-    /// The columns of `job`'s export.
-    pub fn of(job: &Job, spec: &ExportSpec) -> Columns {
+    /// The columns of an export of the features `features` declares.
+    pub fn of(features: &FeatureSpec, spec: &ExportSpec) -> Columns {
         let mut list = vec![
             ("row_id".to_owned(), Column::RowId),
             ("user_id".to_owned(), Column::UserId),
@@ -66,7 +66,7 @@ impl Columns {
             list.push(("position".into(), Column::Position));
             list.push(("item_id".into(), Column::ItemId));
         }
-        let features: Vec<String> = job.features.features.iter().map(|f| f.name.clone()).collect();
+        let features: Vec<String> = features.features.iter().map(|f| f.name.clone()).collect();
         for (i, (name, kind)) in features.iter().zip(&spec.feature_kinds).enumerate() {
             list.push((name.clone(), Column::Feature(i, *kind)));
         }

@@ -17,7 +17,6 @@
 pub mod columns;
 pub mod parquet;
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -36,11 +35,10 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use self::columns::{Columns, Parsed, json_line};
 use self::parquet::{ParquetFile, batch, schema};
-use crate::checkpoint::protocol::Checkpointing;
 use crate::dlq::letter::DeadLetter;
-use crate::job::Job;
 use crate::model::event::Millis;
-use crate::model::training::{ExportSpec, TrainingRow};
+use crate::model::features::FeatureSpec;
+use crate::model::training::{ExportSpec, TrainingRow, date_end, utc_date};
 use crate::sinks::{SinkError, SinkFailure};
 
 /// Rows a writer buffers per date before encoding them as one batch.
@@ -68,9 +66,17 @@ pub struct ExportSink {
 }
 
 impl ExportSink {
-    /// The sink of `job`'s export, writing Parquet into `dir`.
-    pub fn new(job: &Job, spec: &ExportSpec, dir: PathBuf, process: usize) -> ExportSink {
-        let columns = Columns::of(job, spec);
+    /// The sink of job `job`'s export of `features`, writing Parquet into `dir`;
+    /// `fingerprint` names the job's state declarations in the files' metadata.
+    pub fn new(
+        job: &str,
+        features: &FeatureSpec,
+        spec: &ExportSpec,
+        dir: PathBuf,
+        process: usize,
+        fingerprint: String,
+    ) -> ExportSink {
+        let columns = Columns::of(features, spec);
         ExportSink {
             schema: schema(&columns),
             columns: Arc::new(columns),
@@ -78,11 +84,8 @@ impl ExportSink {
             dir,
             jsonl_parts: spec.formats.jsonl.as_deref().map(parts_dir),
             metadata: vec![
-                ("skewless.job".into(), job.name.clone()),
-                (
-                    "skewless.features_fingerprint".into(),
-                    crate::checkpoint::fingerprint(job),
-                ),
+                ("skewless.job".into(), job.to_owned()),
+                ("skewless.features_fingerprint".into(), fingerprint),
                 ("skewless.version".into(), env!("CARGO_PKG_VERSION").into()),
             ],
             process,
@@ -95,22 +98,6 @@ pub fn parts_dir(jsonl: &Path) -> PathBuf {
     let mut name = jsonl.file_name().unwrap_or_default().to_os_string();
     name.push(".parts");
     jsonl.with_file_name(name)
-}
-
-/// The UTC date of `seconds`, `YYYY-MM-DD`.
-pub fn utc_date(seconds: f64) -> String {
-    let days = (seconds / 86_400.0).floor() as i64;
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }
 
 /// The tag of a file named `part-<p>-<w>-<seq>.<ext>`.
@@ -383,25 +370,6 @@ impl Writer {
     }
 }
 
-/// The end of a `YYYY-MM-DD` date, in epoch seconds.
-fn date_end(date: &str) -> f64 {
-    let mut parts = date.split('-').map(|p| p.parse::<i64>().unwrap_or(0));
-    let (y, m, d) = (
-        parts.next().unwrap_or(1970),
-        parts.next().unwrap_or(1),
-        parts.next().unwrap_or(1),
-    );
-    // Howard Hinnant's days-from-civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    (days + 1) as f64 * 86_400.0
-}
-
 /// Writes a file under a temporary name, syncs it and renames it.
 fn write_durably(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), SinkError> {
     let io = |source| SinkError::Io {
@@ -427,6 +395,9 @@ struct Shared {
     rows: AtomicU64,
 }
 
+/// The checkpoint in progress, `(epoch, cut)`, once its cut is fixed.
+pub type CutSource = Rc<dyn Fn() -> Option<(u64, Millis)>>;
+
 /// Rows written by a run's export, for its summary.
 pub type RowCount = Arc<AtomicU64>;
 
@@ -441,7 +412,7 @@ pub trait WriteRows<'s> {
         sink: ExportSink,
         worker: usize,
         first_tag: u64,
-        checkpointing: Rc<RefCell<Checkpointing>>,
+        cut: CutSource,
         failure: SinkFailure,
         written: RowCount,
     ) -> Stream<'s, Millis, Vec<DeadLetter>>;
@@ -453,7 +424,7 @@ impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<TrainingRow>> {
         sink: ExportSink,
         worker: usize,
         first_tag: u64,
-        checkpointing: Rc<RefCell<Checkpointing>>,
+        cut: CutSource,
         failure: SinkFailure,
         written: RowCount,
     ) -> Stream<'s, Millis, Vec<DeadLetter>> {
@@ -549,7 +520,7 @@ impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<TrainingRow>> {
                     input.for_each(|_, _| {});
                     return;
                 };
-                let cut = checkpointing.borrow().cut;
+                let cut = cut();
                 let mut close = |tag: &mut u64,
                                  next: u64,
                                  unclosed: &mut Option<Capability<Millis>>,
@@ -615,16 +586,6 @@ impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<TrainingRow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_utc_days() {
-        assert_eq!(utc_date(0.0), "1970-01-01");
-        assert_eq!(utc_date(1_767_225_600.0), "2026-01-01");
-        assert_eq!(utc_date(1_767_225_599.999), "2025-12-31");
-        assert_eq!(utc_date(951_782_400.0), "2000-02-29");
-        assert_eq!(date_end("2026-01-01"), 1_767_312_000.0);
-        assert_eq!(date_end("2000-02-29"), 951_868_800.0);
-    }
 
     #[test]
     fn tags_come_from_file_names() {
