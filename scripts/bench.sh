@@ -12,6 +12,9 @@
 #   BENCH_USERS=50000 scripts/bench.sh
 #                               # fewer users: their state is near its bounds already
 #                               # at 5M, so the 50M run shows what events alone cost
+#   scripts/bench.sh --export   # the training export (issue 12): the 5M log with 2
+#                               # workers, export off and on (Parquet) interleaved;
+#                               # rows/s written, Parquet and JSONL bytes per row
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS="${BENCH_USERS:-500000}"
@@ -21,9 +24,11 @@ BENCH_DIR="${BENCH_DIR:-$default_dir}"
 RUNS="${RUNS:-3}"
 quick=false
 data_only=false
+export_bench=false
 for arg in "$@"; do
   [[ "$arg" == "--quick" ]] && quick=true
   [[ "$arg" == "--data" ]] && data_only=true
+  [[ "$arg" == "--export" ]] && { export_bench=true; quick=true; }
 done
 
 cargo build --release --quiet
@@ -32,23 +37,26 @@ bin=target/release/skewless
 
 gen() { # name events span
   local dir="$BENCH_DIR/$1"
-  # .done holds the user count the data was made for (empty: an older cache, 500k).
+  # .done holds the user count and generator the data was made with (gen2: impressions
+  # with served features and their outcomes).
   local made; made=$(cat "$dir/.done" 2>/dev/null || echo none)
-  if [[ "${made:-500000}" != "$USERS" ]]; then
+  if [[ "$made" != "$USERS gen2" ]]; then
     rm -rf "$dir"
     echo "generating $2 events into $dir ..." >&2
     "$bin" gen --out "$dir" --events "$2" --users "$USERS" --zipf 1.0 --partitions 4 --span "$3" \
       --v1 0.2 --duplicates 0.005 --late 0.001 --malformed 0.001 --unknown 0.02 --seed 42
-    echo "$USERS" >"$dir/.done"
+    echo "$USERS gen2" >"$dir/.done"
   fi
 }
 
-run() { # name workers -> "events/s peak_rss_mib wall_s"
-  local best="" rss="" wall=""
+run() { # name workers [run flags...] -> "events/s peak_rss_mib wall_s"
+  local best="" rss="" wall="" name=$1 workers=$2
+  shift 2
   for _ in $(seq 1 "$RUNS"); do
     rm -rf out/bench
-    /usr/bin/time -v "$bin" run jobs/recsys-bench.toml --input "$BENCH_DIR/$1/*.jsonl.gz" \
-      --workers "$2" --no-progress --fresh >/tmp/skewless-bench.json 2>/tmp/skewless-bench.time
+    /usr/bin/time -v "$bin" run jobs/recsys-bench.toml --input "$BENCH_DIR/$name/*.jsonl.gz" \
+      --workers "$workers" --no-progress --fresh "${@:---no-export}" \
+      >/tmp/skewless-bench.json 2>/tmp/skewless-bench.time
     local eps; eps=$(python3 -c 'import json;print(round(json.load(open("/tmp/skewless-bench.json"))["events_per_s"]))')
     local kb; kb=$(awk -F: '/Maximum resident/ {gsub(/ /,"",$2); print $2}' /tmp/skewless-bench.time)
     local w; w=$(python3 -c 'import json;print(round(json.load(open("/tmp/skewless-bench.json"))["wall_time_s"],2))')
@@ -60,6 +68,26 @@ run() { # name workers -> "events/s peak_rss_mib wall_s"
 gen 5m 5000000 10d
 $quick || gen 50m 50000000 100d
 $data_only && exit 0
+
+if $export_bench; then
+  export_flags=(--export-dir out/bench/training --skew-report out/bench/skew.json --export-format parquet)
+  printf '%-10s %8s %10s %14s %10s\n' export wall_s events/s peak_rss_MiB rows/s
+  for round in $(seq 1 "$RUNS"); do
+    for mode in off on; do
+      if [[ $mode == off ]]; then flags=(--no-export); else flags=("${export_flags[@]}"); fi
+      read -r eps rss wall < <(RUNS=1 run 5m 2 "${flags[@]}")
+      rows=$(python3 -c 'import json;print(json.load(open("/tmp/skewless-bench.json")).get("training_rows",0))')
+      printf '%-10s %8s %10s %14s %10s\n' "$mode" "$wall" "$eps" "$rss" "$(python3 -c "print(round($rows/$wall))")"
+    done
+  done
+  parquet=$(du -sb out/bench/training | cut -f1)
+  # The JSONL form of the same rows, for its size (it is merged in memory: not timed).
+  RUNS=1 run 5m 2 --export-dir out/bench/training --skew-report out/bench/skew.json \
+    --export-format jsonl >/dev/null
+  jsonl=$(stat -c %s out/bench/training.jsonl)
+  python3 -c "r=$rows; print(f'{r} rows: Parquet {$parquet/r:.1f} B/row, JSONL {$jsonl/r:.1f} B/row ({$jsonl/$parquet:.1f}x)')"
+  exit 0
+fi
 
 printf '%-8s %-8s %12s %10s %14s\n' events workers wall_s events/s peak_rss_MiB
 for workers in 1 2; do

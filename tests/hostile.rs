@@ -476,6 +476,8 @@ fn a_failed_run_leaves_the_previous_outputs_and_no_debris() {
             ("--views-jsonl", "views.jsonl"),
             ("--dlq", "dlq.jsonl"),
             ("--summary-json", "summary.json"),
+            ("--export-dir", "training"),
+            ("--skew-report", "skew.json"),
         ] {
             command.arg(flag).arg(out.join(name));
         }
@@ -496,14 +498,35 @@ fn a_failed_run_leaves_the_previous_outputs_and_no_debris() {
     let before = listing();
     assert_eq!(
         before,
-        ["dlq.jsonl", "summary.json", "views.jsonl", "views.sqlite"]
+        [
+            "dlq.jsonl",
+            "skew.html",
+            "skew.json",
+            "summary.json",
+            "training",
+            "training.jsonl",
+            "views.jsonl",
+            "views.sqlite"
+        ]
     );
-    let contents = |names: &[String]| -> Vec<Vec<u8>> {
-        names
+    // A file's bytes; a directory's (the training dataset) paths and bytes.
+    fn tree_bytes(path: &Path) -> Vec<u8> {
+        if !path.is_dir() {
+            return std::fs::read(path).unwrap();
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        entries
             .iter()
-            .map(|n| std::fs::read(out.join(n)).unwrap())
+            .flat_map(|e| [e.display().to_string().into_bytes(), tree_bytes(e)])
+            .flatten()
             .collect()
-    };
+    }
+    let contents =
+        |names: &[String]| -> Vec<Vec<u8>> { names.iter().map(|n| tree_bytes(&out.join(n))).collect() };
     let saved = contents(&before);
     expect(&mut run(&[&good, &cut]), 1, &["cut.jsonl.gz"]);
     assert_eq!(listing(), before, "no debris");

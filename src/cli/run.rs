@@ -102,6 +102,9 @@ pub struct RunArgs {
     /// Write the serving-skew report here (its HTML page beside it).
     #[arg(long)]
     pub skew_report: Option<PathBuf>,
+    /// Write the training export in this format instead of the job's (repeatable).
+    #[arg(long = "export-format", value_enum)]
+    pub export_formats: Vec<skewless::job::file::ExportFormat>,
 }
 
 /// A flag that SIGINT and SIGTERM set: the run stops consuming, flushes its sinks,
@@ -187,6 +190,7 @@ pub fn options(args: RunArgs) -> anyhow::Result<RunOptions> {
         },
         export_dir: args.export_dir,
         skew_report: args.skew_report,
+        export_formats: args.export_formats,
     })
 }
 

@@ -235,7 +235,7 @@ pub struct FeatureDecl {
 }
 
 /// A file format the training export writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ExportFormat {
     /// Parquet (zstd), Hive-partitioned by date under `dir`.

@@ -29,6 +29,8 @@ pub(super) struct Aside {
     dead_letters: Option<PathBuf>,
     /// The training export's dataset directory, written as `<dir>.partial`.
     export: Option<PathBuf>,
+    /// The export's JSONL parts, merged at the end.
+    export_parts: Option<PathBuf>,
 }
 
 impl Aside {
@@ -74,6 +76,11 @@ impl Aside {
                 .as_ref()
                 .filter(|e| e.formats.parquet)
                 .map(|e| e.dir.clone()),
+            export_parts: job
+                .export
+                .as_ref()
+                .and_then(|e| e.formats.jsonl.as_deref())
+                .map(crate::sinks::training::parts_dir),
         }
     }
 
@@ -121,8 +128,16 @@ impl Aside {
             let _ = std::fs::remove_file(partial);
             let _ = std::fs::remove_file(journal_of(partial));
         }
-        if let (Some(dir), false) = (&self.export, resumable) {
-            let _ = std::fs::remove_dir_all(aside_path(dir));
+        if !resumable {
+            for dir in [
+                self.export.as_ref().map(|d| aside_path(d)),
+                self.export_parts.clone(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
         if let Some(path) = &self.jsonl {
             for worker in 0..self.peers {

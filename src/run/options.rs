@@ -70,6 +70,8 @@ pub struct RunOptions {
     pub export_dir: Option<PathBuf>,
     /// The skew report's JSON file (its HTML page goes beside it as `.html`).
     pub skew_report: Option<PathBuf>,
+    /// The export's formats, instead of the job's (the JSONL form at `<dir>.jsonl`).
+    pub export_formats: Vec<crate::job::file::ExportFormat>,
 }
 
 /// What a run does with the job's `[export]`.
@@ -113,8 +115,16 @@ impl Default for RunOptions {
             export: Default::default(),
             export_dir: Default::default(),
             skew_report: Default::default(),
+            export_formats: Default::default(),
         }
     }
+}
+
+/// `path` with `suffix` added to its file name (`out/training` -> `out/training.jsonl`).
+fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 /// One process's place in a cluster of processes running one job together.
@@ -254,8 +264,19 @@ pub fn apply_overrides(job: &mut Job, options: &RunOptions) {
         if let Some(dir) = &options.export_dir {
             export.dir = dir.clone();
             if export.formats.jsonl.is_some() {
-                export.formats.jsonl = Some(dir.with_extension("jsonl"));
+                export.formats.jsonl = Some(with_suffix(dir, ".jsonl"));
             }
+        }
+        if !options.export_formats.is_empty() {
+            use crate::job::file::ExportFormat;
+            let formats = &options.export_formats;
+            export.formats.parquet = formats.contains(&ExportFormat::Parquet);
+            let jsonl = formats.contains(&ExportFormat::Jsonl);
+            export.formats.jsonl = match (jsonl, export.formats.jsonl.take()) {
+                (false, _) => None,
+                (true, Some(path)) => Some(path),
+                (true, None) => Some(with_suffix(&export.dir, ".jsonl")),
+            };
         }
         if let Some(report) = &options.skew_report {
             export.skew.report = Some(report.clone());
