@@ -78,6 +78,15 @@ impl Counts {
     }
 }
 
+/// What became of a spine file's rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpineRows {
+    /// Rows read.
+    pub read: u64,
+    /// Rows dead-lettered as `invalid_spine_row`.
+    pub dead_lettered: u64,
+}
+
 /// The summary every run ends with.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
@@ -135,6 +144,11 @@ pub struct Summary {
     /// Training rows this run wrote (DESIGN.md section 10); a resumed run counts its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_rows: Option<u64>,
+    /// Rows of the spine file (`--spine`) read and dead-lettered (as
+    /// `invalid_spine_row`, in the dead-letter file; not counted in `dlq`, which
+    /// accounts for the log's records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spine_rows: Option<SpineRows>,
     /// Features whose serving-skew mismatch rate is over their threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skew_failed: Option<Vec<String>>,
@@ -183,6 +197,7 @@ impl Summary {
             processes: None,
             process: None,
             training_rows: None,
+            spine_rows: None,
             skew_failed: None,
             skew: None,
         }

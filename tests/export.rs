@@ -150,3 +150,136 @@ fn skew_exits_1_naming_the_features_over_their_threshold() {
     assert!(!dir.path().join("out/recsys/views.sqlite").exists());
     assert!(!dir.path().join("out/recsys/training").exists());
 }
+
+/// Runs the export_labels case with `--spine` and returns the rows and dead letters.
+fn with_spine(spine: &Path) -> (Vec<serde_json::Value>, Vec<serde_json::Value>, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let case = repo().join("tests/jobs/export_labels");
+    let options = skewless::run::RunOptions {
+        inputs: vec![
+            case.join("input/a.jsonl").display().to_string(),
+            case.join("input/b.jsonl").display().to_string(),
+        ],
+        workers: 2,
+        views_sqlite: Some(PathBuf::new()),
+        dlq: Some(dir.path().join("dlq.jsonl")),
+        summary: Some(PathBuf::new()),
+        checkpoint_dir: Some(PathBuf::new()),
+        export_dir: Some(dir.path().join("training")),
+        skew_report: Some(dir.path().join("skew.json")),
+        spine: Some(spine.to_owned()),
+        ..skewless::run::RunOptions::default()
+    };
+    let job = skewless::job::Job::load(&case.join("job.toml")).unwrap();
+    let summary = skewless::run::run(job, &options).unwrap();
+    (
+        common::read_jsonl(&dir.path().join("training.jsonl")),
+        common::read_jsonl(&dir.path().join("dlq.jsonl")),
+        serde_json::to_value(summary.spine_rows).unwrap(),
+    )
+}
+
+#[test]
+fn a_spine_file_gives_point_in_time_rows_and_dead_letters_its_bad_rows() {
+    const T0: f64 = 1_767_225_600.0;
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("spine.jsonl");
+    std::fs::write(
+        &jsonl,
+        [
+            // At the time of u1's events e04, e05 (the log's impression) and e06: after
+            // all three.
+            format!(
+                r#"{{"row_id":"s1","user_id":"u1","ts":{},"item_id":"i1"}}"#,
+                T0 + 20.0
+            ),
+            // A user with no history, before anything happened.
+            format!(r#"{{"row_id":"s2","user_id":"u9","ts":{}}}"#, T0 + 5.0),
+            r#"{"row_id":"s3","user_id":"u1"}"#.to_owned(),
+            format!(r#"{{"row_id":"s4","user_id":"","ts":{}}}"#, T0),
+            r#"{"row_id":"s5","user_id":"u1","ts":"noon"}"#.to_owned(),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let (rows, letters, counts) = with_spine(&jsonl);
+    assert_eq!(counts, serde_json::json!({"read": 5, "dead_lettered": 3}));
+    let ids: Vec<&str> = rows.iter().map(|r| r["row_id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["s1", "s2"],
+        "only the file's rows: the log's impressions are not the spine"
+    );
+    let s1 = &rows[0];
+    assert_eq!(s1["event_id"], "");
+    assert_eq!(s1["item_id"], "i1");
+    assert_eq!(s1["n_viewed_items"], 2, "e01 and e04 come before it");
+    assert_eq!(
+        s1["n_purchased_items"], 1,
+        "e06, at its own time, comes before it"
+    );
+    assert_eq!(s1["label_viewed_30m"], true, "e07 at exactly ts + 30 m");
+    assert_eq!(
+        s1["label_purchased_24h"], false,
+        "e09 is late, i1 was never bought"
+    );
+    assert_eq!(
+        s1["label_spend_24h"], 12.25,
+        "e10 only: e06 is not after it, e09 is late"
+    );
+    assert_eq!(s1["model_version"], serde_json::Value::Null);
+    let s2 = &rows[1];
+    assert_eq!(
+        (s2["n_viewed_items"].clone(), s2["item_id"].clone()),
+        (0.into(), "".into())
+    );
+    let lines: Vec<(String, i64)> = letters
+        .iter()
+        // The log's own dead letter (its late e09) is there too.
+        .filter(|l| l["failure_reason"] == "invalid_spine_row")
+        .map(|l| {
+            (
+                l["original_topic"].as_str().unwrap().to_owned(),
+                l["original_offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let path = jsonl.display().to_string();
+    assert_eq!(lines, [(path.clone(), 3), (path.clone(), 4), (path, 5)]);
+
+    // The same rows from CSV and from Parquet (ts as a timestamp column).
+    let csv = dir.path().join("spine.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "row_id,user_id,ts,item_id\ns1,u1,{},i1\ns2,u9,{},\n",
+            T0 + 20.0,
+            T0 + 5.0
+        ),
+    )
+    .unwrap();
+    assert_eq!(with_spine(&csv).0, rows);
+    let parquet = dir.path().join("spine.parquet");
+    {
+        use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
+        use std::sync::Arc;
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("row_id", Arc::new(StringArray::from(vec!["s1", "s2"]))),
+            ("user_id", Arc::new(StringArray::from(vec!["u1", "u9"]))),
+            (
+                "ts",
+                Arc::new(TimestampMillisecondArray::from(vec![
+                    (T0 as i64 + 20) * 1000,
+                    (T0 as i64 + 5) * 1000,
+                ])),
+            ),
+            ("item_id", Arc::new(StringArray::from(vec![Some("i1"), None]))),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let file = std::fs::File::create(&parquet).unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+    assert_eq!(with_spine(&parquet).0, rows);
+}

@@ -94,6 +94,10 @@ pub struct FoldSnapshot {
     pub max_clock: Option<f64>,
     /// Training rows whose label windows were open at the cut.
     pub open_rows: Vec<crate::model::training::OpenRow>,
+    /// Rows of a spine file earlier than this were opened before the cut.
+    pub spine_before: Millis,
+    /// The outcome logs of the users with open rows.
+    pub outcomes: Vec<(CompactString, crate::model::training::UserOutcomes)>,
 }
 
 /// One worker's part of a checkpoint.

@@ -14,7 +14,11 @@
 //! 3. Every fold waits for its input frontier to be exactly `B` (every event sent
 //!    before the cut has arrived, none after it has been applied), snapshots its state
 //!    (leaving out what was sent at `B` or later) and writes the worker's part. The
-//!    ingest then lets go of `B`. A checkpoint is thus at a watermark boundary: it
+//!    ingest then lets go of `B`. A worker that stops reading (a stopped backfill)
+//!    holds its capability at `B` at once, ahead of its watermark, and a record it has
+//!    not read may precede, at an equal time, one the fold would apply before `B`: so
+//!    the part applies only what is before the earliest acked time (every worker's
+//!    unread records are at or after its own), and keeps the rest pending. A checkpoint is thus at a watermark boundary: it
 //!    completes once the slowest worker's watermark has reached `B`.
 //! 4. `Done(k)` once the part is written and every output before `B` is durable
 //!    (the probe after the sinks has passed `B`); worker 0 then writes the manifest and
@@ -55,6 +59,9 @@ pub enum Control {
         epoch: u64,
         /// The cut's time.
         at: Millis,
+        /// The earliest acked time: no record still unread by any worker is earlier,
+        /// so the folds' parts apply only what is before it (see the module's step 3).
+        safe: Millis,
     },
     /// A worker's part is written and its outputs before the cut are durable (or, with
     /// `None`, it could not take its part).
@@ -143,6 +150,8 @@ pub struct Checkpointing {
     ack_sent: Option<u64>,
     /// The latest cut received.
     pub cut: Option<(u64, Millis)>,
+    /// The latest cut's earliest acked time.
+    pub cut_safe: Millis,
     /// The ingest's snapshot at the latest cut.
     pub ingest: Option<IngestCut>,
     /// The fold's part for an epoch: its manifest entry, or why it could not be taken.
@@ -222,6 +231,11 @@ impl Checkpointing {
         });
     }
 
+    /// Whether this worker's fold has taken its part of the latest cut.
+    pub fn part_taken(&self) -> bool {
+        matches!((self.cut, &self.part), (Some((epoch, _)), Some((taken, _))) if *taken == epoch)
+    }
+
     /// Handles a message from the control dataflow.
     pub fn receive(&mut self, message: &Control) {
         if matches!(message, Control::Request { .. } | Control::Cut { .. }) {
@@ -234,8 +248,9 @@ impl Checkpointing {
                     self.acked = Some((epoch, 0));
                 }
             }
-            Control::Cut { epoch, at } => {
+            Control::Cut { epoch, at, safe } => {
                 self.cut = Some((epoch, at));
+                self.cut_safe = safe;
                 if let Some((partitions, counts)) = &self.finished {
                     self.ingest = Some(IngestCut {
                         epoch,
@@ -351,10 +366,12 @@ impl Coordinator {
                     current.acks.insert(*worker, *at);
                     if current.acks.len() == self.workers && current.cut.is_none() {
                         let at = current.acks.values().copied().max().unwrap_or(0) + 1;
+                        let safe = current.acks.values().copied().min().unwrap_or(0);
                         current.cut = Some(at);
                         out.push(Control::Cut {
                             epoch: current.epoch,
                             at,
+                            safe,
                         });
                     }
                 }
@@ -445,7 +462,11 @@ mod tests {
             }]
         );
         assert!(cp.outgoing(|_| true).is_empty(), "acked once");
-        cp.receive(&Control::Cut { epoch: 1, at: 21 });
+        cp.receive(&Control::Cut {
+            epoch: 1,
+            at: 21,
+            safe: 20,
+        });
         let open = OpenCut {
             epoch: 1,
             at: 21,
@@ -511,7 +532,11 @@ mod tests {
                 at: 0
             }]
         );
-        cp.receive(&Control::Cut { epoch: 3, at: 9 });
+        cp.receive(&Control::Cut {
+            epoch: 3,
+            at: 9,
+            safe: 8,
+        });
         assert_eq!(cp.ingest.as_ref().unwrap().counts.read, 5);
     }
 
@@ -546,7 +571,11 @@ mod tests {
                 }],
                 now
             ),
-            vec![Control::Cut { epoch: 8, at: 10 }]
+            vec![Control::Cut {
+                epoch: 8,
+                at: 10,
+                safe: 5
+            }]
         );
         let entry = |w| {
             let part = super::super::WorkerPart {

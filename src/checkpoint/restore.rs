@@ -65,6 +65,13 @@ impl Restored {
                     .filter(|r| mine(crate::model::event::key_hash(&r.user_id)))
                     .cloned()
                     .collect(),
+                spine_before: fold.spine_before,
+                outcomes: fold
+                    .outcomes
+                    .iter()
+                    .filter(|(user, _)| mine(crate::model::event::key_hash(user)))
+                    .cloned()
+                    .collect(),
             });
             if worker == 0 {
                 share.ingest_counts.merge(&part.ingest_counts);

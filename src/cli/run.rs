@@ -105,6 +105,10 @@ pub struct RunArgs {
     /// Write the training export in this format instead of the job's (repeatable).
     #[arg(long = "export-format", value_enum)]
     pub export_formats: Vec<skewless::job::file::ExportFormat>,
+    /// Take the export's spine from this file (Parquet, CSV or JSONL of row_id,
+    /// user_id, ts[, item_id]; ts in epoch seconds) instead of the log's spine events.
+    #[arg(long)]
+    pub spine: Option<PathBuf>,
 }
 
 /// A flag that SIGINT and SIGTERM set: the run stops consuming, flushes its sinks,
@@ -191,6 +195,7 @@ pub fn options(args: RunArgs) -> anyhow::Result<RunOptions> {
         export_dir: args.export_dir,
         skew_report: args.skew_report,
         export_formats: args.export_formats,
+        spine: args.spine,
     })
 }
 

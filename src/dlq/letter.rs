@@ -37,11 +37,14 @@ pub enum Reason {
     SinkUnavailable,
     /// The broker could not be reached.
     BrokerUnavailable,
+    /// A row of a spine file (`--spine`) cannot be used: a missing column, an
+    /// unparsable time, an empty user.
+    InvalidSpineRow,
 }
 
 impl Reason {
     /// Every reason, in the order summaries list them.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::InvalidUtf8,
         Reason::InvalidJson,
         Reason::NotAnObject,
@@ -54,6 +57,7 @@ impl Reason {
         Reason::Timeout,
         Reason::SinkUnavailable,
         Reason::BrokerUnavailable,
+        Reason::InvalidSpineRow,
     ];
 
     /// The contract's name for this reason.
@@ -71,6 +75,7 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::SinkUnavailable => "sink_unavailable",
             Reason::BrokerUnavailable => "broker_unavailable",
+            Reason::InvalidSpineRow => "invalid_spine_row",
         }
     }
 

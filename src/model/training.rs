@@ -238,17 +238,20 @@ pub struct OpenRow {
     pub features: Arc<str>,
     /// The served features.
     pub snapshot: Option<Arc<str>>,
-    /// Labels, row by row (one row when not exploded), label by label.
-    pub labels: Vec<LabelValue>,
+    /// Where each label's outcomes begin in the user's [`UserOutcomes`], row by row
+    /// (one row when not exploded), label by label: the length of the log the row
+    /// reads when it opened.
+    pub starts: Vec<u64>,
 }
 
 impl OpenRow {
-    /// The rows it becomes, with `labels_complete` as given.
-    pub fn rows(self, labels_complete: bool, out: &mut Vec<TrainingRow>) {
+    /// The rows it becomes, with `labels` (row by row, label by label) and
+    /// `labels_complete` as given.
+    pub fn rows(self, labels: Vec<LabelValue>, labels_complete: bool, out: &mut Vec<TrainingRow>) {
         let per_row = if self.items.is_some() {
-            self.labels.len() / self.items.as_ref().map_or(1, |i| i.len().max(1))
+            labels.len() / self.items.as_ref().map_or(1, |i| i.len().max(1))
         } else {
-            self.labels.len()
+            labels.len()
         };
         let row = |item: Option<(i32, CompactString)>, labels: &[LabelValue]| TrainingRow {
             row_id: self.row_id.clone(),
@@ -263,15 +266,81 @@ impl OpenRow {
             snapshot: self.snapshot.clone(),
         };
         match &self.items {
-            None => out.push(row(None, &self.labels)),
+            None => out.push(row(None, &labels)),
             Some(items) => {
                 for (position, item) in items.iter().enumerate() {
-                    let labels = &self.labels[position * per_row..(position + 1) * per_row];
+                    let labels = &labels[position * per_row..(position + 1) * per_row];
                     out.push(row(Some((position as i32, item.clone())), labels));
                 }
             }
         }
     }
+}
+
+/// One label's outcomes of one user (of one item, for a label with `match`), in
+/// apply order, which is event-time order: each row's label is read off the log
+/// when its window closes (its end by binary search), so an outcome costs the same
+/// however many rows its user has open (a busy user has thousands).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeLog {
+    /// Entries dropped from the front (older than every open row).
+    pub dropped: u64,
+    /// Each outcome's event time.
+    pub times: Vec<f64>,
+    /// Each outcome's amount (for `sum`).
+    pub amounts: Vec<f64>,
+}
+
+impl OutcomeLog {
+    /// Entries ever logged: the index the next outcome gets.
+    pub fn len(&self) -> u64 {
+        self.dropped + self.times.len() as u64
+    }
+
+    /// Whether nothing was ever logged.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Logs an outcome.
+    pub fn push(&mut self, time: f64, amount: f64) {
+        self.times.push(time);
+        self.amounts.push(amount);
+    }
+
+    /// The label over the entries from `start` on whose time is at most `until`,
+    /// for a row at `ts`.
+    pub fn label(&self, func: LabelFn, start: u64, ts: f64, until: f64) -> LabelValue {
+        let from = (start.saturating_sub(self.dropped) as usize).min(self.times.len());
+        let to = from + self.times[from..].partition_point(|&t| t <= until);
+        match func {
+            LabelFn::Any => LabelValue::Any(to > from),
+            LabelFn::Count => LabelValue::Count((to - from) as u64),
+            // In apply order from 0, as the fold would add them.
+            LabelFn::Sum => LabelValue::Sum(self.amounts[from..to].iter().fold(0.0, |a, b| a + b)),
+            LabelFn::FirstAfter => LabelValue::FirstAfter((to > from).then(|| self.times[from] - ts)),
+        }
+    }
+
+    /// Drops the entries before `time`: no open row reads them.
+    pub fn drop_before(&mut self, time: f64) {
+        let n = self.times.partition_point(|&t| t < time);
+        if n > 0 {
+            self.times.drain(..n);
+            self.amounts.drain(..n);
+            self.dropped += n as u64;
+        }
+    }
+}
+
+/// A user's outcome logs: per label, one log, or one per item for labels with
+/// `match`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserOutcomes {
+    /// Per label (empty for labels with `match`).
+    pub all: Vec<OutcomeLog>,
+    /// Per item, per label (empty for labels without `match`).
+    pub by_item: std::collections::BTreeMap<CompactString, Vec<OutcomeLog>>,
 }
 
 /// The column type of a feature (and of its `served__` column).

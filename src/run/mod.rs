@@ -258,6 +258,9 @@ fn execute(
         crate::checkpoint::clear(&checkpoint.dir).map_err(|e| RunError::Checkpoint(chain(&e)))?;
     }
     let mut summary = summary_of(&counts, watermark);
+    summary.spine_rows = plan
+        .spine_counts
+        .map(|(read, dead_lettered)| crate::summary::SpineRows { read, dead_lettered });
     if let Some((rows, report)) = training {
         summary.training_rows = Some(rows);
         summary.skew_failed = report.as_ref().map(|r| r.failed.clone());

@@ -72,6 +72,9 @@ pub struct RunOptions {
     pub skew_report: Option<PathBuf>,
     /// The export's formats, instead of the job's (the JSONL form at `<dir>.jsonl`).
     pub export_formats: Vec<crate::job::file::ExportFormat>,
+    /// A spine file (Parquet, CSV or JSONL of `row_id, user_id, ts[, item_id]`) whose
+    /// rows replace the log's spine events.
+    pub spine: Option<PathBuf>,
 }
 
 /// What a run does with the job's `[export]`.
@@ -116,6 +119,7 @@ impl Default for RunOptions {
             export_dir: Default::default(),
             skew_report: Default::default(),
             export_formats: Default::default(),
+            spine: Default::default(),
         }
     }
 }

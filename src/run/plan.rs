@@ -103,6 +103,10 @@ pub(super) struct Plan {
     pub(super) exported: RowCount,
     /// The serving-skew counters, when the export has served features.
     pub(super) skew: Option<Arc<std::sync::Mutex<crate::dataflow::skew::SkewShared>>>,
+    /// The rows of a spine file, when the run has one.
+    pub(super) spine: Option<Arc<Vec<crate::source::spine::SpineRow>>>,
+    /// Rows of the spine file read, and how many were dead-lettered.
+    pub(super) spine_counts: Option<(u64, u64)>,
 }
 
 impl Plan {
@@ -168,6 +172,45 @@ impl Plan {
             (_, _, Some(path)) => DeadLetters::File(DeadLetterFile::append(path)?),
             (_, _, None) => DeadLetters::Discard,
         };
+        let spine = match (&options.spine, &job.export) {
+            (None, _) => None,
+            (Some(path), None) => {
+                return Err(RunError::Options(format!(
+                    "--spine {}: the job has no `[export]` to take a spine",
+                    path.display()
+                )));
+            }
+            (Some(path), Some(_)) => {
+                let spine = crate::source::spine::read_spine(path)?;
+                if process == 0 && !spine.bad.is_empty() {
+                    let letters: Vec<_> = spine
+                        .bad
+                        .iter()
+                        .map(|bad| {
+                            crate::dlq::letter::DeadLetter::first_attempt(
+                                &job.name,
+                                crate::model::event::Origin {
+                                    topic: path.display().to_string(),
+                                    partition: None,
+                                    offset: bad.line as i64,
+                                    key: None,
+                                    broker_timestamp_ms: None,
+                                },
+                                bad.raw.as_bytes(),
+                                false,
+                                crate::dlq::letter::Reason::InvalidSpineRow,
+                                bad.problem.clone(),
+                            )
+                        })
+                        .collect();
+                    write_letters(&dead_letters, &letters)?;
+                }
+                Some(spine)
+            }
+        };
+        let spine_counts = spine
+            .as_ref()
+            .map(|s| ((s.rows.len() + s.bad.len()) as u64, s.bad.len() as u64));
         let lateness_ms = (job.allowed_lateness_secs() * 1000.0) as u64;
         let pacing = Pacing {
             batch: if options.batch == 0 {
@@ -222,6 +265,8 @@ impl Plan {
             export_first_tag: checkpoint.as_ref().map_or(1, |c| c.last_epoch + 1),
             export,
             exported: RowCount::default(),
+            spine: spine.map(|s| Arc::new(s.rows)),
+            spine_counts,
             skew: job
                 .export
                 .as_ref()
@@ -247,6 +292,19 @@ impl Plan {
             }),
         })
     }
+}
+
+/// Writes dead letters of rows the run will not read again (a spine file's).
+fn write_letters(sink: &DeadLetters, letters: &[crate::dlq::letter::DeadLetter]) -> Result<(), RunError> {
+    use crate::sinks::DeadLetterSink;
+    let mut sink: Box<dyn DeadLetterSink> = match sink {
+        DeadLetters::File(file) => Box::new(file.clone()),
+        DeadLetters::Kafka(topics) => Box::new(topics.clone()),
+        DeadLetters::Discard => return Ok(()),
+    };
+    sink.write(letters)?;
+    sink.flush()?;
+    Ok(())
 }
 
 /// The export's sink, with its directory made ready: a run resumed from checkpoint E

@@ -181,6 +181,12 @@ fn run_worker<S: Source + 'static>(
                 restored: restored_fold,
                 restored_counts: fold_counts,
                 hold_unflushed: !enabled,
+                spine_rows: plan.spine.as_ref().map(|rows| {
+                    rows.iter()
+                        .filter(|r| (r.user_hash % peers as u64) as usize == index)
+                        .cloned()
+                        .collect()
+                }),
             },
         );
         let sink_dead = folded

@@ -8,6 +8,7 @@
 pub mod file;
 
 pub mod lines;
+pub mod spine;
 
 use std::sync::Arc;
 
@@ -86,6 +87,9 @@ pub enum SourceError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A spine file (`--spine`) cannot be read as a table at all.
+    #[error("spine file {0}")]
+    Spine(String),
     /// An input path or glob matched nothing.
     #[error("input `{0}` matches no file")]
     NoMatch(String),

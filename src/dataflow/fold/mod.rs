@@ -71,6 +71,9 @@ pub struct FoldContext {
     /// checkpoints commit offsets by that; with checkpoints, changes not yet written
     /// are in the checkpoint (as `dirty` users) instead.
     pub hold_unflushed: bool,
+    /// This worker's rows of a spine file (`--spine`), sorted by `ts`: they replace
+    /// the log's spine events.
+    pub spine_rows: Option<Vec<crate::source::spine::SpineRow>>,
 }
 
 /// The fold's outputs.
@@ -122,6 +125,7 @@ pub trait FoldFeatures<'s> {
     ///         restored: Vec::new(),
     ///         restored_counts: Default::default(),
     ///         hold_unflushed: true,
+    ///         spine_rows: None,
     ///     };
     ///     events.fold_features(clocks, context).views.capture()
     /// });
@@ -165,6 +169,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             restored,
             restored_counts,
             hold_unflushed,
+            spine_rows,
         } = context;
         checkpointing.borrow_mut().wake.push(activator.clone());
         let observe = move |delta: &Counts| {
@@ -185,6 +190,14 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             );
         }
         fold.total = restored_counts;
+        if let Some(rows) = spine_rows {
+            let before = fold.spine_before;
+            fold.file_spine = Some(
+                rows.into_iter()
+                    .filter(|r| crate::model::event::to_millis(r.ts) >= before)
+                    .collect(),
+            );
+        }
         let mut last_flush = Instant::now();
         let mut last_frontier: Millis = 0;
         let mut stopped_at: Option<f64> = None;
@@ -232,7 +245,9 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                     let result = match frontier {
                         Some(f) if f < at => None,
                         Some(f) if f == at => {
-                            fold.apply_ready(Some(at), &mut dead);
+                            // Only what no unread record can precede (see the protocol).
+                            let safe = checkpointing.borrow().cut_safe.min(at);
+                            fold.apply_ready(Some(safe), &mut dead);
                             let started = Instant::now();
                             let result = fold.write_part(&checkpointing.borrow(), epoch, at);
                             tracing::debug!(
@@ -258,7 +273,15 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                     }
                 }
                 if snapshot.is_none() {
-                    fold.apply_ready(frontier, &mut dead);
+                    // Until its part is taken, an open cut's state must not hold what an
+                    // unread record could precede (see the protocol's step 3).
+                    let limit = match (open_cut, frontier) {
+                        (Some(_), Some(f)) if !checkpointing.borrow().part_taken() => {
+                            Some(f.min(checkpointing.borrow().cut_safe))
+                        }
+                        _ => frontier,
+                    };
+                    fold.apply_ready(limit, &mut dead);
                 }
                 if !dead.is_empty() {
                     dead_out.activate().session(&caps[1]).give_container(&mut dead);

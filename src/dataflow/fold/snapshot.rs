@@ -34,6 +34,8 @@ pub(super) struct FoldView<'a> {
     pub(super) pending: Vec<(Millis, &'a Event)>,
     pub(super) max_clock: Option<f64>,
     pub(super) open_rows: Vec<&'a crate::model::training::OpenRow>,
+    pub(super) spine_before: Millis,
+    pub(super) outcomes: Vec<(&'a CompactString, &'a crate::model::training::UserOutcomes)>,
 }
 
 impl Fold {
@@ -66,6 +68,12 @@ impl Fold {
                 .collect(),
             max_clock: self.max_clock,
             open_rows: self.spine.iter().flat_map(|s| s.all().cloned()).collect(),
+            spine_before: cut,
+            outcomes: self
+                .spine
+                .iter()
+                .flat_map(|s| s.outcomes().map(|(u, o)| (u.clone(), o.clone())))
+                .collect(),
         }
     }
 
@@ -113,8 +121,9 @@ impl Fold {
             });
         }
         if let (Some(spine), Some(export)) = (self.spine.as_mut(), self.job.export.as_ref()) {
-            spine.restore(export, snapshot.open_rows);
+            spine.restore(export, snapshot.open_rows, snapshot.outcomes);
         }
+        self.spine_before = self.spine_before.max(snapshot.spine_before);
         self.max_clock = match (self.max_clock, snapshot.max_clock) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -172,6 +181,8 @@ impl Fold {
                 .collect(),
             max_clock: self.max_clock,
             open_rows: self.spine.iter().flat_map(|s| s.all()).collect(),
+            spine_before: cut,
+            outcomes: self.spine.iter().flat_map(|s| s.outcomes()).collect(),
         }
     }
 }
@@ -210,6 +221,8 @@ mod tests {
             pending: Vec::new(),
             max_clock: Some(12.5),
             open_rows: Vec::new(),
+            spine_before: 0,
+            outcomes: Vec::new(),
         });
         let partitions = vec![PartitionState {
             name: "p0".into(),

@@ -1,9 +1,11 @@
 //! The fold's part of the training export (DESIGN.md section 10): at each applied
-//! spine event, the user's features as the view renders them; at each applied
-//! outcome, the labels of the user's open rows; rows leave once the frontier has
-//! passed `ts + max W`, or at the end of a bounded input.
+//! spine event, the user's features as the view renders them; each applied outcome
+//! of a user with open rows goes to that user's outcome logs; rows leave once the
+//! frontier has passed `ts + max W` (or at the end of a bounded input), their labels
+//! read off the logs from where each row began.
 //!
-//! Memory is the open rows only: at most the longest window's worth of spine events.
+//! Memory is the open rows and the outcomes since the oldest of them: at most the
+//! longest window's worth of a user's spine events and outcomes.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -15,12 +17,19 @@ use hashbrown::HashMap;
 use crate::model::event::{Event, Millis, Value, to_millis};
 use crate::model::features::{Interner, UserState, render_features};
 use crate::model::schema::FieldRef;
-use crate::model::training::{ExportSpec, LabelValue, OpenRow, TrainingRow};
+use crate::model::training::{ExportSpec, LabelValue, OpenRow, OutcomeLog, TrainingRow, UserOutcomes};
+
+/// One user's open rows, oldest first, and the outcomes they may count.
+#[derive(Default)]
+pub(super) struct UserRows {
+    pub(super) rows: Vec<OpenRow>,
+    pub(super) outcomes: UserOutcomes,
+}
 
 /// The open rows of one worker's users.
 pub(super) struct Spine {
-    /// Open rows by user, oldest first.
-    pub(super) open: HashMap<CompactString, Vec<OpenRow>>,
+    /// Open rows by user.
+    pub(super) open: HashMap<CompactString, UserRows>,
     /// When each spine event's rows may leave: `(deadline, user)`.
     deadlines: BinaryHeap<Reverse<(Millis, CompactString)>>,
     /// The state of a user with no history.
@@ -51,51 +60,51 @@ impl Spine {
         to_millis(ts + spec.max_window)
     }
 
-    /// Counts an applied event as an outcome of the user's open rows. Rows precede
-    /// it: they were opened by events applied before it.
+    /// Logs an applied event as an outcome for the user's open rows (they precede
+    /// it: they were opened by events applied before it). A user with no open row
+    /// logs nothing: every later row begins after it.
     pub(super) fn outcome(&mut self, spec: &ExportSpec, event: &Event) {
         if !spec.outcome_types[event.event_type as usize] {
             return;
         }
-        let Some(rows) = self.open.get_mut(&event.user_id) else {
+        let Some(user) = self.open.get_mut(&event.user_id) else {
             return;
         };
         let labels = spec.labels.len();
-        for row in rows.iter_mut() {
-            let after = event.event_time - row.ts;
-            for (l, label) in spec.labels.iter().enumerate() {
-                let Some(fields) = &label.per_type[event.event_type as usize] else {
-                    continue;
-                };
-                if event.event_time > row.ts + label.window {
-                    continue;
+        for (l, label) in spec.labels.iter().enumerate() {
+            let Some(fields) = &label.per_type[event.event_type as usize] else {
+                continue;
+            };
+            let amount = match fields.sum.map(|f| value(event, f)) {
+                Some(Value::Num(n)) => *n,
+                _ => 0.0,
+            };
+            let log = match fields.matches {
+                None => &mut user.outcomes.all[l],
+                Some(field) => {
+                    let Value::Str(item) = value(event, field) else {
+                        continue;
+                    };
+                    let logs = user
+                        .outcomes
+                        .by_item
+                        .entry(item.clone())
+                        .or_insert_with(|| vec![OutcomeLog::default(); labels]);
+                    &mut logs[l]
                 }
-                let amount = match fields.sum.map(|f| value(event, f)) {
-                    Some(Value::Num(n)) => *n,
-                    _ => 0.0,
-                };
-                match (fields.matches, &row.items) {
-                    (None, items) => {
-                        let n = items.as_ref().map_or(1, Vec::len);
-                        for r in 0..n {
-                            row.labels[r * labels + l].add(after, amount);
-                        }
-                    }
-                    (Some(field), Some(items)) => {
-                        let Value::Str(wanted) = value(event, field) else {
-                            continue;
-                        };
-                        for (r, item) in items.iter().enumerate() {
-                            if item == wanted {
-                                row.labels[r * labels + l].add(after, amount);
-                            }
-                        }
-                    }
-                    // A row with no item matches nothing.
-                    (Some(_), None) => {}
-                }
-            }
+            };
+            log.push(event.event_time, amount);
         }
+    }
+
+    /// The features a user with `state` (none: no history) has, as a view renders them.
+    pub(super) fn render(
+        &self,
+        features: &crate::model::features::FeatureSpec,
+        interner: &Interner,
+        state: Option<&UserState>,
+    ) -> Arc<str> {
+        render_features(features, interner, state.unwrap_or(&self.empty)).into()
     }
 
     /// Opens the rows of an applied spine event, with the features `state` renders.
@@ -107,7 +116,7 @@ impl Spine {
         state: Option<&UserState>,
         event: &Event,
     ) {
-        let rendered: Arc<str> = render_features(features, interner, state.unwrap_or(&self.empty)).into();
+        let rendered = self.render(features, interner, state);
         let row_id = match value(event, spec.row_id) {
             Value::Str(s) => s.clone(),
             _ => CompactString::default(),
@@ -120,27 +129,119 @@ impl Spine {
             Value::Json(text) => Some(Arc::from(text.as_str())),
             _ => None,
         });
-        let n = items.as_ref().map_or(1, Vec::len);
-        let labels = (0..n)
-            .flat_map(|_| spec.labels.iter().map(|l| LabelValue::empty(l.func)))
-            .collect();
         let carried: Arc<[Value]> = spec.carry.iter().map(|c| value(event, c.field).clone()).collect();
+        self.push(
+            spec,
+            OpenRow {
+                row_id,
+                user_id: event.user_id.clone(),
+                ts: event.event_time,
+                event_id: event.event_id.clone(),
+                carried,
+                items,
+                features: rendered,
+                snapshot,
+                starts: Vec::new(),
+            },
+        );
+    }
+
+    /// Opens a row of a spine file, with the features `state` renders. Its columns
+    /// that come from a spine event are empty: `event_id` "", carried fields null; with
+    /// `explode`, one row at position 0 for its `item_id` ("" when it has none).
+    pub(super) fn open_file_row(
+        &mut self,
+        spec: &ExportSpec,
+        features: &crate::model::features::FeatureSpec,
+        interner: &Interner,
+        state: Option<&UserState>,
+        row: &crate::source::spine::SpineRow,
+    ) {
+        let features = self.render(features, interner, state);
+        let items = match (&row.item_id, spec.explode) {
+            (Some(item), _) => Some(vec![item.clone()]),
+            (None, Some(_)) => Some(vec![CompactString::default()]),
+            (None, None) => None,
+        };
+        self.push(
+            spec,
+            OpenRow {
+                row_id: row.row_id.clone(),
+                user_id: row.user_id.clone(),
+                ts: row.ts,
+                event_id: CompactString::default(),
+                carried: spec.carry.iter().map(|_| Value::Null).collect(),
+                items,
+                features,
+                snapshot: None,
+                starts: Vec::new(),
+            },
+        );
+    }
+
+    /// Opens `row`: each of its labels begins at the end of the log it reads.
+    fn push(&mut self, spec: &ExportSpec, mut row: OpenRow) {
+        let n = row.items.as_ref().map_or(1, Vec::len);
+        let user = self.open.entry(row.user_id.clone()).or_default();
+        if user.outcomes.all.is_empty() {
+            user.outcomes.all = vec![OutcomeLog::default(); spec.labels.len()];
+        }
+        let mut starts = Vec::with_capacity(n * spec.labels.len());
+        for r in 0..n {
+            let item = row.items.as_ref().map(|items| &items[r]);
+            for (l, label) in spec.labels.iter().enumerate() {
+                let matches = label.per_type.iter().flatten().any(|f| f.matches.is_some());
+                starts.push(match (matches, item) {
+                    (false, _) => user.outcomes.all[l].len(),
+                    (true, Some(item)) => user.outcomes.by_item.get(item).map_or(0, |logs| logs[l].len()),
+                    (true, None) => 0,
+                });
+            }
+        }
+        row.starts = starts;
         self.rows += n;
-        self.deadlines.push(Reverse((
-            Self::deadline(spec, event.event_time),
-            event.user_id.clone(),
-        )));
-        self.open.entry(event.user_id.clone()).or_default().push(OpenRow {
-            row_id,
-            user_id: event.user_id.clone(),
-            ts: event.event_time,
-            event_id: event.event_id.clone(),
-            carried,
-            items,
-            features: rendered,
-            snapshot,
-            labels,
-        });
+        self.deadlines
+            .push(Reverse((Self::deadline(spec, row.ts), row.user_id.clone())));
+        user.rows.push(row);
+    }
+
+    /// A closed row's labels, row by row, label by label.
+    fn labels(spec: &ExportSpec, outcomes: &UserOutcomes, row: &OpenRow) -> Vec<LabelValue> {
+        let n = row.items.as_ref().map_or(1, Vec::len);
+        let mut labels = Vec::with_capacity(n * spec.labels.len());
+        for r in 0..n {
+            let item = row.items.as_ref().map(|items| &items[r]);
+            for (l, label) in spec.labels.iter().enumerate() {
+                let start = row.starts[r * spec.labels.len() + l];
+                let until = row.ts + label.window;
+                let matches = label.per_type.iter().flatten().any(|f| f.matches.is_some());
+                let log = match (matches, item) {
+                    (false, _) => outcomes.all.get(l),
+                    (true, Some(item)) => outcomes.by_item.get(item).map(|logs| &logs[l]),
+                    (true, None) => None,
+                };
+                labels.push(match log {
+                    Some(log) => log.label(label.func, start, row.ts, until),
+                    None => LabelValue::empty(label.func),
+                });
+            }
+        }
+        labels
+    }
+
+    /// Drops what no open row of `user` reads any more.
+    fn trim(user: &mut UserRows) {
+        let Some(oldest) = user.rows.first().map(|r| r.ts) else {
+            return;
+        };
+        for log in user.outcomes.all.iter_mut() {
+            log.drop_before(oldest);
+        }
+        for logs in user.outcomes.by_item.values_mut() {
+            for log in logs.iter_mut() {
+                log.drop_before(oldest);
+            }
+        }
     }
 
     /// Moves the rows whose deadline is before `frontier` to `out`, complete.
@@ -151,19 +252,23 @@ impl Spine {
             let Some(Reverse((_, user))) = self.deadlines.pop() else {
                 break;
             };
-            let Some(rows) = self.open.get_mut(&user) else {
+            let Some(entry) = self.open.get_mut(&user) else {
                 continue;
             };
-            let closed = rows
+            let closed = entry
+                .rows
                 .iter()
                 .take_while(|r| Self::deadline(spec, r.ts) < frontier)
                 .count();
-            for row in rows.drain(..closed) {
+            for row in entry.rows.drain(..closed) {
                 self.rows -= row.items.as_ref().map_or(1, Vec::len);
-                row.rows(true, out);
+                let labels = Self::labels(spec, &entry.outcomes, &row);
+                row.rows(labels, true, out);
             }
-            if rows.is_empty() {
+            if entry.rows.is_empty() {
                 self.open.remove(&user);
+            } else {
+                Self::trim(entry);
             }
         }
     }
@@ -178,31 +283,46 @@ impl Spine {
     ) {
         self.deadlines.clear();
         self.rows = 0;
-        for (_, rows) in self.open.drain() {
-            for row in rows {
+        for (_, user) in self.open.drain() {
+            for row in user.rows {
                 let complete = max_clock.is_some_and(|m| row.ts + spec.max_window <= m);
                 if complete || !spec.complete_only {
-                    row.rows(complete, out);
+                    let labels = Self::labels(spec, &user.outcomes, &row);
+                    row.rows(labels, complete, out);
                 }
             }
         }
     }
 
     /// Takes over rows from a checkpoint.
-    pub(super) fn restore(&mut self, spec: &ExportSpec, rows: Vec<OpenRow>) {
+    pub(super) fn restore(
+        &mut self,
+        spec: &ExportSpec,
+        rows: Vec<OpenRow>,
+        outcomes: Vec<(CompactString, UserOutcomes)>,
+    ) {
+        for (user, logs) in outcomes {
+            self.open.entry(user).or_default().outcomes = logs;
+        }
         for row in rows {
             self.rows += row.items.as_ref().map_or(1, Vec::len);
             self.deadlines
                 .push(Reverse((Self::deadline(spec, row.ts), row.user_id.clone())));
-            self.open.entry(row.user_id.clone()).or_default().push(row);
+            self.open.entry(row.user_id.clone()).or_default().rows.push(row);
         }
-        for open in self.open.values_mut() {
-            open.sort_by(|a, b| a.ts.total_cmp(&b.ts).then_with(|| a.event_id.cmp(&b.event_id)));
+        for user in self.open.values_mut() {
+            user.rows
+                .sort_by(|a, b| a.ts.total_cmp(&b.ts).then_with(|| a.event_id.cmp(&b.event_id)));
         }
     }
 
     /// The open rows, for a checkpoint.
     pub(super) fn all(&self) -> impl Iterator<Item = &OpenRow> {
-        self.open.values().flatten()
+        self.open.values().flat_map(|u| u.rows.iter())
+    }
+
+    /// The outcome logs, for a checkpoint.
+    pub(super) fn outcomes(&self) -> impl Iterator<Item = (&CompactString, &UserOutcomes)> {
+        self.open.iter().map(|(user, u)| (user, &u.outcomes))
     }
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use std::collections::VecDeque;
+
 use compact_str::CompactString;
 use hashbrown::HashTable;
 
@@ -15,6 +17,7 @@ use crate::job::{Job, LatePolicy};
 use crate::model::event::{Event, LateRecord, Millis, to_millis};
 use crate::model::features::{Interner, UserState, render_features, render_state};
 use crate::model::view::ViewRecord;
+use crate::source::spine::SpineRow;
 use crate::summary::Counts;
 
 /// Serializes exactly as [`crate::checkpoint::UserSnapshot`] (same fields, same order), so that a
@@ -117,6 +120,11 @@ pub(super) struct Fold {
     pub(super) unflushed_since: Option<Millis>,
     /// Open training rows, when the job exports them.
     pub(super) spine: Option<Spine>,
+    /// Rows of a spine file not yet opened, by `ts`: they replace the log's spine
+    /// events, and open after every log event of their time.
+    pub(super) file_spine: Option<VecDeque<SpineRow>>,
+    /// Spine-file rows before this time were opened before the checkpoint restored.
+    pub(super) spine_before: Millis,
 }
 
 impl Fold {
@@ -128,6 +136,8 @@ impl Fold {
             .map(|_| Spine::new(UserState::new(&job.features)));
         Fold {
             spine,
+            file_spine: None,
+            spine_before: 0,
             seen: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
             seen_late: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
             job,
@@ -158,6 +168,7 @@ impl Fold {
             }
         }
         if self.order.is_empty() {
+            self.open_file_rows(limit, None);
             return;
         }
         let pending = std::mem::take(&mut self.pending);
@@ -183,8 +194,10 @@ impl Fold {
         for &(c, e) in &order {
             let batch = &pending[c as usize];
             let event = &batch.events[e as usize];
+            self.open_file_rows(limit, Some(event.event_time));
             self.apply_one(&job, event, batch.ready_at(event), dead);
         }
+        self.open_file_rows(limit, None);
         self.order = order;
         self.pending = pending;
         self.pending.retain_mut(|batch| {
@@ -200,6 +213,27 @@ impl Fold {
             let watermark = frontier as f64 / 1000.0;
             self.seen.expire(watermark);
             self.seen_late.expire(watermark);
+        }
+    }
+
+    /// Opens the spine-file rows ready before `limit` whose time is before
+    /// `before` (all ready ones when `None`): a row opens after every log event of
+    /// its own time.
+    fn open_file_rows(&mut self, limit: Millis, before: Option<f64>) {
+        let (Some(rows), Some(spine), Some(export)) = (
+            self.file_spine.as_mut(),
+            self.spine.as_mut(),
+            self.job.export.as_ref(),
+        ) else {
+            return;
+        };
+        while let Some(row) = rows.front()
+            && to_millis(row.ts) < limit
+            && before.is_none_or(|t| row.ts < t)
+        {
+            let state = self.users.find(row.user_hash, &row.user_id).map(|e| &e.state);
+            spine.open_file_row(export, &self.job.features, &self.interner, state, row);
+            rows.pop_front();
         }
     }
 
@@ -232,7 +266,7 @@ impl Fold {
             if let (Some(spine), Some(export)) = (self.spine.as_mut(), job.export.as_ref()) {
                 // Outcomes and spine events see the state before this event is applied.
                 spine.outcome(export, event);
-                if event.event_type == export.spine {
+                if event.event_type == export.spine && self.file_spine.is_none() {
                     let state = match slot {
                         Some(slot) => Some(&self.users.entries[slot as usize].state),
                         None => self.users.find(event.user_hash, &event.user_id).map(|e| &e.state),
