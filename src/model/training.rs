@@ -238,10 +238,9 @@ pub struct OpenRow {
     pub features: Arc<str>,
     /// The served features.
     pub snapshot: Option<Arc<str>>,
-    /// Where each label's outcomes begin in the user's [`UserOutcomes`], row by row
-    /// (one row when not exploded), label by label: the length of the log the row
-    /// reads when it opened.
-    pub starts: Vec<u64>,
+    /// The user's outcome count ([`UserOutcomes::next`]) when it opened: its
+    /// outcomes are those numbered from here on.
+    pub start: u64,
 }
 
 impl OpenRow {
@@ -279,12 +278,13 @@ impl OpenRow {
 
 /// One label's outcomes of one user (of one item, for a label with `match`), in
 /// apply order, which is event-time order: each row's label is read off the log
-/// when its window closes (its end by binary search), so an outcome costs the same
-/// however many rows its user has open (a busy user has thousands).
+/// when its window closes (from the row's first outcome by binary search, to its
+/// window's end likewise), so an outcome costs the same however many rows its user
+/// has open (a busy user has thousands).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeLog {
-    /// Entries dropped from the front (older than every open row).
-    pub dropped: u64,
+    /// Each outcome's sequence number among its user's outcomes.
+    pub seqs: Vec<u64>,
     /// Each outcome's event time.
     pub times: Vec<f64>,
     /// Each outcome's amount (for `sum`).
@@ -292,26 +292,17 @@ pub struct OutcomeLog {
 }
 
 impl OutcomeLog {
-    /// Entries ever logged: the index the next outcome gets.
-    pub fn len(&self) -> u64 {
-        self.dropped + self.times.len() as u64
-    }
-
-    /// Whether nothing was ever logged.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Logs an outcome.
-    pub fn push(&mut self, time: f64, amount: f64) {
+    /// Logs outcome `seq`.
+    pub fn push(&mut self, seq: u64, time: f64, amount: f64) {
+        self.seqs.push(seq);
         self.times.push(time);
         self.amounts.push(amount);
     }
 
-    /// The label over the entries from `start` on whose time is at most `until`,
-    /// for a row at `ts`.
+    /// The label over the outcomes from sequence number `start` on whose time is at
+    /// most `until`, for a row at `ts`.
     pub fn label(&self, func: LabelFn, start: u64, ts: f64, until: f64) -> LabelValue {
-        let from = (start.saturating_sub(self.dropped) as usize).min(self.times.len());
+        let from = self.seqs.partition_point(|&s| s < start);
         let to = from + self.times[from..].partition_point(|&t| t <= until);
         match func {
             LabelFn::Any => LabelValue::Any(to > from),
@@ -322,21 +313,29 @@ impl OutcomeLog {
         }
     }
 
-    /// Drops the entries before `time`: no open row reads them.
-    pub fn drop_before(&mut self, time: f64) {
-        let n = self.times.partition_point(|&t| t < time);
+    /// Drops the outcomes before sequence number `start`: no open row reads them.
+    pub fn drop_before(&mut self, start: u64) {
+        let n = self.seqs.partition_point(|&s| s < start);
         if n > 0 {
+            self.seqs.drain(..n);
             self.times.drain(..n);
             self.amounts.drain(..n);
-            self.dropped += n as u64;
         }
+    }
+
+    /// Whether it holds no outcome.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
     }
 }
 
 /// A user's outcome logs: per label, one log, or one per item for labels with
-/// `match`.
+/// `match`; outcomes are numbered, and a row reads those numbered from where the
+/// count stood when it opened.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserOutcomes {
+    /// The next outcome's sequence number.
+    pub next: u64,
     /// Per label (empty for labels with `match`).
     pub all: Vec<OutcomeLog>,
     /// Per item, per label (empty for labels without `match`).

@@ -348,6 +348,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                                     entries.iter().map(|e| e.state.heap_bytes()).sum::<usize>(),
                                 dedup_ids = fold.seen.len(),
                                 interned = fold.interner.len(),
+                                export = ?fold.spine.as_ref().map(|s| s.footprint()),
                                 "fold footprint at the end of input"
                             );
                             let entries = &fold.users.entries;

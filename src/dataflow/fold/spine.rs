@@ -24,7 +24,14 @@ use crate::model::training::{ExportSpec, LabelValue, OpenRow, OutcomeLog, Traini
 pub(super) struct UserRows {
     pub(super) rows: Vec<OpenRow>,
     pub(super) outcomes: UserOutcomes,
+    /// Rows closed since the logs were last trimmed.
+    closed_since_trim: usize,
 }
+
+/// A user's logs are trimmed once its rows closed since the last time, times this,
+/// reach its number of item logs: trimming visits every log of the user (a busy
+/// user has thousands of items), so its cost per closed row stays bounded.
+const TRIM_RATIO: usize = 8;
 
 /// The open rows of one worker's users.
 pub(super) struct Spine {
@@ -71,6 +78,8 @@ impl Spine {
             return;
         };
         let labels = spec.labels.len();
+        let seq = user.outcomes.next;
+        user.outcomes.next += 1;
         for (l, label) in spec.labels.iter().enumerate() {
             let Some(fields) = &label.per_type[event.event_type as usize] else {
                 continue;
@@ -93,7 +102,7 @@ impl Spine {
                     &mut logs[l]
                 }
             };
-            log.push(event.event_time, amount);
+            log.push(seq, event.event_time, amount);
         }
     }
 
@@ -141,7 +150,7 @@ impl Spine {
                 items,
                 features: rendered,
                 snapshot,
-                starts: Vec::new(),
+                start: 0,
             },
         );
     }
@@ -174,31 +183,19 @@ impl Spine {
                 items,
                 features,
                 snapshot: None,
-                starts: Vec::new(),
+                start: 0,
             },
         );
     }
 
-    /// Opens `row`: each of its labels begins at the end of the log it reads.
+    /// Opens `row`: its outcomes are those logged from now on.
     fn push(&mut self, spec: &ExportSpec, mut row: OpenRow) {
         let n = row.items.as_ref().map_or(1, Vec::len);
         let user = self.open.entry(row.user_id.clone()).or_default();
         if user.outcomes.all.is_empty() {
             user.outcomes.all = vec![OutcomeLog::default(); spec.labels.len()];
         }
-        let mut starts = Vec::with_capacity(n * spec.labels.len());
-        for r in 0..n {
-            let item = row.items.as_ref().map(|items| &items[r]);
-            for (l, label) in spec.labels.iter().enumerate() {
-                let matches = label.per_type.iter().flatten().any(|f| f.matches.is_some());
-                starts.push(match (matches, item) {
-                    (false, _) => user.outcomes.all[l].len(),
-                    (true, Some(item)) => user.outcomes.by_item.get(item).map_or(0, |logs| logs[l].len()),
-                    (true, None) => 0,
-                });
-            }
-        }
-        row.starts = starts;
+        row.start = user.outcomes.next;
         self.rows += n;
         self.deadlines
             .push(Reverse((Self::deadline(spec, row.ts), row.user_id.clone())));
@@ -212,7 +209,7 @@ impl Spine {
         for r in 0..n {
             let item = row.items.as_ref().map(|items| &items[r]);
             for (l, label) in spec.labels.iter().enumerate() {
-                let start = row.starts[r * spec.labels.len() + l];
+                let start = row.start;
                 let until = row.ts + label.window;
                 let matches = label.per_type.iter().flatten().any(|f| f.matches.is_some());
                 let log = match (matches, item) {
@@ -229,19 +226,21 @@ impl Spine {
         labels
     }
 
-    /// Drops what no open row of `user` reads any more.
+    /// Drops what no open row of `user` reads any more (outcomes before its oldest
+    /// open row's, and the items left with none).
     fn trim(user: &mut UserRows) {
-        let Some(oldest) = user.rows.first().map(|r| r.ts) else {
+        let Some(oldest) = user.rows.iter().map(|r| r.start).min() else {
             return;
         };
         for log in user.outcomes.all.iter_mut() {
             log.drop_before(oldest);
         }
-        for logs in user.outcomes.by_item.values_mut() {
+        user.outcomes.by_item.retain(|_, logs| {
             for log in logs.iter_mut() {
                 log.drop_before(oldest);
             }
-        }
+            logs.iter().any(|log| !log.is_empty())
+        });
     }
 
     /// Moves the rows whose deadline is before `frontier` to `out`, complete.
@@ -268,7 +267,11 @@ impl Spine {
             if entry.rows.is_empty() {
                 self.open.remove(&user);
             } else {
-                Self::trim(entry);
+                entry.closed_since_trim += closed;
+                if entry.closed_since_trim * TRIM_RATIO >= entry.outcomes.by_item.len() + TRIM_RATIO {
+                    entry.closed_since_trim = 0;
+                    Self::trim(entry);
+                }
             }
         }
     }
@@ -319,6 +322,24 @@ impl Spine {
     /// The open rows, for a checkpoint.
     pub(super) fn all(&self) -> impl Iterator<Item = &OpenRow> {
         self.open.values().flat_map(|u| u.rows.iter())
+    }
+
+    /// `(users with open rows, open rows, logged outcomes, items with logs)`, for the
+    /// footprint the fold logs.
+    pub(super) fn footprint(&self) -> (usize, usize, usize, usize) {
+        let mut logged = 0;
+        let mut items = 0;
+        for user in self.open.values() {
+            logged += user.outcomes.all.iter().map(|l| l.seqs.len()).sum::<usize>();
+            items += user.outcomes.by_item.len();
+            logged += user
+                .outcomes
+                .by_item
+                .values()
+                .flat_map(|logs| logs.iter().map(|l| l.seqs.len()))
+                .sum::<usize>();
+        }
+        (self.open.len(), self.rows, logged, items)
     }
 
     /// The outcome logs, for a checkpoint.

@@ -184,15 +184,14 @@ impl SortKey {
 }
 
 enum Command {
-    Rows(Vec<TrainingRow>),
+    /// Rows to write, and the input frontier (seconds) they were sent at: no row of a
+    /// date whose end plus the longest window is before it can still come.
+    Rows(Vec<TrainingRow>, f64),
     /// Close the files open longer than the roll interval.
     Roll,
     /// Close every file; later rows get `tag`. Dates whose end plus the longest
     /// window is not past `watermark` are marked `_SUCCESS`.
-    Close {
-        tag: u64,
-        watermark: Option<f64>,
-    },
+    Close { tag: u64, watermark: Option<f64> },
 }
 
 /// A Parquet file being written and when it was opened.
@@ -302,6 +301,26 @@ impl Writer {
         if let Some((file @ Some(_), _)) = self.open.get_mut(date) {
             let (file, _) = file.take().expect("some");
             file.close()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the files of the dates no row can still come for (their end plus the
+    /// longest window is before `at`): a backfill over many days holds one open
+    /// file per recent date, not per date.
+    fn close_dates_before(&mut self, at: f64) -> Result<(), SinkError> {
+        let max_window = self.sink.spec.max_window;
+        let done: Vec<String> = self
+            .open
+            .keys()
+            .filter(|date| date_end(date) + max_window < at)
+            .cloned()
+            .collect();
+        for date in done {
+            self.encode(&date)?;
+            if let Some((Some((file, _)), _)) = self.open.remove(&date) {
+                file.close()?;
+            }
         }
         Ok(())
     }
@@ -441,7 +460,7 @@ impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<TrainingRow>> {
             error: Mutex::new(None),
             rows: AtomicU64::new(0),
         });
-        let (tx, rx) = sync_channel::<Command>(16);
+        let (tx, rx) = sync_channel::<Command>(4);
         let thread_shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name(format!("export-{worker}"))
@@ -466,10 +485,11 @@ impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<TrainingRow>> {
                     };
                     let result = match command {
                         Command::Roll => writer.roll_old(),
-                        Command::Rows(rows) => {
+                        Command::Rows(rows, at) => {
                             let n = rows.len() as u64;
-                            writer.write(rows).map(|()| {
+                            writer.write(rows).and_then(|()| {
                                 thread_shared.rows.fetch_add(n, Ordering::Relaxed);
+                                writer.close_dates_before(at)
                             })
                         }
                         Command::Close { tag, watermark } => {
@@ -544,7 +564,15 @@ impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<TrainingRow>> {
                         Some(held) if held.time() <= &time => {}
                         _ => unclosed = cap.retain_least(0),
                     }
-                    let _ = sender.send(Command::Rows(std::mem::take(rows)));
+                    // In bounded pieces: the channel's memory is its depth times this.
+                    let mut rows = std::mem::take(rows);
+                    let at = time as f64 / 1000.0;
+                    while rows.len() > BATCH_ROWS {
+                        let rest = rows.split_off(BATCH_ROWS);
+                        let _ = sender.send(Command::Rows(rows, at));
+                        rows = rest;
+                    }
+                    let _ = sender.send(Command::Rows(rows, at));
                 });
                 let frontier = frontiers[0].frontier().first().copied();
                 if frontier.is_some() {
