@@ -307,3 +307,66 @@ weights."shop.bought" = { decay = 0.9, increment = inf }
         "`increment` must be a finite number, not inf",
     );
 }
+
+#[test]
+fn export_labels_and_skew_are_checked_like_every_other_section() {
+    let (file, problems, _dir) = load_bad(
+        r#"extends = "recsys.toml"
+
+[export]
+spine = "recommendation.items_shown"
+explode = "model_version"
+carry = ["no_such_field"]
+formats = ["parquet"]
+
+[[labels]]
+name = "clicked"
+on = ["ecommerce.item_viewed"]
+window = "30m"
+match = "sku"
+fn = "any"
+
+[[labels]]
+name = "spend"
+on = ["ecommerce.purchase_completed"]
+window = "0s"
+fn = "sum"
+
+[skew]
+max_mismatch_rate = 1.5
+per_feature = { no_such_feature = 0.1 }
+"#,
+    );
+    has(&problems, &file, 5, "export.explode", "it must be a string_list");
+    has(
+        &problems,
+        &file,
+        6,
+        "export.carry[0]",
+        "has no field `no_such_field`",
+    );
+    has(&problems, &file, 13, "labels[0].match", "has no field `sku`");
+    has(&problems, &file, 19, "labels[1].window", "longer than 0 s");
+    has(&problems, &file, 17, "labels[1].field", "`sum` needs `field`");
+    has(&problems, &file, 23, "skew.max_mismatch_rate", "between 0 and 1");
+    has(
+        &problems,
+        &file,
+        24,
+        "skew.per_feature.no_such_feature",
+        "no feature is named",
+    );
+}
+
+#[test]
+fn an_unknown_export_format_is_named() {
+    let (file, problems, _dir) =
+        load_bad("extends = \"recsys.toml\"\n[export]\nformats = [\"parquet\", \"csv\"]\n");
+    has(
+        &problems,
+        &file,
+        3,
+        "export.formats[1]",
+        "unknown variant `csv`, expected `parquet` or `jsonl`",
+    );
+}

@@ -313,17 +313,8 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
             let time = event["event_time"].as_f64().unwrap();
             let payload = &event["payload"];
             if event["event_type"] == "recommendation.items_shown" {
-                let mut top: Vec<(String, f64)> = interests.iter().map(|(c, s)| (c.clone(), *s)).collect();
-                top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                top.truncate(5);
-                let features = json!({
-                    "n_purchased_items": purchased.len(),
-                    "n_viewed_items": viewed.len(),
-                    "total_spend": spend,
-                    "top_categories": top.iter().map(|(c, s)| json!([c, s])).collect::<Vec<_>>(),
-                    "session_active": session_start.is_some(),
-                    "last_active_time": last_active,
-                });
+                let features =
+                    features_of(&purchased, &viewed, &interests, spend, session_start, last_active);
                 impressions.push((event, features));
             }
             let category = payload["category"].as_str().unwrap_or("unknown").to_owned();
@@ -369,21 +360,12 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
         if !has_view {
             continue;
         }
-        let mut top: Vec<(String, f64)> = interests.iter().map(|(c, s)| (c.clone(), *s)).collect();
-        top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        top.truncate(5);
+        let features = features_of(&purchased, &viewed, &interests, spend, session_start, last_active);
         let interests: BTreeMap<String, f64> = interests.into_iter().collect();
         views.push(json!({
             "user_id": user,
             "as_of": max_time,
-            "features": {
-                "n_purchased_items": purchased.len(),
-                "n_viewed_items": viewed.len(),
-                "total_spend": spend,
-                "top_categories": top.iter().map(|(c, s)| json!([c, s])).collect::<Vec<_>>(),
-                "session_active": session_start.is_some(),
-                "last_active_time": last_active,
-            },
+            "features": features,
             "state": {
                 "purchased_items": purchased,
                 "viewed_items": viewed,
@@ -416,6 +398,28 @@ fn reference(log: &Log, paths: &[PathBuf]) -> Expected {
         late_letters,
         unique,
     }
+}
+
+/// A view's `features` object from a user's state (section 5's table).
+fn features_of(
+    purchased: &BTreeSet<String>,
+    viewed: &[String],
+    interests: &HashMap<String, f64>,
+    spend: f64,
+    session_start: Option<f64>,
+    last_active: Option<f64>,
+) -> Value {
+    let mut top: Vec<(String, f64)> = interests.iter().map(|(c, s)| (c.clone(), *s)).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(5);
+    json!({
+        "n_purchased_items": purchased.len(),
+        "n_viewed_items": viewed.len(),
+        "total_spend": spend,
+        "top_categories": top.iter().map(|(c, s)| json!([c, s])).collect::<Vec<_>>(),
+        "session_active": session_start.is_some(),
+        "last_active_time": last_active,
+    })
 }
 
 /// The rows of one user's impressions: one per shown item, with the features the

@@ -7,7 +7,7 @@ use compact_str::CompactString;
 use super::state::{Fold, Pending, UserEntry};
 use crate::checkpoint::protocol::Checkpointing;
 use crate::checkpoint::{FoldSnapshot, PartEntry};
-use crate::model::event::{Event, Millis, to_millis};
+use crate::model::event::{Event, Millis};
 use crate::summary::Counts;
 
 /// A worker's part of a checkpoint, borrowing the live state: serializes exactly as
@@ -99,26 +99,15 @@ impl Fold {
             .seen_late
             .into_iter()
             .for_each(|e| self.seen_late.restore(e));
-        // Pending events were sent before the cut, in another run: they count as sent
-        // at time 0 of this one (so the next cut keeps them), and wait for the same
-        // time as before: an event pending at a cut was sent no later than its own
-        // event time, as no capability runs ahead of its watermark.
-        let restored: Vec<Event> = snapshot
-            .pending
-            .into_iter()
-            .map(|(sent_at, event)| {
-                debug_assert!(
-                    sent_at <= to_millis(event.event_time),
-                    "a pending event waits for its own time"
-                );
-                event
-            })
-            .collect();
-        if !restored.is_empty() {
-            self.pending.push(Pending {
-                sent_at: 0,
-                events: restored,
-            });
+        // Pending events were sent before the cut, in another run: they keep the time
+        // they were sent at, so each waits for what it waited for before (its own
+        // event time; a late event, or one a cut held back, the time it was sent).
+        let mut by_time: std::collections::BTreeMap<Millis, Vec<Event>> = std::collections::BTreeMap::new();
+        for (sent_at, event) in snapshot.pending {
+            by_time.entry(sent_at).or_default().push(event);
+        }
+        for (sent_at, events) in by_time {
+            self.pending.push(Pending { sent_at, events });
         }
         if let (Some(spine), Some(export)) = (self.spine.as_mut(), self.job.export.as_ref()) {
             spine.restore(export, snapshot.open_rows, snapshot.outcomes);
