@@ -49,6 +49,8 @@ pub struct LabelSpec {
     pub window: f64,
     /// What it computes.
     pub func: LabelFn,
+    /// It has `match`: its outcomes are logged per item.
+    pub per_item: bool,
     /// Per event type (registry index): `None` when the type is not an outcome of
     /// this label, else the fields it reads.
     pub per_type: Vec<Option<OutcomeFields>>,

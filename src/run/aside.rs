@@ -9,9 +9,7 @@ use crate::summary::Summary;
 
 /// Where a backfill writes `path` until it is published: `<path>.partial`.
 pub(super) fn aside_path(path: &std::path::Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    path.with_file_name(name)
+    crate::sinks::with_suffix(path, ".partial")
 }
 
 /// The files a backfill writes under temporary names: the SQLite views and the dead

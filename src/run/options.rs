@@ -124,13 +124,6 @@ impl Default for RunOptions {
     }
 }
 
-/// `path` with `suffix` added to its file name (`out/training` -> `out/training.jsonl`).
-fn with_suffix(path: &std::path::Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    path.with_file_name(name)
-}
-
 /// One process's place in a cluster of processes running one job together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
@@ -268,7 +261,7 @@ pub fn apply_overrides(job: &mut Job, options: &RunOptions) {
         if let Some(dir) = &options.export_dir {
             export.dir = dir.clone();
             if export.formats.jsonl.is_some() {
-                export.formats.jsonl = Some(with_suffix(dir, ".jsonl"));
+                export.formats.jsonl = Some(crate::sinks::with_suffix(dir, ".jsonl"));
             }
         }
         if !options.export_formats.is_empty() {
@@ -279,7 +272,7 @@ pub fn apply_overrides(job: &mut Job, options: &RunOptions) {
             export.formats.jsonl = match (jsonl, export.formats.jsonl.take()) {
                 (false, _) => None,
                 (true, Some(path)) => Some(path),
-                (true, None) => Some(with_suffix(&export.dir, ".jsonl")),
+                (true, None) => Some(crate::sinks::with_suffix(&export.dir, ".jsonl")),
             };
         }
         if let Some(report) = &options.skew_report {

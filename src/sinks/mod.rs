@@ -37,6 +37,14 @@ use crate::metrics::Metrics;
 use crate::model::event::Millis;
 use crate::model::view::ViewRecord;
 
+/// `path` with `suffix` added to its file name (`out/training` -> `out/training.jsonl`):
+/// the names of files kept beside an output (`.partial`, `.parts`, `.jsonl`).
+pub fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// Why a sink failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -211,8 +211,7 @@ impl Spine {
             for (l, label) in spec.labels.iter().enumerate() {
                 let start = row.start;
                 let until = row.ts + label.window;
-                let matches = label.per_type.iter().flatten().any(|f| f.matches.is_some());
-                let log = match (matches, item) {
+                let log = match (label.per_item, item) {
                     (false, _) => outcomes.all.get(l),
                     (true, Some(item)) => outcomes.by_item.get(item).map(|logs| &logs[l]),
                     (true, None) => None,

@@ -178,11 +178,7 @@ pub fn export(
             .contains(&ExportFormat::Jsonl)
             .then(|| match &section.jsonl {
                 Some(path) if !path.is_empty() => PathBuf::from(path),
-                _ => {
-                    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-                    name.push(".jsonl");
-                    dir.with_file_name(name)
-                }
+                _ => crate::sinks::with_suffix(&dir, ".jsonl"),
             }),
     };
     let labels = decls
@@ -359,6 +355,7 @@ fn compile_labels(
             name: name.clone(),
             window,
             func: decl.func,
+            per_item: decl.matches.is_some(),
             per_type,
         });
     }

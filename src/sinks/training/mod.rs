@@ -95,9 +95,7 @@ impl ExportSink {
 
 /// Where the JSONL form's sorted parts wait to be merged: `<jsonl>.parts`.
 pub fn parts_dir(jsonl: &Path) -> PathBuf {
-    let mut name = jsonl.file_name().unwrap_or_default().to_os_string();
-    name.push(".parts");
-    jsonl.with_file_name(name)
+    crate::sinks::with_suffix(jsonl, ".parts")
 }
 
 /// The tag of a file named `part-<p>-<w>-<seq>.<ext>`.
