@@ -1,16 +1,18 @@
 //! Streaming benchmark (`scripts/bench-stream.sh`), against the local broker and Redis.
 //!
 //! 1. Freshness: run the job live while a producer publishes events stamped with the
-//!    wall clock at a fixed rate (20k events/s by default); some events are the first
+//!    wall clock at a fixed rate (5k events/s by default); some events are the first
 //!    event of a fresh user, and the time from producing one to its view being readable
 //!    in Redis is measured: p50 and p99, beside the broker's own produce-to-consume
-//!    latency at that rate with a plain consumer.
+//!    latency at that rate with a plain consumer. Once per `allowed_lateness` in
+//!    `LATENESS` (default `5s,60s`), with the job's online views as `ONLINE` says
+//!    (default `provisional`).
 //! 2. Throughput: publish a synthetic log (1M events by default) to a 4-partition topic,
 //!    read it back with a plain rdkafka consumer (the broker's own read rate), then run
 //!    the recsys job over it into Redis, and report both rates.
 //!
 //! Environment: `SKEWLESS_KAFKA`, `SKEWLESS_REDIS`, `STREAM_EVENTS`, `FRESH_RATE`,
-//! `FRESH_SECONDS`.
+//! `FRESH_SECONDS`, `LATENESS`, `ONLINE`, `THROUGHPUT_ONLY`, `FRESHNESS_ONLY`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,7 +45,7 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-fn job(dir: &std::path::Path, prefix: &str) -> Job {
+fn job(dir: &std::path::Path, prefix: &str, lateness: &str) -> Job {
     let path = dir.join("bench-stream.toml");
     let base = concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/recsys.toml");
     // Checkpoints at the default interval unless CHECKPOINT_INTERVAL says otherwise
@@ -59,10 +61,12 @@ fn job(dir: &std::path::Path, prefix: &str) -> Job {
     } else {
         interval
     };
+    let online = std::env::var("ONLINE").unwrap_or_else(|_| "provisional".into());
     std::fs::write(
         &path,
         format!(
-            "extends = {base:?}\n[source]\nfiles = []\n[sinks]\nviews_sqlite = \"\"\nviews_jsonl = \"\"\nsummary = \"\"\n\
+            "extends = {base:?}\n[source]\nfiles = []\n[time]\nallowed_lateness = {lateness:?}\n\
+             [sinks]\nviews_sqlite = \"\"\nviews_jsonl = \"\"\nsummary = \"\"\nonline = {online:?}\n\
              [sinks.redis]\nkey_prefix = {prefix:?}\n[checkpoint]\ndir = {checkpoints:?}\ninterval = {interval:?}\n"
         ),
     )
@@ -144,7 +148,7 @@ fn throughput(settings: &BrokerSettings, redis: &str) {
         exit_when_idle: Some(idle),
         ..RunOptions::default()
     };
-    let summary = run(job(dir.path(), &format!("{topic}:")), &run_options).unwrap();
+    let summary = run(job(dir.path(), &format!("{topic}:"), "5s"), &run_options).unwrap();
     let busy = summary.wall_time_s - idle.as_secs_f64();
     println!(
         "skewless to Redis   {:>9} events in {busy:>6.2} s = {:>8.0} events/s ({workers} workers; {} views)",
@@ -161,8 +165,8 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-fn freshness(settings: &BrokerSettings, redis: &str) {
-    let rate: f64 = env("FRESH_RATE", 20_000.0);
+fn freshness(settings: &BrokerSettings, redis: &str, lateness: &str) {
+    let rate: f64 = env("FRESH_RATE", 5_000.0);
     let seconds: f64 = env("FRESH_SECONDS", 20.0);
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("bench-fresh");
@@ -179,7 +183,8 @@ fn freshness(settings: &BrokerSettings, redis: &str) {
         stop: Some(Arc::clone(&stop)),
         ..RunOptions::default()
     };
-    let job = job(dir.path(), &prefix);
+    let job = job(dir.path(), &prefix, lateness);
+    let bound = job.allowed_lateness_secs();
     let runner = std::thread::spawn(move || run(job, &run_options).unwrap());
     std::thread::sleep(Duration::from_secs(2));
 
@@ -247,10 +252,11 @@ fn freshness(settings: &BrokerSettings, redis: &str) {
     }
     publisher.flush().unwrap();
     let produced_for = started.elapsed().as_secs_f64();
-    // Keep the stream moving past the lateness bound so the last probes are applied.
+    // Keep the stream moving past the lateness bound so the last probes are applied
+    // (final online views wait for it).
     let tail = Instant::now();
     let mut i = total;
-    while tail.elapsed() < Duration::from_secs(8) && !probes.lock().unwrap().is_empty() {
+    while tail.elapsed() < Duration::from_secs_f64(bound + 8.0) && !probes.lock().unwrap().is_empty() {
         let user = format!("user-{}", i % 10_000);
         let line = format!(
             r#"{{"event_id":"f-{i}","event_type":"session.started","event_version":"1.0","event_time":{:.3},"user_id":"{user}"}}"#,
@@ -276,15 +282,15 @@ fn freshness(settings: &BrokerSettings, redis: &str) {
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
     println!(
-        "freshness at {:.0} events/s for {produced_for:.1} s ({} events read): {} probes, p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        "freshness at {:.0} events/s for {produced_for:.1} s, allowed_lateness {lateness}, online {} ({} events read): {} probes, p50 {:.3} s, p99 {:.3} s, max {:.3} s",
         rate,
+        std::env::var("ONLINE").unwrap_or_else(|_| "provisional".into()),
         summary.read,
         latencies.len(),
         at(0.5),
         at(0.99),
         latencies.last().copied().unwrap_or(0.0)
     );
-    println!("  (allowed_lateness is 5 s: an event is applied once every partition has seen 5 s past it)");
 }
 
 /// The broker's own produce-to-consume latency at `rate`, with a plain consumer.
@@ -351,10 +357,16 @@ fn main() {
     // so after the throughput phase has published its log the broker's own latency is
     // several times higher (scripts/bench-stream.sh runs a fresh broker).
     if std::env::var_os("THROUGHPUT_ONLY").is_none() {
-        let rate: f64 = env("FRESH_RATE", 20_000.0);
-        let (p50, p99) = broker_latency(&settings, rate, 10.0);
-        println!("broker latency at {rate:.0} events/s (plain consumer): p50 {p50:.3} s, p99 {p99:.3} s");
-        freshness(&settings, &redis);
+        let rate: f64 = env("FRESH_RATE", 5_000.0);
+        let lateness = std::env::var("LATENESS").unwrap_or_else(|_| "5s,60s".into());
+        for lateness in lateness.split(',') {
+            // The broker alone, then skewless, in the same run: they share the machine.
+            let (p50, p99) = broker_latency(&settings, rate, 10.0);
+            println!("broker latency at {rate:.0} events/s (plain consumer): p50 {p50:.3} s, p99 {p99:.3} s");
+            freshness(&settings, &redis, lateness.trim());
+        }
     }
-    throughput(&settings, &redis);
+    if std::env::var_os("FRESHNESS_ONLY").is_none() {
+        throughput(&settings, &redis);
+    }
 }

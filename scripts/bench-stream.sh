@@ -2,7 +2,7 @@
 # Streaming benchmark (issue 3): consume-to-Redis throughput beside the broker's own
 # read rate, and freshness (produce to view readable in Redis, p50/p99) with a producer
 # at a fixed rate.
-#   STREAM_EVENTS=1000000 FRESH_RATE=20000 FRESH_SECONDS=20 scripts/bench-stream.sh
+#   STREAM_EVENTS=1000000 FRESH_RATE=5000 FRESH_SECONDS=20 LATENESS=5s,60s ONLINE=provisional scripts/bench-stream.sh
 #
 # It runs its own tansu on BENCH_KAFKA_PORT (default 9093) over a scratch data
 # directory, removed afterwards: tansu keeps its log in SQLite and slows down as that

@@ -25,6 +25,8 @@ pub struct Metrics {
     watermark_lag: IntGaugeVec,
     consumer_lag: IntGaugeVec,
     sink_write: HistogramVec,
+    freshness: HistogramVec,
+    pending: IntGaugeVec,
     skew: GaugeVec,
 }
 
@@ -78,6 +80,25 @@ impl Metrics {
             &["sink"],
         )
         .expect("valid metric");
+        let freshness = HistogramVec::new(
+            HistogramOpts::new(
+                "skewless_view_freshness_seconds",
+                "Wall clock at an online view write minus the event time of the newest event it made readable",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["sink"],
+        )
+        .expect("valid metric");
+        let pending = IntGaugeVec::new(
+            Opts::new(
+                "skewless_pending_events",
+                "Events received by the fold and waiting for the watermark, per worker",
+            ),
+            &["worker"],
+        )
+        .expect("valid metric");
         let skew = GaugeVec::new(
             Opts::new(
                 "skewless_skew_mismatch_rate",
@@ -93,6 +114,8 @@ impl Metrics {
             Box::new(watermark_lag.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(sink_write.clone()),
+            Box::new(freshness.clone()),
+            Box::new(pending.clone()),
             Box::new(skew.clone()),
         ] {
             registry.register(collector).expect("registered once");
@@ -116,8 +139,23 @@ impl Metrics {
             watermark_lag,
             consumer_lag,
             sink_write,
+            freshness,
+            pending,
             skew,
         }
+    }
+
+    /// Records how fresh an online write was: wall clock now minus `event_time`.
+    pub fn freshness(&self, sink: &str, event_time: f64) {
+        let age = crate::dlq::letter::wall_clock_seconds() - event_time;
+        self.freshness.with_label_values(&[sink]).observe(age.max(0.0));
+    }
+
+    /// Sets a worker's count of events waiting for the watermark.
+    pub fn pending_events(&self, worker: usize, events: usize) {
+        self.pending
+            .with_label_values(&[&worker.to_string()])
+            .set(events as i64);
     }
 
     /// Sets a feature's serving-skew mismatch rate.

@@ -370,3 +370,27 @@ fn an_unknown_export_format_is_named() {
         "unknown variant `csv`, expected `parquet` or `jsonl`",
     );
 }
+
+#[test]
+fn online_views_and_the_partition_skew_are_checked() {
+    let (file, problems, _dir) = load_bad(
+        "extends = \"recsys.toml\"\n[time]\nmax_partition_skew = \"soon\"\n[sinks]\nonline = \"eventually\"\n",
+    );
+    has(
+        &problems,
+        &file,
+        3,
+        "time.max_partition_skew",
+        "invalid duration `soon`",
+    );
+    has(
+        &problems,
+        &file,
+        5,
+        "sinks.online",
+        "unknown variant `eventually`, expected `provisional` or `final`",
+    );
+    let job = Job::load(&repo().join("jobs/feature-materializer.toml")).unwrap();
+    assert_eq!(job.sinks.online, skewless::job::OnlineViews::Provisional);
+    assert_eq!(job.time.max_partition_skew.as_secs_f64(), 60.0);
+}

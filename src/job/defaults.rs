@@ -17,6 +17,8 @@ pub const DEFAULT_DEDUP_HORIZON: Span = Span::secs(24 * 3600);
 pub const DEFAULT_IDLE_TIMEOUT: Span = Span::secs(10);
 /// Default `limits.max_retries`.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Default `time.max_partition_skew`.
+pub const DEFAULT_MAX_PARTITION_SKEW: Span = Span::secs(60);
 /// Default `sinks.flush_interval`.
 pub const DEFAULT_FLUSH_INTERVAL: Span = Span(std::time::Duration::from_millis(50));
 /// Default `source.kafka.brokers`.

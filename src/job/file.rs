@@ -78,6 +78,17 @@ pub enum LatePolicy {
     Drop,
 }
 
+/// What a streaming job's online stores get (DESIGN.md section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OnlineViews {
+    /// At each flush, the final state with the user's pending on-time events folded
+    /// over it: an event is readable one flush after it is read.
+    Provisional,
+    /// Final views only: an event is readable once the watermark has passed it.
+    Final,
+}
+
 /// `[time]`: event-time policy.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +104,11 @@ pub struct TimeSection {
     /// A partition with no records for this long (wall clock) stops holding the
     /// watermark back. Default: [`super::DEFAULT_IDLE_TIMEOUT`] (10 s).
     pub idle_timeout: Option<Span>,
+    /// A partition whose clock runs more than this ahead of the slowest active
+    /// partition's (the watermark plus `allowed_lateness`) is not fetched until the
+    /// watermark catches up, so pending events stay bounded behind a stalled or
+    /// unreachable partition. Default: [`super::DEFAULT_MAX_PARTITION_SKEW`] (60 s).
+    pub max_partition_skew: Option<Span>,
 }
 
 /// `[sinks]`: where views, dead letters and the run summary go. An empty string turns a
@@ -112,6 +128,9 @@ pub struct SinksSection {
     /// How often a run over Kafka writes the views of the users that changed.
     /// Default: 50 ms.
     pub flush_interval: Option<Span>,
+    /// What a streaming run's online stores (Redis, the SQLite store) get at each
+    /// flush: `provisional` views (default) or `final` ones only.
+    pub online: Option<OnlineViews>,
     /// The Kafka topic for dead letters when the job reads Kafka. Default: the first
     /// input topic's name with `.dlq` appended.
     pub dlq_topic: Option<String>,

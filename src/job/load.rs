@@ -258,11 +258,13 @@ pub(super) fn merge(layers: Vec<(usize, Layer)>) -> Merged {
         overlay(&mut merged.time.late_policy, time.late_policy);
         overlay(&mut merged.time.dedup_horizon, time.dedup_horizon);
         overlay(&mut merged.time.idle_timeout, time.idle_timeout);
+        overlay(&mut merged.time.max_partition_skew, time.max_partition_skew);
         overlay(&mut merged.sinks.views_sqlite, sinks.views_sqlite);
         overlay(&mut merged.sinks.views_jsonl, sinks.views_jsonl);
         overlay(&mut merged.sinks.dlq, sinks.dlq);
         overlay(&mut merged.sinks.summary, sinks.summary);
         overlay(&mut merged.sinks.flush_interval, sinks.flush_interval);
+        overlay(&mut merged.sinks.online, sinks.online);
         overlay(&mut merged.sinks.dlq_topic, sinks.dlq_topic);
         merge_redis(&mut merged.sinks.redis, sinks.redis);
         merge_archive(&mut merged.sinks.archive, sinks.archive);

@@ -24,7 +24,7 @@ use crate::sinks::archive::ArchiveSink;
 use crate::sinks::redis::RedisSink;
 pub use defaults::*;
 use file::ArchiveSection;
-pub use file::LatePolicy;
+pub use file::{LatePolicy, OnlineViews};
 use load::{Merged, load_chain, merge};
 pub use problems::{JobError, Located, Problem, Problems, SourceFile};
 
@@ -68,6 +68,9 @@ pub struct TimePolicy {
     pub dedup_horizon: Span,
     /// When an idle partition stops holding the watermark back.
     pub idle_timeout: Span,
+    /// How far a partition's clock may run ahead of the slowest active partition's
+    /// before it stops being fetched.
+    pub max_partition_skew: Span,
 }
 
 /// When and where a job takes checkpoints.
@@ -94,6 +97,8 @@ pub struct SinkPaths {
     pub summary: Option<PathBuf>,
     /// How often changed views are written in runs over Kafka.
     pub flush_interval: Span,
+    /// What a streaming run's online stores get at each flush.
+    pub online: OnlineViews,
     /// The Kafka dead-letter topic; `None` for `<first topic>.dlq`.
     pub dlq_topic: Option<String>,
     /// The Redis view sink.
@@ -213,6 +218,7 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
         dlq: sink_path(merged.sinks.dlq, Some("dlq.jsonl")),
         summary: sink_path(merged.sinks.summary, Some("summary.json")),
         flush_interval: merged.sinks.flush_interval.unwrap_or(DEFAULT_FLUSH_INTERVAL),
+        online: merged.sinks.online.unwrap_or(OnlineViews::Provisional),
         dlq_topic: merged.sinks.dlq_topic,
         redis: merged.sinks.redis.map(|redis| {
             let default = defaults::redis();
@@ -289,6 +295,10 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
             late_policy: merged.time.late_policy.unwrap_or(LatePolicy::Dlq),
             dedup_horizon: merged.time.dedup_horizon.unwrap_or(DEFAULT_DEDUP_HORIZON),
             idle_timeout: merged.time.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            max_partition_skew: merged
+                .time
+                .max_partition_skew
+                .unwrap_or(DEFAULT_MAX_PARTITION_SKEW),
         },
         sinks,
         checkpoint,

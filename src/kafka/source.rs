@@ -304,6 +304,20 @@ impl Source for KafkaSource {
         self.commit_with(positions, CommitMode::Async)
     }
 
+    fn hold(&mut self, partition: usize, held: bool) -> Result<(), SourceError> {
+        // A paused partition is not fetched (nor prefetched); it resumes at the record
+        // after the last one handed out.
+        let assigned = &self.assigned[partition];
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&assigned.topic, assigned.partition);
+        let result = if held {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
+        };
+        result.map_err(|e| SourceError::Broker(self.settings.describe(&e)))
+    }
+
     fn set_waker(&mut self, waker: Arc<dyn Fn() + Send + Sync>) {
         for assigned in &mut self.assigned {
             let waker = Arc::clone(&waker);

@@ -138,6 +138,17 @@ impl Plan {
         let streaming = matches!(inputs, Inputs::Kafka { .. });
         let records = Arc::new(AtomicU64::new(0));
         let (checkpoint, restored) = prepare_checkpoints(&job, &inputs, options, process)?;
+        let metrics = match options.metrics_addr {
+            None => None,
+            Some(addr) => {
+                let metrics = Arc::new(Metrics::new(&job.name));
+                let bound = metrics
+                    .serve(addr)
+                    .map_err(|e| RunError::Options(format!("cannot serve metrics on {addr}: {e}")))?;
+                tracing::info!(%bound, "serving metrics on /metrics");
+                Some(metrics)
+            }
+        };
         // A backfill writes its views once, at the end: see `Journal::Rollback`.
         let journal = if streaming {
             Journal::Wal
@@ -148,7 +159,7 @@ impl Plan {
             .sinks
             .views_sqlite
             .as_deref()
-            .map(|path| SqliteViews::open(path, journal))
+            .map(|path| SqliteViews::open(path, journal, metrics.clone()))
             .transpose()?;
         let resuming = restored.is_some();
         let dead_letters = match (&inputs, &options.dlq, &job.sinks.dlq) {
@@ -249,17 +260,6 @@ impl Plan {
                 restored.as_ref().map(|r| r.manifest.epoch),
                 process,
             )?),
-        };
-        let metrics = match options.metrics_addr {
-            None => None,
-            Some(addr) => {
-                let metrics = Arc::new(Metrics::new(&job.name));
-                let bound = metrics
-                    .serve(addr)
-                    .map_err(|e| RunError::Options(format!("cannot serve metrics on {addr}: {e}")))?;
-                tracing::info!(%bound, "serving metrics on /metrics");
-                Some(metrics)
-            }
         };
         Ok(Plan {
             export_first_tag: checkpoint.as_ref().map_or(1, |c| c.last_epoch + 1),

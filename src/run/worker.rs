@@ -104,7 +104,9 @@ fn run_worker<S: Source + 'static>(
     }
     if let Some(redis) = &job.sinks.redis {
         view_sinks.push(Box::new(
-            RedisViews::new(&job.name, redis, job.max_retries).map_err(|e| chain(&e))?,
+            RedisViews::new(&job.name, redis, job.max_retries)
+                .map_err(|e| chain(&e))?
+                .with_metrics(plan.metrics.clone()),
         ));
     }
     if let Some(path) = &plan.jsonl {

@@ -146,6 +146,7 @@ pub trait WriteViews<'s> {
     ///         state: "{}".into(),
     ///         changed: true,
     ///         snapshot: true,
+    ///         ..ViewRecord::default()
     ///     };
     ///     vec![view("u1"), view("u2")]
     ///         .to_stream(scope)

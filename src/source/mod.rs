@@ -161,6 +161,14 @@ pub trait Source {
         self.commit(positions)
     }
 
+    /// Stops fetching `partition` (`held`), or fetches it again: a partition that runs
+    /// too far ahead of the watermark waits for it (`time.max_partition_skew`). Sources
+    /// that prefetch (Kafka) stop prefetching it; others are simply not read.
+    fn hold(&mut self, partition: usize, held: bool) -> Result<(), SourceError> {
+        let _ = (partition, held);
+        Ok(())
+    }
+
     /// Asks the source to call `waker` when a partition that was empty has records.
     fn set_waker(&mut self, waker: Arc<dyn Fn() + Send + Sync>) {
         let _ = waker;

@@ -10,6 +10,7 @@
 //! result is the same for any number of workers and any interleaving of partitions.
 
 pub mod dedup;
+mod provisional;
 mod snapshot;
 mod spine;
 mod state;
@@ -172,9 +173,12 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             spine_rows,
         } = context;
         checkpointing.borrow_mut().wake.push(activator.clone());
-        let observe = move |delta: &Counts| {
-            if let Some(metrics) = &metrics {
-                metrics.observe(delta);
+        let observe = {
+            let metrics = metrics.clone();
+            move |delta: &Counts| {
+                if let Some(metrics) = &metrics {
+                    metrics.observe(delta);
+                }
             }
         };
         let mut fold = Fold::new(job);
@@ -190,6 +194,17 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             );
         }
         fold.total = restored_counts;
+        if let FlushPolicy::Every(_) = flush {
+            fold.online = Some(Default::default());
+            fold.show_pending = fold.job.sinks.online == crate::job::OnlineViews::Provisional;
+            // Restored pending events are pending again.
+            let pending = std::mem::take(&mut fold.pending);
+            for batch in &pending {
+                fold.receive(&batch.events);
+            }
+            fold.pending = pending;
+        }
+        let worker = scope.index();
         if let Some(rows) = spine_rows {
             let before = fold.spine_before;
             fold.file_spine = Some(
@@ -214,6 +229,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             move |frontiers| {
                 events_in.for_each(|cap, data| {
                     let sent_at = *cap.least().expect("totally ordered time");
+                    fold.receive(data);
                     fold.pending.push(Pending {
                         sent_at,
                         events: std::mem::take(data),
@@ -302,7 +318,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                 match frontier {
                     Some(frontier) => {
                         last_frontier = last_frontier.max(frontier);
-                        if let (FlushPolicy::Every(interval), false) = (flush, fold.dirty.is_empty()) {
+                        if let (FlushPolicy::Every(interval), true) = (flush, fold.flush_due()) {
                             let waited = last_flush.elapsed();
                             if waited >= interval {
                                 fold.flush_dirty(frontier as f64 / 1000.0, &mut views_buffer);
@@ -404,6 +420,9 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                 observe(&delta);
                 shared_counts.borrow_mut().merge(&delta);
                 fold.total.merge(&delta);
+                if let Some(metrics) = &metrics {
+                    metrics.pending_events(worker, fold.pending_events());
+                }
             }
         });
 

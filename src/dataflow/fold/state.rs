@@ -11,6 +11,7 @@ use hashbrown::HashTable;
 
 use crate::dataflow::batch::Pooled;
 use crate::dataflow::fold::dedup::SeenIds;
+use crate::dataflow::fold::provisional::Provisional;
 use crate::dataflow::fold::spine::Spine;
 use crate::dlq::letter::{DeadLetter, Reason};
 use crate::job::{Job, LatePolicy};
@@ -125,6 +126,11 @@ pub(super) struct Fold {
     pub(super) file_spine: Option<VecDeque<SpineRow>>,
     /// Spine-file rows before this time were opened before the checkpoint restored.
     pub(super) spine_before: Millis,
+    /// Streaming runs: what online views need (pending events per user, freshness).
+    pub(super) online: Option<Provisional>,
+    /// Online views are provisional: each flush folds a user's pending events over
+    /// its final state.
+    pub(super) show_pending: bool,
 }
 
 impl Fold {
@@ -151,7 +157,27 @@ impl Fold {
             total: Counts::default(),
             max_clock: None,
             unflushed_since: None,
+            online: None,
+            show_pending: false,
         }
+    }
+
+    /// Takes in a received container: its on-time events of types the features read
+    /// join their users' pending lists when online views are provisional.
+    pub(super) fn receive(&mut self, events: &[Event]) {
+        let (Some(online), true) = (self.online.as_mut(), self.show_pending) else {
+            return;
+        };
+        for event in events {
+            if !event.late && self.job.features.reads(event.event_type) {
+                online.receive(event, &self.seen);
+            }
+        }
+    }
+
+    /// Events waiting for the frontier.
+    pub(super) fn pending_events(&self) -> usize {
+        self.pending.iter().map(|p| p.events.len()).sum()
     }
 
     /// Applies every pending event ready before `frontier` (all, when `None`), in
@@ -196,6 +222,9 @@ impl Fold {
             let event = &batch.events[e as usize];
             self.open_file_rows(limit, Some(event.event_time));
             self.apply_one(&job, event, batch.ready_at(event), dead);
+            if let (Some(online), true, false) = (self.online.as_mut(), self.show_pending, event.late) {
+                online.retire(event.user_hash, &event.user_id, limit);
+            }
         }
         self.open_file_rows(limit, None);
         self.order = order;
@@ -278,6 +307,9 @@ impl Fold {
             let entry = &mut self.users.entries[slot as usize];
             entry.state.apply(&job.features, &mut self.interner, event);
             entry.has_view = true;
+            if let (Some(online), false) = (self.online.as_mut(), self.show_pending) {
+                online.applied(event.user_hash, event.event_time);
+            }
             self.unflushed_since = Some(self.unflushed_since.map_or(ready_at, |t| t.min(ready_at)));
             if !entry.dirty {
                 entry.dirty = true;
@@ -336,18 +368,94 @@ impl Fold {
             state: render_state(&self.job.features, &self.interner, &entry.state),
             changed,
             snapshot,
+            ..ViewRecord::default()
         }
     }
 
-    /// Views of the users that changed since the last flush.
+    /// Whether a flush has views to write.
+    pub(super) fn flush_due(&self) -> bool {
+        !self.dirty.is_empty() || self.online.as_ref().is_some_and(|o| o.has_work())
+    }
+
+    /// Online views of the users whose final state or pending events changed since the
+    /// last flush: provisional for users with pending events when the job says so,
+    /// final otherwise.
     pub(super) fn flush_dirty(&mut self, as_of: f64, out: &mut Vec<ViewRecord>) {
         let dirty = std::mem::take(&mut self.dirty);
-        for index in &dirty {
-            out.push(self.render(*index, as_of, true, false));
-            self.users.entries[*index as usize].dirty = false;
+        for &index in &dirty {
+            let entry = &mut self.users.entries[index as usize];
+            entry.dirty = false;
+            let (hash, user_id) = (entry.hash, entry.user_id.clone());
+            if let Some(view) = self.render_provisional(hash, &user_id, as_of) {
+                out.push(view);
+                continue;
+            }
+            let mut view = self.render(index, as_of, true, false);
+            if let Some(online) = self.online.as_mut() {
+                online.shown_final(hash, &user_id);
+                view.fresh_from = online.take_fresh(hash);
+            }
+            out.push(view);
         }
         self.dirty = dirty;
         self.dirty.clear();
         self.unflushed_since = None;
+        let Some(online) = self.online.as_mut() else {
+            return;
+        };
+        let touched = online.take_touched();
+        let finals = online.take_finals();
+        for (hash, user_id) in touched {
+            if self.online.as_ref().is_some_and(|o| o.is_touched(hash, &user_id))
+                && let Some(view) = self.render_provisional(hash, &user_id, as_of)
+            {
+                out.push(view);
+            }
+        }
+        // A provisional view was shown and the final state did not change when its
+        // events were judged (they were copies of applied ones): the final view
+        // replaces it.
+        for (hash, user_id) in finals {
+            let entries = &self.users.entries;
+            if let Some(&index) = self
+                .users
+                .index
+                .find(hash, |&i| entries[i as usize].user_id == user_id)
+                && entries[index as usize].has_view
+            {
+                out.push(self.render(index, as_of, true, false));
+            }
+        }
+    }
+
+    /// The provisional view of a user with pending events: a copy of its final state
+    /// with them folded over it in apply order.
+    fn render_provisional(&mut self, hash: u64, user_id: &str, as_of: f64) -> Option<ViewRecord> {
+        if !self.show_pending {
+            return None;
+        }
+        let (pending, fresh_from) = self.online.as_mut()?.show(hash, user_id)?;
+        let spec = &self.job.features;
+        let mut state = self
+            .users
+            .find(hash, user_id)
+            .map_or_else(|| UserState::new(spec), |e| e.state.clone());
+        for event in &pending.events {
+            // A number that would make a sum overflow is refused when applied.
+            if event.late_record.is_some() && state.overflow(spec, event).is_some() {
+                continue;
+            }
+            state.apply(spec, &mut self.interner, event);
+        }
+        Some(ViewRecord {
+            user_id: pending.user_id.clone(),
+            as_of,
+            provisional_through: pending.through(),
+            features: render_features(spec, &self.interner, &state),
+            state: render_state(spec, &self.interner, &state),
+            changed: true,
+            snapshot: false,
+            fresh_from,
+        })
     }
 }

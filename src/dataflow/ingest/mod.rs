@@ -353,6 +353,9 @@ fn build<'s, S: Source + 'static>(
     let partition_hashes: Vec<u64> = names.iter().map(|n| key_hash(n)).collect();
     let lateness = job.allowed_lateness_secs();
     let mut partition_clocks = Clocks::new(names.len(), lateness, job.time.idle_timeout.duration());
+    let max_partition_skew = job.time.max_partition_skew.as_secs_f64();
+    // Partitions not fetched because they ran ahead (`Clocks::ahead`).
+    let mut held = vec![false; names.len()];
     let mut order = Vec::new();
     let mut reported_max = f64::NEG_INFINITY;
     let mut batch_span_ms: Millis = 0;
@@ -528,6 +531,21 @@ fn build<'s, S: Source + 'static>(
                 for &partition in &order {
                     if budget == 0 {
                         break;
+                    }
+                    // A partition far ahead of the slowest one waits for the watermark,
+                    // so that what is pending stays bounded; it has records, so it is
+                    // not idle.
+                    let ahead = partition_clocks.ahead(partition, max_partition_skew);
+                    if ahead != held[partition] {
+                        if let Err(error) = source.hold(partition, ahead) {
+                            failure = Some(error);
+                            break;
+                        }
+                        held[partition] = ahead;
+                    }
+                    if ahead {
+                        partition_clocks.touch(partition, now);
+                        continue;
                     }
                     let mut emit = |record: Record<'_>| {
                         counts.read += 1;

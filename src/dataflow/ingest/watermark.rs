@@ -172,6 +172,15 @@ impl Clocks {
         self.watermark
     }
 
+    /// Whether `partition` runs more than `skew` seconds ahead of the slowest active
+    /// partition (the watermark plus the allowed lateness), and so should wait. The
+    /// slowest active partition itself never waits, nor does any partition when none
+    /// is active, so this never stops the watermark from moving.
+    pub fn ahead(&self, partition: usize, skew: f64) -> bool {
+        let limit = self.watermark as f64 / 1000.0 + self.allowed_lateness + skew;
+        self.clocks[partition].max_seen.is_some_and(|clock| clock > limit)
+    }
+
     /// Partitions in the order they should be read: active and idle ones with the
     /// smallest clock first (unseen first), so the watermark keeps moving.
     pub fn reading_order(&self, order: &mut Vec<usize>) {
@@ -238,6 +247,24 @@ mod tests {
         assert!(c.observe(1, 21.0, start + Duration::from_secs(12)));
         assert_eq!(c.status(1), PartitionStatus::Active);
         assert!(!c.observe(1, 96.0, start + Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn a_partition_far_ahead_of_the_slowest_waits_for_it() {
+        let mut c = clocks(3);
+        let now = Instant::now();
+        c.observe(0, 100.0, now);
+        c.observe(1, 160.0, now);
+        c.observe(2, 160.001, now);
+        assert_eq!(c.advance(), 95_000);
+        assert!(!c.ahead(0, 60.0), "the slowest partition never waits");
+        assert!(!c.ahead(1, 60.0), "exactly at the bound is not ahead");
+        assert!(c.ahead(2, 60.0));
+        assert!(!c.ahead(0, 0.0), "even with no skew allowed");
+        // Once the slowest one goes idle, the watermark moves and nothing waits.
+        c.poll_empty(0, now + Duration::from_secs(11));
+        c.advance();
+        assert!(!c.ahead(2, 60.0));
     }
 
     #[test]

@@ -158,6 +158,7 @@ mod tests {
             state: "{}".into(),
             changed: true,
             snapshot: true,
+            ..ViewRecord::default()
         }
     }
 

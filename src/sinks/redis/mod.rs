@@ -9,12 +9,14 @@
 //! and nothing is lost.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
 
 use super::{Durability, SinkError, ViewSink};
 use crate::dlq::letter::{DeadLetter, Reason, wall_clock_seconds};
+use crate::metrics::Metrics;
 use crate::model::event::Origin;
 use crate::model::span::Span;
 use crate::model::view::ViewRecord;
@@ -56,6 +58,8 @@ pub struct RedisViews {
     next_attempt: Option<Instant>,
     /// Views written, for metrics and tests.
     written: u64,
+    /// Where freshness is reported.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl RedisViews {
@@ -75,7 +79,14 @@ impl RedisViews {
             backoff: FIRST_BACKOFF,
             next_attempt: None,
             written: 0,
+            metrics: None,
         })
+    }
+
+    /// Reports the freshness of each view written to `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> RedisViews {
+        self.metrics = metrics;
+        self
     }
 
     /// Views written so far.
@@ -119,6 +130,13 @@ impl RedisViews {
                     tracing::info!(views = self.waiting.len(), "Redis is back; waiting views written");
                 }
                 self.written += self.waiting.len() as u64;
+                if let Some(metrics) = &self.metrics {
+                    for waiting in self.waiting.values() {
+                        if let Some(t) = waiting.view.fresh_from {
+                            metrics.freshness("redis", t);
+                        }
+                    }
+                }
                 self.waiting.clear();
                 self.backoff = FIRST_BACKOFF;
                 self.next_attempt = None;

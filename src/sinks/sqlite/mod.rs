@@ -6,6 +6,11 @@
 //! once everything the worker sent before it is committed. The [`Journal`] says how
 //! commits are made safe: streaming runs use WAL, so that readers never wait for the
 //! writer; backfills use a rollback journal, see [`Journal::Rollback`].
+//!
+//! A streaming run's store is an online store (DESIGN.md section 6): its rows may be
+//! provisional views, so its table has a fifth column, `provisional_through` (NULL for a
+//! final view). A backfill writes the four columns of the contract, and NULL into the
+//! fifth when the file already has it.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -17,6 +22,7 @@ use rusqlite::{Connection, params};
 
 use super::{Durability, SinkError, ViewSink, create_parent};
 use crate::dlq::letter::DeadLetter;
+use crate::metrics::Metrics;
 use crate::model::view::ViewRecord;
 
 /// Rows per transaction while batches keep coming.
@@ -28,8 +34,11 @@ const QUEUE: usize = 4;
 struct Row {
     user_id: String,
     as_of: f64,
+    provisional_through: Option<f64>,
     features: String,
     state: String,
+    /// The view's freshness (see [`ViewRecord::fresh_from`]), reported once committed.
+    fresh_from: Option<f64>,
 }
 
 enum Command {
@@ -61,10 +70,20 @@ pub struct SqliteViews {
 
 const UPSERT: &str = "INSERT INTO user_features (user_id, as_of, features, state) VALUES (?1, ?2, ?3, ?4) \
      ON CONFLICT(user_id) DO UPDATE SET as_of = excluded.as_of, features = excluded.features, state = excluded.state";
+/// The upsert of a table with the `provisional_through` column.
+const UPSERT_ONLINE: &str = "INSERT INTO user_features (user_id, as_of, features, state, provisional_through) \
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(user_id) DO UPDATE SET as_of = excluded.as_of, \
+     features = excluded.features, state = excluded.state, provisional_through = excluded.provisional_through";
 
 impl SqliteViews {
-    /// Opens (creating if needed) the store at `path` and starts its writer.
-    pub fn open(path: &Path, journal: Journal) -> Result<SqliteViews, SinkError> {
+    /// Opens (creating if needed) the store at `path` and starts its writer. A WAL
+    /// store is a streaming run's online store: it gets the `provisional_through`
+    /// column, and reports freshness to `metrics`.
+    pub fn open(
+        path: &Path,
+        journal: Journal,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<SqliteViews, SinkError> {
         create_parent(path)?;
         let err = |source| SinkError::Sqlite {
             path: path.display().to_string(),
@@ -112,11 +131,12 @@ impl SqliteViews {
                 Err(e) => return Err(err(e)),
             }
         }
+        let online = online_column(&connection, journal == Journal::Wal).map_err(err)?;
         let (commands, receiver) = sync_channel(QUEUE);
         let name = path.display().to_string();
         let writer = std::thread::Builder::new()
             .name("sqlite-views".into())
-            .spawn(move || write_loop(connection, receiver, name))
+            .spawn(move || write_loop(connection, receiver, name, online, metrics))
             .map_err(|source| SinkError::Io {
                 path: path.display().to_string(),
                 source,
@@ -153,8 +173,10 @@ impl ViewSink for SqliteViews {
             .map(|v| Row {
                 user_id: v.user_id.to_string(),
                 as_of: v.as_of,
+                provisional_through: v.provisional_through,
                 features: v.features.clone(),
                 state: v.state.clone(),
+                fresh_from: v.fresh_from,
             })
             .collect();
         if rows.is_empty() {
@@ -187,27 +209,52 @@ impl Drop for SqliteViews {
     }
 }
 
+/// Whether the table has the `provisional_through` column, adding it when `add`.
+fn online_column(connection: &Connection, add: bool) -> rusqlite::Result<bool> {
+    let has = connection
+        .prepare("SELECT 1 FROM pragma_table_info('user_features') WHERE name = 'provisional_through'")?
+        .exists([])?;
+    if !has && add {
+        connection.execute_batch("ALTER TABLE user_features ADD COLUMN provisional_through REAL")?;
+    }
+    Ok(has || add)
+}
+
 /// The writer: upserts rows in transactions, commits when idle, on flush, or every
 /// [`ROWS_PER_COMMIT`] rows. The first error is reported to every later flush.
-fn write_loop(mut connection: Connection, commands: Receiver<Command>, path: String) {
+fn write_loop(
+    mut connection: Connection,
+    commands: Receiver<Command>,
+    path: String,
+    online: bool,
+    metrics: Option<Arc<Metrics>>,
+) {
     let mut failed: Option<String> = None;
     let mut uncommitted = 0usize;
     let mut transaction_open = false;
-    let commit = |connection: &mut Connection, open: &mut bool, failed: &mut Option<String>| {
-        if *open {
-            if let Err(e) = connection.execute_batch("COMMIT") {
-                failed.get_or_insert(format!("SQLite views at {path}: {e}"));
+    // Freshness of the rows not yet committed.
+    let mut fresh: Vec<f64> = Vec::new();
+    let commit =
+        |connection: &mut Connection, open: &mut bool, failed: &mut Option<String>, fresh: &mut Vec<f64>| {
+            if *open {
+                if let Err(e) = connection.execute_batch("COMMIT") {
+                    failed.get_or_insert(format!("SQLite views at {path}: {e}"));
+                }
+                *open = false;
             }
-            *open = false;
-        }
-    };
+            if let Some(metrics) = &metrics {
+                for t in fresh.drain(..) {
+                    metrics.freshness("sqlite", t);
+                }
+            }
+        };
     loop {
         // Commit whenever the queue runs dry, so that other processes of a cluster
         // writing to the same file never wait long for the lock.
         let command = match commands.try_recv() {
             Ok(command) => command,
             Err(std::sync::mpsc::TryRecvError::Empty) => {
-                commit(&mut connection, &mut transaction_open, &mut failed);
+                commit(&mut connection, &mut transaction_open, &mut failed, &mut fresh);
                 uncommitted = 0;
                 match commands.recv() {
                     Ok(command) => command,
@@ -229,9 +276,22 @@ fn write_loop(mut connection: Connection, commands: Receiver<Command>, path: Str
                         connection.execute_batch("BEGIN IMMEDIATE")?;
                         transaction_open = true;
                     }
-                    let mut upsert = connection.prepare_cached(UPSERT)?;
-                    for row in &rows {
-                        upsert.execute(params![row.user_id, row.as_of, row.features, row.state])?;
+                    if online {
+                        let mut upsert = connection.prepare_cached(UPSERT_ONLINE)?;
+                        for row in &rows {
+                            upsert.execute(params![
+                                row.user_id,
+                                row.as_of,
+                                row.features,
+                                row.state,
+                                row.provisional_through
+                            ])?;
+                        }
+                    } else {
+                        let mut upsert = connection.prepare_cached(UPSERT)?;
+                        for row in &rows {
+                            upsert.execute(params![row.user_id, row.as_of, row.features, row.state])?;
+                        }
                     }
                     Ok(())
                 })();
@@ -239,19 +299,22 @@ fn write_loop(mut connection: Connection, commands: Receiver<Command>, path: Str
                     Err(e) => failed = Some(format!("SQLite views: {e}")),
                     Ok(()) => uncommitted += rows.len(),
                 }
+                if metrics.is_some() {
+                    fresh.extend(rows.iter().filter_map(|r| r.fresh_from));
+                }
                 if uncommitted >= ROWS_PER_COMMIT {
-                    commit(&mut connection, &mut transaction_open, &mut failed);
+                    commit(&mut connection, &mut transaction_open, &mut failed, &mut fresh);
                     uncommitted = 0;
                 }
             }
             Command::Flush(ack) => {
-                commit(&mut connection, &mut transaction_open, &mut failed);
+                commit(&mut connection, &mut transaction_open, &mut failed, &mut fresh);
                 uncommitted = 0;
                 let _ = ack.send(failed.clone().map_or(Ok(()), Err));
             }
         }
     }
-    commit(&mut connection, &mut transaction_open, &mut failed);
+    commit(&mut connection, &mut transaction_open, &mut failed, &mut fresh);
 }
 
 #[cfg(test)]
@@ -266,6 +329,7 @@ mod tests {
             state: "{}".into(),
             changed,
             snapshot: false,
+            ..ViewRecord::default()
         }
     }
 
@@ -273,7 +337,7 @@ mod tests {
     fn upserts_changed_views_only_and_flush_makes_them_visible() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/views.sqlite");
-        let mut store = SqliteViews::open(&path, Journal::Wal).unwrap();
+        let mut store = SqliteViews::open(&path, Journal::Wal, None).unwrap();
         let mut other_worker = store.clone();
         store
             .write(&[view("a", 1.0, true), view("b", 1.0, false)], &mut Vec::new())
@@ -311,15 +375,15 @@ mod tests {
     fn backfills_use_a_rollback_journal_unless_the_file_is_already_wal() {
         let dir = tempfile::tempdir().unwrap();
         let fresh = dir.path().join("fresh.sqlite");
-        let mut store = SqliteViews::open(&fresh, Journal::Rollback).unwrap();
+        let mut store = SqliteViews::open(&fresh, Journal::Rollback, None).unwrap();
         store.write(&[view("a", 1.0, true)], &mut Vec::new()).unwrap();
         store.flush(&mut Vec::new()).unwrap();
         drop(store);
         assert_eq!(journal_mode(&fresh), "delete", "a rollback-journal file on disk");
 
         let streamed = dir.path().join("streamed.sqlite");
-        drop(SqliteViews::open(&streamed, Journal::Wal).unwrap());
-        let mut store = SqliteViews::open(&streamed, Journal::Rollback).unwrap();
+        drop(SqliteViews::open(&streamed, Journal::Wal, None).unwrap());
+        let mut store = SqliteViews::open(&streamed, Journal::Rollback, None).unwrap();
         store.write(&[view("a", 1.0, true)], &mut Vec::new()).unwrap();
         store.flush(&mut Vec::new()).unwrap();
         drop(store);
