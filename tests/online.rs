@@ -123,7 +123,11 @@ fn a_purchase_is_online_one_flush_after_it_is_read_while_the_watermark_is_far_be
     let view = seen.unwrap();
     // Provisional: it reaches the purchase, while the watermark is 60 s behind it.
     assert_eq!(view["provisional_through"], t + 10.0, "{view}");
-    assert_eq!(view["as_of"], t + 10.0 - 60.0, "{view}");
+    let as_of = view["as_of"].as_f64().unwrap();
+    assert!(
+        as_of <= t + 10.0 - 60.0,
+        "the watermark is 60 s behind at least: {view}"
+    );
     assert_eq!(view["state"]["total_spend"], 12.5, "{view}");
     assert!(holds(&view["state"], "viewed_items", "A"), "{view}");
     // The streaming SQLite store has it too, marked provisional.

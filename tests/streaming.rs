@@ -110,6 +110,15 @@ fn replay_equals_live_and_dead_letters_reach_their_topic() {
     assert!(live_rows == rows, "live training rows differ from the backfill's");
     let stored = redis_views(&redis_url(), &prefix);
     assert_eq!(stored.len(), views.len(), "one Redis key per user with a view");
+    let provisional: Vec<&String> = stored
+        .iter()
+        .filter(|(_, view)| view.get("provisional_through").is_some())
+        .map(|(user, _)| user)
+        .collect();
+    assert!(
+        provisional.is_empty(),
+        "views still provisional at the end: {provisional:?}"
+    );
     assert_eq!(
         by_user(stored.into_values()),
         by_user(views),

@@ -174,8 +174,11 @@ impl Provisional {
         std::mem::take(&mut self.touched)
     }
 
-    /// Users whose provisional view must be replaced by their final one.
+    /// Users whose provisional view must be replaced by their final one. Called once
+    /// per flush, after the final views: freshness not taken by then belongs to no
+    /// view (the events were copies of applied ones) and is dropped.
     pub(super) fn take_finals(&mut self) -> Vec<(u64, CompactString)> {
+        self.fresh.clear();
         self.finals.drain().collect()
     }
 
