@@ -12,7 +12,8 @@
 //!    the recsys job over it into Redis, and report both rates.
 //!
 //! Environment: `SKEWLESS_KAFKA`, `SKEWLESS_REDIS`, `STREAM_EVENTS`, `FRESH_RATE`,
-//! `FRESH_SECONDS`, `LATENESS`, `ONLINE`, `THROUGHPUT_ONLY`, `FRESHNESS_ONLY`.
+//! `FRESH_SECONDS`, `LATENESS`, `ONLINE`, `PARTITION_SKEW`, `THROUGHPUT_ONLY`,
+//! `FRESHNESS_ONLY`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,10 +63,11 @@ fn job(dir: &std::path::Path, prefix: &str, lateness: &str) -> Job {
         interval
     };
     let online = std::env::var("ONLINE").unwrap_or_else(|_| "provisional".into());
+    let partition_skew = std::env::var("PARTITION_SKEW").unwrap_or_else(|_| "60s".into());
     std::fs::write(
         &path,
         format!(
-            "extends = {base:?}\n[source]\nfiles = []\n[time]\nallowed_lateness = {lateness:?}\n\
+            "extends = {base:?}\n[source]\nfiles = []\n[time]\nallowed_lateness = {lateness:?}\nmax_partition_skew = {partition_skew:?}\n\
              [sinks]\nviews_sqlite = \"\"\nviews_jsonl = \"\"\nsummary = \"\"\nonline = {online:?}\n\
              [sinks.redis]\nkey_prefix = {prefix:?}\n[checkpoint]\ndir = {checkpoints:?}\ninterval = {interval:?}\n"
         ),

@@ -144,6 +144,44 @@ pub type FinalPositions = Rc<RefCell<Option<Vec<(usize, i64)>>>>;
 /// ~85 MiB more than 16k in the 5M-event backfill bench, for no measurable speed.
 pub const DEFAULT_BATCH: usize = 1 << 14;
 
+/// How long a partition waits for the watermark (not read, see `Clocks::ahead`) before
+/// the source stops fetching it too ([`Source::hold`]).
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// The largest value seen lately: it halves every second after it was seen.
+#[derive(Debug, Default)]
+struct RecentMax {
+    value: f64,
+    at: Option<Instant>,
+}
+
+impl RecentMax {
+    fn at(&self, now: Instant) -> f64 {
+        match self.at {
+            Some(at) => self.value * 0.5f64.powf(now.saturating_duration_since(at).as_secs_f64()),
+            None => 0.0,
+        }
+    }
+
+    fn observe(&mut self, value: f64, now: Instant) {
+        let decayed = self.at(now);
+        if value >= decayed {
+            self.value = value;
+            self.at = Some(now);
+        }
+    }
+}
+
+/// Whether a partition is read, or waits for the watermark.
+#[derive(Debug, Clone, Copy)]
+enum Hold {
+    Reading,
+    /// Not read since then; the source still fetches it.
+    Waiting(Instant),
+    /// Not read, and the source no longer fetches it.
+    Paused,
+}
+
 /// How the ingest operator paces itself and when it stops.
 #[derive(Debug, Clone, Copy)]
 pub struct Pacing {
@@ -354,11 +392,13 @@ fn build<'s, S: Source + 'static>(
     let lateness = job.allowed_lateness_secs();
     let mut partition_clocks = Clocks::new(names.len(), lateness, job.time.idle_timeout.duration());
     let max_partition_skew = job.time.max_partition_skew.as_secs_f64();
-    // Partitions not fetched because they ran ahead (`Clocks::ahead`).
-    let mut held = vec![false; names.len()];
+    // Partitions not read because they ran ahead (`Clocks::ahead`).
+    let mut held = vec![Hold::Reading; names.len()];
     let mut order = Vec::new();
     let mut reported_max = f64::NEG_INFINITY;
     let mut batch_span_ms: Millis = 0;
+    // The largest batch span lately (seconds of event time), halving every second.
+    let mut recent_span = RecentMax::default();
     let mut uncommitted = Uncommitted::default();
     for (partition, state) in shared.restored.iter().enumerate() {
         if let Some(state) = state {
@@ -510,9 +550,17 @@ fn build<'s, S: Source + 'static>(
             // Wait while this worker is far ahead of the slowest one.
             let skew = pacing.max_skew_ms.max(batch_span_ms.saturating_mul(4));
             if global.less_than(&watermark.saturating_sub(skew)) {
+                // Not read, so not idle: a worker waiting for a slower one must not
+                // take the wait for the end of its stream.
+                partition_clocks.touch_all(now);
                 activator.activate_after(Duration::from_millis(1));
                 return;
             }
+            // Partitions kept in step: the configured bound, widened to a few batches'
+            // worth of event time while the watermark moves that fast (a backlog), so
+            // that partitions do not take turns there; within seconds of the watermark
+            // stalling it is the configured bound again.
+            let partition_skew = max_partition_skew.max(recent_span.at(now) * 4.0);
             let decoder = Decoder::new(&job.registry, job.max_event_bytes);
             let mut counts = Counts::default();
             let mut failure = None;
@@ -534,14 +582,35 @@ fn build<'s, S: Source + 'static>(
                     }
                     // A partition far ahead of the slowest one waits for the watermark,
                     // so that what is pending stays bounded; it has records, so it is
-                    // not idle.
-                    let ahead = partition_clocks.ahead(partition, max_partition_skew);
-                    if ahead != held[partition] {
-                        if let Err(error) = source.hold(partition, ahead) {
-                            failure = Some(error);
-                            break;
+                    // not idle. Its fetching stops only once it has waited a while:
+                    // catching up on a backlog, partitions take turns ahead many times
+                    // a second, and pausing each turn would throw away what the
+                    // consumer prefetched.
+                    let ahead = partition_clocks.ahead(partition, partition_skew);
+                    let change = match (ahead, held[partition]) {
+                        (true, Hold::Reading) => {
+                            held[partition] = Hold::Waiting(now);
+                            None
                         }
-                        held[partition] = ahead;
+                        (true, Hold::Waiting(since)) if now.duration_since(since) >= PAUSE_AFTER => {
+                            held[partition] = Hold::Paused;
+                            Some(true)
+                        }
+                        (false, Hold::Paused) => {
+                            held[partition] = Hold::Reading;
+                            Some(false)
+                        }
+                        (false, _) => {
+                            held[partition] = Hold::Reading;
+                            None
+                        }
+                        (true, _) => None,
+                    };
+                    if let Some(pause) = change
+                        && let Err(error) = source.hold(partition, pause)
+                    {
+                        failure = Some(error);
+                        break;
                     }
                     if ahead {
                         partition_clocks.touch(partition, now);
@@ -684,7 +753,13 @@ fn build<'s, S: Source + 'static>(
             let reached = cut.is_some_and(|c| advanced >= c.at);
             snapshot_at(&mut cut, &source, &partition_clocks, &total, reached);
             let next = bound(advanced, &cut);
-            batch_span_ms = advanced.saturating_sub(watermark);
+            // The first move, from nothing seen to the first clocks, is no batch's span.
+            batch_span_ms = if watermark == 0 {
+                0
+            } else {
+                advanced.saturating_sub(watermark)
+            };
+            recent_span.observe(batch_span_ms as f64 / 1000.0, now);
             for cap in caps.iter_mut() {
                 if *cap.time() < next {
                     cap.downgrade(&next);

@@ -89,6 +89,16 @@ impl Clocks {
         self.clocks[partition].last_record = now;
     }
 
+    /// Marks every partition that is not finished as having produced something: they
+    /// were not read, so nothing says they are idle.
+    pub fn touch_all(&mut self, now: Instant) {
+        for clock in &mut self.clocks {
+            if clock.status != PartitionStatus::Finished {
+                clock.last_record = now;
+            }
+        }
+    }
+
     /// How long since any partition that is not finished gave a record (the shortest
     /// such wait); `Duration::MAX` when every partition is finished.
     pub fn idle_for(&self, now: Instant) -> Duration {
