@@ -270,7 +270,17 @@ mod tests {
         metrics.observe(&delta);
         metrics.consumer_lag("events", 3, 42);
         metrics.sink_write("redis", 0.002);
+        metrics.freshness("redis", crate::dlq::letter::wall_clock_seconds() - 0.04);
+        metrics.pending_events(1, 17);
         let text = metrics.render();
+        assert!(
+            text.contains(r#"skewless_view_freshness_seconds_bucket{sink="redis",job="recsys",le="0.05"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"skewless_pending_events{worker="1",job="recsys"} 17"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"skewless_records_total{outcome="applied",job="recsys"} 7"#),
             "{text}"
