@@ -215,6 +215,17 @@ impl Metrics {
         String::from_utf8(out).expect("UTF-8")
     }
 
+    /// The response (status line, headers and body) of `GET /metrics` from a job
+    /// serving its metrics at `addr`, for tools and tests.
+    pub fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: skewless\r\n\r\n")?;
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response)?;
+        Ok(response)
+    }
+
     /// Serves `GET /metrics` on `addr` from a background thread.
     pub fn serve(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr)?;
@@ -253,7 +264,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     #[test]
     fn outcomes_and_reasons_are_counted_and_served() {
@@ -292,12 +302,7 @@ mod tests {
         assert!(text.contains("skewless_sink_write_seconds_count"));
 
         let addr = metrics.serve("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
+        let response = Metrics::fetch(addr).unwrap();
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
         assert!(response.contains("skewless_late_records_total"));
     }

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,13 +161,7 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
 }
 
 fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    skewless::metrics::Metrics::fetch(addr).unwrap()
 }
 
 #[test]
@@ -223,11 +216,10 @@ fn a_stalled_partition_holds_the_others_to_the_skew_bound() {
     let mut last = -1.0;
     let mut still = 0;
     wait_until("reading to stop", Duration::from_secs(60), || {
-        let Ok(stream) = std::net::TcpStream::connect(addr) else {
+        let Ok(text) = skewless::metrics::Metrics::fetch(addr) else {
             return false;
         };
-        drop(stream);
-        let read = metric(&scrape(addr), "skewless_records_total", "outcome=\"read\"");
+        let read = metric(&text, "skewless_records_total", "outcome=\"read\"");
         still = if read == last && read > 0.0 { still + 1 } else { 0 };
         last = read;
         still >= 20
