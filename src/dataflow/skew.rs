@@ -3,7 +3,8 @@
 //! by (feature, model version, hour, staleness) with its counters as the difference;
 //! `consolidate` reduces them per key as rows arrive and emits the changes at the
 //! frontier, which worker 0 gathers into the run's totals (and, when the run serves
-//! metrics, the mismatch-rate gauges).
+//! metrics, the mismatch-rate gauges). The rows pass through on their way to the
+//! export's writers, so they are read in place rather than copied for a second reader.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +14,8 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::metrics::Metrics;
 use crate::model::event::Millis;
@@ -31,36 +34,43 @@ pub struct SkewShared {
     pub examples: Vec<Example>,
 }
 
-/// Counts the serving skew of `rows` into `shared`.
+/// Counts the serving skew of `rows` into `shared`, and passes the rows on
+/// unchanged: they are observed where they pass, never copied for it.
 pub fn count_skew<'s>(
     rows: Stream<'s, Millis, Vec<TrainingRow>>,
     spec: Arc<ExportSpec>,
     features: Arc<[String]>,
     shared: Arc<Mutex<SkewShared>>,
     metrics: Option<Arc<Metrics>>,
-) {
+) -> Stream<'s, Millis, Vec<TrainingRow>> {
     let examples = Arc::clone(&shared);
     let names = Arc::clone(&features);
-    let updates = rows.unary::<CapacityContainerBuilder<Vec<(SkewKey, Millis, SkewStats)>>, _, _, _>(
-        Pipeline,
-        "SkewObserve",
-        move |_, _| {
-            move |input, output| {
-                input.for_each(|time, rows| {
-                    let at = *time.least().expect("totally ordered time");
-                    let mut session = output.session(&time);
-                    for row in rows.iter() {
-                        for (key, stats) in observe(&spec, &names, row) {
-                            if stats.mismatches > 0 {
-                                keep_example(&examples, &names[key.feature as usize], row);
-                            }
-                            session.give((key, at, stats));
+    let mut builder = OperatorBuilder::new("SkewObserve".to_owned(), rows.scope());
+    let mut input = builder.new_input(rows, Pipeline);
+    let (rows_out, passed) = builder.new_output::<Vec<TrainingRow>>();
+    let mut rows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<TrainingRow>>>::from(rows_out);
+    let (updates_out, updates) = builder.new_output::<Vec<(SkewKey, Millis, SkewStats)>>();
+    let mut updates_out =
+        OutputBuilder::<_, CapacityContainerBuilder<Vec<(SkewKey, Millis, SkewStats)>>>::from(updates_out);
+    builder.build(move |_| {
+        move |_frontiers| {
+            let mut rows_handle = rows_out.activate();
+            let mut updates_handle = updates_out.activate();
+            input.for_each(|time, rows| {
+                let at = *time.least().expect("totally ordered time");
+                let mut session = updates_handle.session(&time);
+                for row in rows.iter() {
+                    for (key, stats) in observe(&spec, &names, row) {
+                        if stats.mismatches > 0 {
+                            keep_example(&examples, &names[key.feature as usize], row);
                         }
+                        session.give((key, at, stats));
                     }
-                });
-            }
-        },
-    );
+                }
+                rows_handle.session(&time).give_container(rows);
+            });
+        }
+    });
     updates.as_collection().consolidate().inner.sink(
         Exchange::new(|_| 0),
         "SkewTotals",
@@ -84,6 +94,7 @@ pub fn count_skew<'s>(
             }
         },
     );
+    passed
 }
 
 fn keep_example(shared: &Mutex<SkewShared>, feature: &str, row: &TrainingRow) {

@@ -194,17 +194,18 @@ fn run_worker<S: Source + 'static>(
         let sink_dead = folded
             .views
             .write_views(view_sinks, Rc::clone(&sink_failure), plan.metrics.clone());
-        if let (Some(skew), Some(export)) = (&plan.skew, &job.export) {
-            crate::dataflow::skew::count_skew(
-                folded.rows.clone(),
+        let rows = match (&plan.skew, &job.export) {
+            (Some(skew), Some(export)) => crate::dataflow::skew::count_skew(
+                folded.rows,
                 Arc::new(export.clone()),
                 job.features.features.iter().map(|f| f.name.clone()).collect(),
                 Arc::clone(skew),
                 plan.metrics.clone(),
-            );
-        }
+            ),
+            _ => folded.rows,
+        };
         let rows_dead = match &plan.export {
-            Some(export) => folded.rows.write_rows(
+            Some(export) => rows.write_rows(
                 export.clone(),
                 index,
                 plan.export_first_tag,
