@@ -753,13 +753,12 @@ fn build<'s, S: Source + 'static>(
             let reached = cut.is_some_and(|c| advanced >= c.at);
             snapshot_at(&mut cut, &source, &partition_clocks, &total, reached);
             let next = bound(advanced, &cut);
-            // The first move, from nothing seen to the first clocks, is no batch's span.
-            batch_span_ms = if watermark == 0 {
-                0
-            } else {
-                advanced.saturating_sub(watermark)
-            };
-            recent_span.observe(batch_span_ms as f64 / 1000.0, now);
+            batch_span_ms = advanced.saturating_sub(watermark);
+            // The first move, from nothing seen to the first clocks, is no batch's span:
+            // it would keep the partition bound wide for half a minute.
+            if watermark > 0 {
+                recent_span.observe(batch_span_ms as f64 / 1000.0, now);
+            }
             for cap in caps.iter_mut() {
                 if *cap.time() < next {
                     cap.downgrade(&next);
