@@ -16,6 +16,7 @@ pub mod job;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
+pub mod replay;
 pub mod run;
 pub mod sinks;
 pub mod skew;

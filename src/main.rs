@@ -53,6 +53,17 @@ enum Command {
     /// Report how far the features the server used were from a replay's; exit 1 over
     /// the job's thresholds.
     Skew(cli::skew::SkewArgs),
+    /// Explain what the job knew about one user at a time, and why: every record of
+    /// the user with its outcome and the features it changed.
+    Explain(cli::explain::ExplainArgs),
+    /// Compare the views of two jobs over one log, or of two view stores; exit 1
+    /// when a feature differs beyond the tolerance.
+    Diff(cli::diff::DiffArgs),
+    /// Read views back from a view store.
+    Views {
+        #[command(subcommand)]
+        command: cli::views::ViewsCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,15 +74,22 @@ fn main() -> ExitCode {
         report(info);
         std::process::exit(101);
     }));
+    let command = Cli::parse().command;
+    // Commands that answer a question print the answer; the run behind it logs only
+    // what went wrong.
+    let level = match command {
+        Command::Explain(_) | Command::Diff(_) | Command::Views { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never into a log file.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let outcome = match Cli::parse().command {
+    let outcome = match command {
         Command::Run(args) => cli::run::main(*args),
         Command::Validate { jobs } => cli::validate::main(jobs),
         Command::Gen(args) => cli::generate::main(args),
@@ -80,6 +98,9 @@ fn main() -> ExitCode {
         Command::Checkpoint { command } => cli::checkpoint::main(command),
         Command::Lag(args) => cli::lag::main(args),
         Command::Skew(args) => cli::skew::main(args),
+        Command::Explain(args) => cli::explain::main(args),
+        Command::Diff(args) => cli::diff::main(args),
+        Command::Views { command } => cli::views::main(command),
     };
     match outcome {
         Ok(code) => code,

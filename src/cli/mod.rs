@@ -1,13 +1,16 @@
 //! The `skewless` command's subcommands, one file each, and what they share.
 
 pub mod checkpoint;
+pub mod diff;
 pub mod dlq;
+pub mod explain;
 pub mod generate;
 pub mod lag;
 pub mod produce;
 pub mod run;
 pub mod skew;
 pub mod validate;
+pub mod views;
 
 use std::path::PathBuf;
 

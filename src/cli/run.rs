@@ -196,6 +196,7 @@ pub fn options(args: RunArgs) -> anyhow::Result<RunOptions> {
         skew_report: args.skew_report,
         export_formats: args.export_formats,
         spine: args.spine,
+        replay: None,
     })
 }
 

@@ -4,6 +4,7 @@
 //! the pooled containers of [`batch`]; the training rows' serving skew is counted
 //! as a differential collection ([`skew`]). The sinks' operators live with the sinks.
 
+pub mod activity;
 pub mod batch;
 pub mod fold;
 pub mod ingest;

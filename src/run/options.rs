@@ -75,6 +75,9 @@ pub struct RunOptions {
     /// A spine file (Parquet, CSV or JSONL of `row_id, user_id, ts[, item_id]`) whose
     /// rows replace the log's spine events.
     pub spine: Option<PathBuf>,
+    /// A replay (`explain`, `diff`): no outputs are written, no offsets committed;
+    /// what the run learns is gathered here.
+    pub replay: Option<crate::replay::Replay>,
 }
 
 /// What a run does with the job's `[export]`.
@@ -120,6 +123,7 @@ impl Default for RunOptions {
             skew_report: Default::default(),
             export_formats: Default::default(),
             spine: Default::default(),
+            replay: Default::default(),
         }
     }
 }
@@ -279,6 +283,18 @@ pub fn apply_overrides(job: &mut Job, options: &RunOptions) {
             export.skew.report = Some(report.clone());
             export.skew.html = Some(report.with_extension("html"));
         }
+    }
+    if options.replay.is_some() {
+        // A replay answers a question: it writes nothing and commits nothing.
+        job.export = None;
+        let sinks = &mut job.sinks;
+        sinks.views_sqlite = None;
+        sinks.views_jsonl = None;
+        sinks.dlq = None;
+        sinks.summary = None;
+        sinks.redis = None;
+        sinks.archive = None;
+        job.checkpoint.dir = None;
     }
     match options.export {
         ExportMode::AsJob => {}

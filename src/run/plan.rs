@@ -107,6 +107,8 @@ pub(super) struct Plan {
     pub(super) spine: Option<Arc<Vec<crate::source::spine::SpineRow>>>,
     /// Rows of the spine file read, and how many were dead-lettered.
     pub(super) spine_counts: Option<(u64, u64)>,
+    /// What a replay gathers.
+    pub(super) replay: Option<crate::replay::Replay>,
 }
 
 impl Plan {
@@ -163,6 +165,7 @@ impl Plan {
             .transpose()?;
         let resuming = restored.is_some();
         let dead_letters = match (&inputs, &options.dlq, &job.sinks.dlq) {
+            _ if options.replay.is_some() => DeadLetters::Discard,
             (Inputs::Kafka { kafka, .. }, None, _) if !job.archive_only() => {
                 let topics = DeadLetterTopics::new(&kafka.topics, job.sinks.dlq_topic.clone());
                 for topic in topics.all() {
@@ -235,12 +238,13 @@ impl Plan {
                 Inputs::Kafka { kafka, .. } => kafka.commit_interval.duration(),
                 Inputs::Files(_) => Duration::from_secs(1),
             },
+            commits: options.replay.is_none(),
             idle_poll: Duration::from_millis(20),
             stop_after: options.stop_after,
             bounded: !streaming,
             checkpoint_on_stop: !streaming && checkpoint.is_some(),
         };
-        let flush = if streaming {
+        let flush = if streaming && options.replay.is_none() {
             FlushPolicy::Every(job.sinks.flush_interval.duration())
         } else {
             FlushPolicy::AtEnd
@@ -267,6 +271,7 @@ impl Plan {
             exported: RowCount::default(),
             spine: spine.map(|s| Arc::new(s.rows)),
             spine_counts,
+            replay: options.replay.clone(),
             skew: job
                 .export
                 .as_ref()
@@ -485,10 +490,24 @@ pub(super) fn choose_inputs(job: &Job, options: &RunOptions) -> Result<Inputs, R
     let Some(kafka) = kafka else {
         return Err(RunError::NoInput(job.path.display().to_string()));
     };
-    let partitions = kafka
+    let mut partitions = kafka
         .settings
         .partitions(&kafka.topics)
         .map_err(|e| SourceError::Broker(e.to_string()))?;
+    if let Some(crate::replay::Replay::Explain(explaining)) = &options.replay {
+        // Only the partition each topic sends the user's records to (`skewless
+        // produce` keys records by user id).
+        let counts = |topic: &str| partitions.iter().filter(|(t, _)| t == topic).count() as i32;
+        let mine: Vec<(String, i32)> = partitions
+            .iter()
+            .filter(|(topic, p)| {
+                *p == crate::kafka::produce::partition_for(Some(&explaining.user), counts(topic), 0)
+            })
+            .cloned()
+            .collect();
+        explaining.reading(mine.iter().map(|(t, p)| format!("{t}/{p}")).collect());
+        partitions = mine;
+    }
     let start = kafka.start.unwrap_or(if job.archive_only() {
         StartPosition::Committed
     } else {

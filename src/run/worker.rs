@@ -22,6 +22,7 @@ use crate::dataflow::ingest::{Ingest, IngestShared};
 use crate::dlq::letter::DeadLetter;
 use crate::error_chain as chain;
 use crate::kafka::source::KafkaSource;
+use crate::replay::Replay;
 use crate::run::control::ControlPlane;
 use crate::sinks::archive::Archive;
 use crate::sinks::jsonl::JsonlPart;
@@ -112,6 +113,13 @@ fn run_worker<S: Source + 'static>(
     if let Some(path) = &plan.jsonl {
         view_sinks.push(Box::new(JsonlPart::create(path, index).map_err(|e| chain(&e))?));
     }
+    if let Some(replay) = &plan.replay {
+        view_sinks.push(Box::new(crate::replay::Gather::new(replay.clone(), false)));
+    }
+    let explain = match &plan.replay {
+        Some(Replay::Explain(explaining)) => Some(Arc::clone(explaining)),
+        _ => None,
+    };
     let dead_sink: Box<dyn DeadLetterSink> = match &plan.dead_letters {
         DeadLetters::File(file) => Box::new(file.clone()),
         DeadLetters::Kafka(producer) => Box::new(producer.clone()),
@@ -152,6 +160,7 @@ fn run_worker<S: Source + 'static>(
         checkpointing: Rc::clone(&checkpointing),
         restored: resume,
         restored_counts: ingest_counts,
+        explain: explain.clone(),
     };
     let sink_failure: SinkFailure = Rc::new(RefCell::new(None));
     let mut control = ControlPlane::new(worker);
@@ -172,7 +181,18 @@ fn run_worker<S: Source + 'static>(
         // on the events stream it would stand between ingest and the exchange and drop
         // every container instead of handing it back for reuse.
         let clocks = ingested.clocks.probe_with(&global);
-        let folded = ingested.events.fold_features(
+        let (events, diff_views) = match &plan.replay {
+            Some(Replay::Diff(diffing)) => {
+                let events =
+                    crate::dataflow::activity::count_activity(ingested.events, Arc::clone(&diffing.activity));
+                let second = diffing.second.as_ref().map(|second| {
+                    second_fold(events.clone(), clocks.clone(), second, plan, Arc::clone(diffing))
+                });
+                (events, second)
+            }
+            _ => (ingested.events, None),
+        };
+        let folded = events.fold_features(
             clocks.broadcast(),
             FoldContext {
                 job: Arc::clone(job),
@@ -189,6 +209,7 @@ fn run_worker<S: Source + 'static>(
                         .cloned()
                         .collect()
                 }),
+                trace: explain,
             },
         );
         let sink_dead = folded
@@ -217,6 +238,10 @@ fn run_worker<S: Source + 'static>(
                 Arc::clone(&plan.exported),
             ),
             None => timely::dataflow::operators::generic::operator::empty(scope),
+        };
+        let sink_dead = match diff_views {
+            Some(second) => sink_dead.concat(second),
+            None => sink_dead,
         };
         ingested
             .dead_letters
@@ -300,6 +325,7 @@ fn run_worker<S: Source + 'static>(
     // Every sink has flushed: what was read is durable, commit all of it.
     let finals = shared.final_positions.borrow_mut().take();
     if failure.is_none()
+        && plan.pacing.commits
         && let Some(positions) = finals
         && let Err(error) = source.borrow_mut().commit(&positions)
     {
@@ -400,4 +426,38 @@ impl DeadLetterSink for Discard {
     fn write(&mut self, _letters: &[DeadLetter]) -> Result<(), SinkError> {
         Ok(())
     }
+}
+
+/// A diff run's second job, folded from the same decoded events as the run's own;
+/// its final views are gathered, its counts kept apart from the run's. Returns the
+/// stream its views' sink reports on, to join the run's durability probe.
+fn second_fold<'s>(
+    events: timely::dataflow::Stream<'s, crate::model::event::Millis, Vec<crate::model::event::Event>>,
+    clocks: timely::dataflow::Stream<
+        's,
+        crate::model::event::Millis,
+        Vec<crate::dataflow::ingest::ClockReport>,
+    >,
+    job: &Arc<crate::job::Job>,
+    plan: &Plan,
+    diffing: Arc<crate::replay::Diffing>,
+) -> timely::dataflow::Stream<'s, crate::model::event::Millis, Vec<DeadLetter>> {
+    let folded = events.fold_features(
+        clocks.broadcast(),
+        FoldContext {
+            job: Arc::clone(job),
+            counts: Rc::default(),
+            flush: plan.flush,
+            metrics: None,
+            checkpointing: Rc::default(),
+            restored: Vec::new(),
+            restored_counts: Counts::default(),
+            hold_unflushed: true,
+            spine_rows: None,
+            trace: None,
+        },
+    );
+    let gather: Vec<Box<dyn ViewSink>> =
+        vec![Box::new(crate::replay::Gather::new(Replay::Diff(diffing), true))];
+    folded.views.write_views(gather, Rc::default(), None)
 }

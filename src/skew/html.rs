@@ -6,12 +6,27 @@ use std::fmt::Write;
 
 use super::{Example, Report, STALENESS};
 
-fn escape(text: &str) -> String {
+/// `text` safe inside HTML text and attribute values.
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+/// The start of a report page: its title and the style every report shares.
+pub(crate) fn page_head(title: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n",
+        escape(title)
+    )
+}
+
+const STYLE: &str = r#"
+body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.fail{color:#b00;font-weight:bold}.frame{fill:#fafafa;stroke:#ccc}.line{fill:none;stroke:#2a6;stroke-width:2}circle{fill:#2a6}
+svg text{font-size:10px;fill:#666}code{font-size:12px}"#;
 
 /// A line chart of a feature's mismatch rate per hour.
 fn chart(points: &[(String, f64)]) -> String {
@@ -70,15 +85,10 @@ fn chart(points: &[(String, f64)]) -> String {
 
 /// The page.
 pub fn render(report: &Report, examples: &[Example]) -> String {
-    let mut out = String::new();
+    let mut out = page_head(&format!("skewless: serving skew of {}", report.job));
     let _ = write!(
         out,
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>skewless: serving skew of {job}</title><style>
-body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:.5em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}
-.fail{{color:#b00;font-weight:bold}}.frame{{fill:#fafafa;stroke:#ccc}}.line{{fill:none;stroke:#2a6;stroke-width:2}}circle{{fill:#2a6}}
-svg text{{font-size:10px;fill:#666}}code{{font-size:12px}}</style></head><body>
-<h1>Serving skew: {job}</h1><p>{rows} spine events carried the features the server used. A served value
+        r#"<h1>Serving skew: {job}</h1><p>{rows} spine events carried the features the server used. A served value
 mismatches when it differs from the replay's (numbers beyond 1e-9 relative).</p>"#,
         job = escape(&report.job),
         rows = report.rows

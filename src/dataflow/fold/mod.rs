@@ -14,6 +14,7 @@ mod provisional;
 mod snapshot;
 mod spine;
 mod state;
+mod trace;
 
 use state::{Fold, Pending, UserEntry};
 
@@ -75,6 +76,8 @@ pub struct FoldContext {
     /// This worker's rows of a spine file (`--spine`), sorted by `ts`: they replace
     /// the log's spine events.
     pub spine_rows: Option<Vec<crate::source::spine::SpineRow>>,
+    /// `explain` runs: the user whose events the fold traces.
+    pub trace: Option<Arc<crate::replay::explain::Explaining>>,
 }
 
 /// The fold's outputs.
@@ -127,6 +130,7 @@ pub trait FoldFeatures<'s> {
     ///         restored_counts: Default::default(),
     ///         hold_unflushed: true,
     ///         spine_rows: None,
+    ///         trace: None,
     ///     };
     ///     events.fold_features(clocks, context).views.capture()
     /// });
@@ -171,6 +175,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             restored_counts,
             hold_unflushed,
             spine_rows,
+            trace,
         } = context;
         checkpointing.borrow_mut().wake.push(activator.clone());
         let observe = {
@@ -182,6 +187,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             }
         };
         let mut fold = Fold::new(job);
+        fold.trace = trace;
         if !restored.is_empty() {
             let started = Instant::now();
             for snapshot in restored {

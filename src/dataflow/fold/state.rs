@@ -131,6 +131,8 @@ pub(super) struct Fold {
     /// Online views are provisional: each flush folds a user's pending events over
     /// its final state.
     pub(super) show_pending: bool,
+    /// `explain` runs: the user whose events are traced.
+    pub(super) trace: Option<Arc<crate::replay::explain::Explaining>>,
 }
 
 impl Fold {
@@ -159,6 +161,7 @@ impl Fold {
             unflushed_since: None,
             online: None,
             show_pending: false,
+            trace: None,
         }
     }
 
@@ -221,7 +224,12 @@ impl Fold {
             let batch = &pending[c as usize];
             let event = &batch.events[e as usize];
             self.open_file_rows(limit, Some(event.event_time));
-            self.apply_one(&job, event, batch.ready_at(event), dead);
+            match self.trace.clone() {
+                Some(trace) if trace.user == event.user_id => {
+                    self.apply_traced(&trace, &job, event, batch.ready_at(event), dead);
+                }
+                _ => self.apply_one(&job, event, batch.ready_at(event), dead),
+            }
             if let (Some(online), true, false) = (self.online.as_mut(), self.show_pending, event.late) {
                 online.retire(event.user_hash, &event.user_id, limit);
             }

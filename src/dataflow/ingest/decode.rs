@@ -63,6 +63,17 @@ pub enum Decoded {
     Rejected(Rejection),
 }
 
+impl Decoded {
+    /// The record's event time, when it passed step 2 (and so moves its clock).
+    pub fn event_time(&self) -> Option<f64> {
+        match self {
+            Decoded::Event(event) => Some(event.event_time),
+            Decoded::Ignored { event_time } => Some(*event_time),
+            Decoded::Rejected(rejection) => rejection.event_time,
+        }
+    }
+}
+
 /// Decodes records against a job's registry.
 #[derive(Debug, Clone, Copy)]
 pub struct Decoder<'r> {

@@ -14,8 +14,10 @@
 //! its outputs can carry (the largest event time among its on-time events, or the time
 //! it left at).
 
+mod blocking;
 pub mod decode;
 mod json;
+mod replay;
 pub mod watermark;
 
 use std::cell::{Cell, RefCell};
@@ -39,9 +41,11 @@ use crate::dlq::letter::{DeadLetter, Reason};
 use crate::job::Job;
 use crate::metrics::Metrics;
 use crate::model::event::{Event, LateRecord, Millis, Position, key_hash, to_millis};
+use crate::replay::explain::Outcome;
 use crate::sinks::archive::Archive;
 use crate::source::{Read, Record, Source, SourceError};
 use crate::summary::Counts;
+pub use blocking::Blocking;
 
 /// What the ingest operator shares with the rest of its worker. The default shares
 /// nothing with anyone: fresh counters, no metrics, no checkpoints, nothing restored.
@@ -75,52 +79,9 @@ pub struct IngestShared {
     pub restored: Vec<Option<PartitionState>>,
     /// Ingest counts carried over from a checkpoint.
     pub restored_counts: Counts,
-}
-
-/// When calls that may block for good (source reads, connecting to the cluster's
-/// peers) began, one slot per local worker (and one for the cluster's start), shared
-/// with the watchdog that ends a run stuck in one after a stop request (see `run`).
-#[derive(Debug, Clone)]
-pub struct Blocking(Arc<[AtomicU64]>);
-
-impl Default for Blocking {
-    fn default() -> Blocking {
-        Blocking::new(1)
-    }
-}
-
-impl Blocking {
-    /// `slots` slots, none blocked.
-    pub fn new(slots: usize) -> Blocking {
-        Blocking((0..slots).map(|_| AtomicU64::new(0)).collect())
-    }
-
-    fn now_ms() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64)
-    }
-
-    /// A possibly blocking call begins in `slot`, or (called again) has made progress.
-    pub fn enter(&self, slot: usize) {
-        self.0[slot].store(Self::now_ms(), Ordering::Relaxed);
-    }
-
-    /// It returned.
-    pub fn leave(&self, slot: usize) {
-        self.0[slot].store(0, Ordering::Relaxed);
-    }
-
-    /// How long the longest call still going on has been, if one is.
-    pub fn longest(&self) -> Option<Duration> {
-        let now = Self::now_ms();
-        self.0
-            .iter()
-            .map(|since| since.load(Ordering::Relaxed))
-            .filter(|&since| since != 0)
-            .map(|since| Duration::from_millis(now.saturating_sub(since)))
-            .max()
-    }
+    /// `explain` runs: only the records of the user asked about reach the fold;
+    /// every other record only moves its partition's clock.
+    pub explain: Option<Arc<crate::replay::explain::Explaining>>,
 }
 
 /// What a worker's ingest tells every fold about its partitions' clocks.
@@ -195,6 +156,8 @@ pub struct Pacing {
     pub exit_when_idle: Option<Duration>,
     /// How often durable positions are committed.
     pub commit_interval: Duration,
+    /// Source positions are committed at all (a replay reads without committing).
+    pub commits: bool,
     /// How soon to look again when no partition had records.
     pub idle_poll: Duration,
     /// Stop (as a stop request does) once this worker has read this many records.
@@ -215,6 +178,7 @@ impl Default for Pacing {
             max_skew_ms: 60_000,
             exit_when_idle: None,
             commit_interval: Duration::from_secs(1),
+            commits: true,
             idle_poll: Duration::from_millis(20),
             stop_after: None,
             bounded: true,
@@ -443,7 +407,7 @@ fn build<'s, S: Source + 'static>(
             // Without checkpoints, commit what the sinks (and the archive) have made
             // durable; with them, offsets are committed from completed checkpoints.
             let checkpointing = shared.checkpointing.borrow().enabled();
-            if !checkpointing {
+            if !checkpointing && pacing.commits {
                 uncommitted.settle(&durable);
                 if let Err(error) =
                     uncommitted.commit(&mut *source, archive.as_ref(), pacing.commit_interval, now)
@@ -566,6 +530,9 @@ fn build<'s, S: Source + 'static>(
             let mut failure = None;
             let mut touched: Vec<usize> = Vec::new();
             let mut batch_time = watermark;
+            let explain = shared.explain.as_deref();
+            // Event times of the records read (any user's), for `explain`.
+            let mut span = (f64::INFINITY, f64::NEG_INFINITY);
             {
                 let mut events_handle = events_out.activate();
                 let mut dead_handle = dead_out.activate();
@@ -635,6 +602,22 @@ fn build<'s, S: Source + 'static>(
                             counts.archived += 1;
                             return;
                         }
+                        if let Some(explain) = explain
+                            && record.oversized_len.is_none()
+                            && !explain.may_hold(record.bytes)
+                        {
+                            // Someone else's record: only its clock matters.
+                            counts.ignored += 1;
+                            let time = replay::clock_only(
+                                &decoder,
+                                &mut partition_clocks,
+                                partition,
+                                record.bytes,
+                                now,
+                            );
+                            replay::widen(&mut span, time);
+                            return;
+                        }
                         let decoded = match record.oversized_len {
                             Some(len) => Decoded::Rejected(Rejection {
                                 reason: Reason::Oversized,
@@ -647,9 +630,18 @@ fn build<'s, S: Source + 'static>(
                             }),
                             None => decoder.decode(record.bytes),
                         };
+                        if explain.is_some() {
+                            replay::widen(&mut span, decoded.event_time());
+                        }
                         match decoded {
                             Decoded::Event(event) => {
+                                let clock = partition_clocks.clock(partition);
+                                let watermark = partition_clocks.watermark();
                                 let late = partition_clocks.observe(partition, event.event_time, now);
+                                if explain.is_some_and(|e| event.user_id != e.user) {
+                                    counts.ignored += 1;
+                                    return;
+                                }
                                 if !late {
                                     batch_time = batch_time.max(to_millis(event.event_time));
                                 }
@@ -659,9 +651,16 @@ fn build<'s, S: Source + 'static>(
                                 };
                                 let mut event = Event::accepted(event, position);
                                 event.late = late;
+                                if let (Some(explain), true) = (explain, late) {
+                                    explain.late(
+                                        position,
+                                        replay::late_by(clock, watermark, lateness, event.event_time),
+                                    );
+                                }
                                 // A late event may be dead-lettered by the fold, and so
-                                // may one whose numbers could make a sum overflow.
-                                if late || event.has_huge_number() {
+                                // may one whose numbers could make a sum overflow; an
+                                // explained event keeps its record for the trace.
+                                if late || event.has_huge_number() || explain.is_some() {
                                     event.late_record = Some(Box::new(LateRecord {
                                         text: String::from_utf8_lossy(record.bytes.trim_ascii()).into_owned(),
                                         origin: record.origin(),
@@ -672,8 +671,20 @@ fn build<'s, S: Source + 'static>(
                             Decoded::Ignored { event_time } => {
                                 partition_clocks.observe(partition, event_time, now);
                                 counts.ignored += 1;
+                                if let Some(explain) = explain {
+                                    explain.refused(record.bytes, record.origin(), Outcome::Ignored);
+                                }
                             }
                             Decoded::Rejected(rejection) => {
+                                if let Some(explain) = explain
+                                    && rejection.parsed
+                                {
+                                    explain.refused(
+                                        record.bytes,
+                                        record.origin(),
+                                        replay::rejected(&rejection),
+                                    );
+                                }
                                 match rejection.event_time {
                                     Some(event_time) => {
                                         partition_clocks.observe(partition, event_time, now);
@@ -712,6 +723,9 @@ fn build<'s, S: Source + 'static>(
                         break;
                     }
                 }
+            }
+            if let Some(explain) = explain {
+                explain.saw(span.0, span.1);
             }
             shared.progress.fetch_add(counts.read, Ordering::Relaxed);
             read_here += counts.read;
