@@ -228,3 +228,78 @@ fn what_it_cannot_see_it_says() {
     assert!(!ok);
     assert!(stderr.contains("`yesterday` is not a time"), "{stderr}");
 }
+
+#[test]
+fn explained_views_and_late_events_match_the_full_run_on_a_generated_log() {
+    // Enough records per partition that clocks are settled from waiting records
+    // (thousands per batch), with late events, duplicates and malformed records.
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("log");
+    let status = Command::new(env!("CARGO_BIN_EXE_skewless"))
+        .args([
+            "gen",
+            "--events",
+            "30000",
+            "--users",
+            "300",
+            "--partitions",
+            "2",
+            "--span",
+            "2h",
+        ])
+        .args([
+            "--late",
+            "0.02",
+            "--duplicates",
+            "0.02",
+            "--malformed",
+            "0.01",
+            "--v1",
+            "0.3",
+        ])
+        .args(["--seed", "7", "--out"])
+        .arg(&logs)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let inputs: Vec<PathBuf> = {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&logs)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    };
+    let job = common::repo().join("jobs/recsys.toml");
+    let full = common::run_job(&job, &inputs, 2);
+    let inputs: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    let late_letters = |user: &str| {
+        full.dead_letters
+            .iter()
+            .filter(|l| l["failure_reason"] == "late_event")
+            .filter(|l| l["event"]["user_id"] == user)
+            .count()
+    };
+    let mut late_seen = 0;
+    for view in full.views.iter().step_by(full.views.len() / 12) {
+        let user = view["user_id"].as_str().unwrap();
+        let explaining = Arc::new(Explaining::new(user, None));
+        let options = RunOptions {
+            inputs: inputs.clone(),
+            workers: 2,
+            replay: Some(Replay::Explain(Arc::clone(&explaining))),
+            ..RunOptions::default()
+        };
+        run(Job::load(&job).unwrap(), &options).unwrap();
+        let explanation = explaining.explanation();
+        assert_eq!(explanation.view.as_ref(), Some(view), "user {user}");
+        let late = explanation
+            .records
+            .iter()
+            .filter(|r| matches!(r.outcome, skewless::replay::explain::Outcome::Late { .. }))
+            .count();
+        assert_eq!(late, late_letters(user), "late events of user {user}");
+        late_seen += late;
+    }
+    assert!(late_seen > 0, "the users explained had late events");
+}

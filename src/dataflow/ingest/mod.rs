@@ -395,6 +395,8 @@ fn build<'s, S: Source + 'static>(
     // Set once a stop request is draining into a checkpoint: the newest checkpoint
     // requested before the stop, which the final checkpoint must be newer than.
     let mut draining: Option<u64> = None;
+    // `explain` runs: records of other users whose time may still move a clock.
+    let mut unverified = replay::Unverified::new(names.len());
 
     builder.build(move |capabilities| {
         let mut capabilities = Some(capabilities);
@@ -608,7 +610,7 @@ fn build<'s, S: Source + 'static>(
                         {
                             // Someone else's record: only its clock matters.
                             counts.ignored += 1;
-                            let time = replay::clock_only(
+                            let time = unverified.note(
                                 &decoder,
                                 &mut partition_clocks,
                                 partition,
@@ -635,6 +637,8 @@ fn build<'s, S: Source + 'static>(
                         }
                         match decoded {
                             Decoded::Event(event) => {
+                                // `explain`: the clock exact before the user's event is judged.
+                                unverified.settle(&decoder, &mut partition_clocks, partition, now);
                                 let clock = partition_clocks.clock(partition);
                                 let watermark = partition_clocks.watermark();
                                 let late = partition_clocks.observe(partition, event.event_time, now);
@@ -725,6 +729,7 @@ fn build<'s, S: Source + 'static>(
                 }
             }
             if let Some(explain) = explain {
+                unverified.settle_all(&decoder, &mut partition_clocks, now);
                 explain.saw(span.0, span.1);
             }
             shared.progress.fetch_add(counts.read, Ordering::Relaxed);

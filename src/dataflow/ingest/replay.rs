@@ -8,28 +8,109 @@ use super::watermark::Clocks;
 use crate::model::event::Millis;
 use crate::replay::explain::Outcome;
 
-/// Moves `partition`'s clock by a record of another user, and returns its event time
-/// when it passed the envelope checks. The full decode runs only when the record's
-/// time could move the clock (see [`light_event_time`]).
-pub(super) fn clock_only(
-    decoder: &Decoder<'_>,
-    clocks: &mut Clocks,
-    partition: usize,
-    bytes: &[u8],
-    now: Instant,
-) -> Option<f64> {
-    if let Some(t) = light_event_time(bytes)
-        && clocks.clock(partition).is_some_and(|c| t <= c)
-    {
+/// Records of other users not decoded yet whose event time, read without a decode,
+/// is above their partition's clock: they may move it, if they are valid.
+///
+/// In a log in time order nearly every record is such a one. Decoding each would cost
+/// what a full run's decode costs, so they wait here, and the clock is settled only
+/// when it matters: before one of the user's events is judged against it, when the
+/// partition ends, and once per batch (so the watermark moves). Settling decodes the
+/// waiting records from the highest time down until one is valid: its time is then
+/// the clock, and every other waiting record is at or below it. So the clock is
+/// exact wherever it decides anything, at about one decode per batch.
+pub(super) struct Unverified {
+    waiting: Vec<Waiting>,
+}
+
+/// One partition's waiting records: their light times and byte ranges in one buffer.
+#[derive(Default, Clone)]
+struct Waiting {
+    times: Vec<(f64, std::ops::Range<usize>)>,
+    bytes: Vec<u8>,
+}
+
+/// Waiting records per partition before they are settled regardless.
+const MAX_WAITING: usize = 4096;
+
+impl Unverified {
+    /// Nothing waiting in any of `partitions` partitions.
+    pub(super) fn new(partitions: usize) -> Unverified {
+        Unverified {
+            waiting: vec![Waiting::default(); partitions],
+        }
+    }
+
+    /// A record of another user: its time moves `partition`'s clock now (when it could
+    /// not be read without a decode), later (when it may), or never (when it cannot).
+    /// Returns its event time when it has one.
+    pub(super) fn note(
+        &mut self,
+        decoder: &Decoder<'_>,
+        clocks: &mut Clocks,
+        partition: usize,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Option<f64> {
+        let Some(t) = light_event_time(bytes) else {
+            let time = decoder.decode(bytes).event_time();
+            match time {
+                Some(t) => drop(clocks.observe(partition, t, now)),
+                None => clocks.touch(partition, now),
+            }
+            return time;
+        };
         clocks.touch(partition, now);
-        return Some(t);
+        if clocks.clock(partition).is_none_or(|c| t > c) {
+            let waiting = &mut self.waiting[partition];
+            let start = waiting.bytes.len();
+            waiting.bytes.extend_from_slice(bytes);
+            waiting.times.push((t, start..waiting.bytes.len()));
+            if waiting.times.len() >= MAX_WAITING {
+                self.settle(decoder, clocks, partition, now);
+            }
+        }
+        Some(t)
     }
-    let time = decoder.decode(bytes).event_time();
-    match time {
-        Some(t) => drop(clocks.observe(partition, t, now)),
-        None => clocks.touch(partition, now),
+
+    /// Makes `partition`'s clock exact: the waiting records are decoded from the
+    /// highest time down until one is valid (nearly always the first).
+    pub(super) fn settle(
+        &mut self,
+        decoder: &Decoder<'_>,
+        clocks: &mut Clocks,
+        partition: usize,
+        now: Instant,
+    ) {
+        let waiting = &mut self.waiting[partition];
+        if waiting.times.is_empty() {
+            return;
+        }
+        while let Some((at, (light, range))) = waiting
+            .times
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
+            .map(|(i, w)| (i, w.clone()))
+        {
+            if clocks.clock(partition).is_some_and(|c| light <= c) {
+                break;
+            }
+            if let Some(t) = decoder.decode(&waiting.bytes[range]).event_time() {
+                clocks.observe(partition, t, now);
+                break;
+            }
+            waiting.times.swap_remove(at);
+        }
+        waiting.times.clear();
+        waiting.bytes.clear();
     }
-    time
+
+    /// Settles every partition.
+    pub(super) fn settle_all(&mut self, decoder: &Decoder<'_>, clocks: &mut Clocks, now: Instant) {
+        for partition in 0..self.waiting.len() {
+            self.settle(decoder, clocks, partition, now);
+        }
+    }
 }
 
 /// Widens the span of event times read by `time`.
@@ -62,10 +143,12 @@ pub(super) fn late_by(clock: Option<f64>, watermark: Millis, lateness: f64, even
 /// partition's clock (a value at or below the clock), never to move the clock.
 pub(super) fn light_event_time(bytes: &[u8]) -> Option<f64> {
     const KEY: &[u8] = b"\"event_time\"";
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KEY));
     if memchr::memchr(b'\\', bytes).is_some() {
         return None;
     }
-    let mut found = memchr::memmem::find_iter(bytes, KEY);
+    let mut found = FINDER.find_iter(bytes);
     let at = found.next()?;
     if found.next().is_some() {
         return None;
