@@ -361,3 +361,47 @@ fn stores_agree_after_live_and_backfill_and_the_diff_finds_what_was_tampered_wit
         .query(&mut connection)
         .unwrap();
 }
+
+#[test]
+fn the_second_job_folded_beside_the_first_gives_what_its_own_run_gives() {
+    // The sample has duplicates, late events and rejections: the second job shares
+    // the first's dedup and lateness in the diff run, and must still equal its own.
+    let dir = tempfile::tempdir().unwrap();
+    let base = repo().join("jobs/recsys.toml");
+    let changed = dir.path().join("recsys-decay.toml");
+    let text = std::fs::read_to_string(&base).unwrap();
+    std::fs::write(
+        &changed,
+        text.replace("decay = 0.9,", "decay = 0.7,")
+            .replace("\"data/sample", &format!("\"{}/data/sample", repo().display())),
+    )
+    .unwrap();
+    let inputs: Vec<PathBuf> = (0..4)
+        .map(|p| repo().join(format!("data/sample/part-{p:03}.jsonl.gz")))
+        .collect();
+    let own_a = run_job(&base, &inputs, 1);
+    let own_b = run_job(&changed, &inputs, 2);
+    let features = |views: &[Value]| -> std::collections::BTreeMap<String, Value> {
+        views
+            .iter()
+            .map(|v| (v["user_id"].as_str().unwrap().to_owned(), v["features"].clone()))
+            .collect()
+    };
+    let (a, b) = (features(&own_a.views), features(&own_b.views));
+    let expected: Vec<(String, u64)> = ["top_categories", "total_spend"]
+        .iter()
+        .map(|f| {
+            let n = a.iter().filter(|(user, fa)| fa[*f] != b[*user][*f]).count() as u64;
+            ((*f).to_owned(), n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(expected.len(), 1, "only the scores change: {expected:?}");
+    for workers in ["1", "2"] {
+        let (code, report, stderr) =
+            diff(&[base.to_str().unwrap(), changed.to_str().unwrap(), "-w", workers]);
+        assert_eq!(code, 1, "{stderr}");
+        assert_eq!(differing(&report), expected, "{workers} workers: {report}");
+        assert_eq!(report["users_b"].as_u64().unwrap() as usize, b.len());
+    }
+}

@@ -160,7 +160,7 @@ fn run_fold(job: Arc<Job>, arrivals: Vec<Arrival>, flush_after: Vec<bool>) -> Ve
                 restored_counts: Default::default(),
                 hold_unflushed: false,
                 spine_rows: None,
-                trace: None,
+                replay: None,
             };
             let views = events.fold_features(clocks, context).views;
             views.probe_with(&probe).capture()

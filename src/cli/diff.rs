@@ -11,7 +11,6 @@ use clap::Args;
 use compact_str::CompactString;
 
 use skewless::job::Job;
-use skewless::model::view::ViewRecord;
 use skewless::replay::compare::{Views, compare};
 use skewless::replay::report::{DiffReport, Rules};
 use skewless::replay::stores::Store;
@@ -82,10 +81,6 @@ pub fn main(args: DiffArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn features_of(views: Vec<ViewRecord>) -> Views {
-    views.into_iter().map(|v| (v.user_id, v.features)).collect()
-}
-
 /// Why two jobs cannot share one decode: their schemas or time settings differ.
 fn apart(a: &Job, b: &Job) -> Option<&'static str> {
     if format!("{:?}", a.registry) != format!("{:?}", b.registry) {
@@ -119,6 +114,10 @@ fn jobs(args: &DiffArgs, rules: &Rules) -> anyhow::Result<DiffReport> {
     }
     let (a, b, activity) = match apart(&job_a, &job_b) {
         None => {
+            // The second job writes nothing either: what a replay turns off in the
+            // run's job, it turns off in this one.
+            let mut job_b = job_b;
+            skewless::run::apply_overrides(&mut job_b, &options(Arc::new(Diffing::new(None))));
             let diffing = Arc::new(Diffing::new(Some(Arc::new(job_b))));
             let summary = run(job_a, &options(Arc::clone(&diffing))).context("the run failed")?;
             notes.push(format!(
@@ -145,7 +144,7 @@ fn jobs(args: &DiffArgs, rules: &Rules) -> anyhow::Result<DiffReport> {
             (take(&first), take(&second), activity)
         }
     };
-    let compared = compare(&features_of(a), &features_of(b));
+    let compared = compare(&a, &b);
     let mut report = DiffReport::new(
         path_a.display().to_string(),
         path_b.display().to_string(),

@@ -1,12 +1,11 @@
 //! Two sets of views compared as differential collections keyed by user.
 //!
-//! Each side becomes a collection of `((user, feature), value)`, the value as a
-//! 64-bit hash of its canonical JSON. `a.negate().concat(b).consolidate()` leaves
-//! exactly the entries the sides disagree on; their keys, joined back to both sides,
-//! pair the two values of every feature that differs, and the users of each side,
-//! negated and concatenated the same way, show the users only one side has. What is
-//! equal cancels out and never leaves the dataflow, so only the differences are
-//! looked at again (with their values, for the report).
+//! Each side becomes a collection of `(user, hash of the user's features)`.
+//! `a.negate().concat(b).consolidate()` leaves exactly the users the sides disagree
+//! on (or that only one side has); those keys, joined back to both sides, pair the
+//! users both have, and the users of each side, negated and concatenated the same
+//! way, show the users only one has. What is equal cancels out and never leaves the
+//! dataflow, so only the users that differ are read again, feature by feature.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -53,102 +52,80 @@ pub struct Compared {
     pub unreadable: (Vec<CompactString>, Vec<CompactString>),
 }
 
-type Key = (u32, u16);
-
-/// One side, numbered: its entries, and each user's features by user number.
-struct Side {
-    entries: Vec<(Key, u64)>,
-    objects: HashMap<u32, Map<String, Value>>,
-    features: Vec<String>,
-    unreadable: Vec<CompactString>,
-}
-
-/// Numbers users and features across both sides.
-#[derive(Default)]
-struct Numbering {
-    users: HashMap<CompactString, u32>,
-    ids: Vec<CompactString>,
-    features: HashMap<String, u16>,
-    names: Vec<String>,
-}
-
-impl Numbering {
-    fn side(&mut self, views: &Views) -> Side {
-        let mut side = Side {
-            entries: Vec::new(),
-            objects: HashMap::new(),
-            features: Vec::new(),
-            unreadable: Vec::new(),
-        };
-        for (user_id, features) in views {
-            let Ok(Value::Object(object)) = serde_json::from_str::<Value>(features) else {
-                side.unreadable.push(user_id.clone());
-                continue;
-            };
-            let user = *self.users.entry(user_id.clone()).or_insert_with(|| {
-                self.ids.push(user_id.clone());
-                (self.ids.len() - 1) as u32
-            });
-            for (name, value) in &object {
-                let feature = match self.features.get(name) {
-                    Some(&f) => f,
-                    None => {
-                        let f = self.names.len() as u16;
-                        self.features.insert(name.clone(), f);
-                        self.names.push(name.clone());
-                        f
-                    }
-                };
-                if !side.features.contains(name) {
-                    side.features.push(name.clone());
-                }
-                let canonical = serde_json::to_string(value).expect("a value serializes");
-                side.entries
-                    .push(((user, feature), xxhash_rust::xxh3::xxh3_64(canonical.as_bytes())));
-            }
-            side.objects.insert(user, object);
-        }
-        side
+/// One side's entries, `(user, hash of its features text)`, and each user's text;
+/// users are numbered across both sides by `users` and `ids`.
+fn number<'v>(
+    views: &'v Views,
+    users: &mut HashMap<&'v str, u32>,
+    ids: &mut Vec<CompactString>,
+) -> (Vec<(u32, u64)>, HashMap<u32, &'v str>) {
+    let mut entries = Vec::with_capacity(views.len());
+    let mut texts = HashMap::with_capacity(views.len());
+    for (user_id, text) in views {
+        let user = *users.entry(user_id.as_str()).or_insert_with(|| {
+            ids.push(user_id.clone());
+            (ids.len() - 1) as u32
+        });
+        entries.push((user, xxhash_rust::xxh3::xxh3_64(text.as_bytes())));
+        texts.insert(user, text.as_str());
     }
+    (entries, texts)
+}
+
+fn object(text: &str) -> Option<Map<String, Value>> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
+    }
+}
+
+/// The feature names of a side's first readable view (every view of a job has them all).
+fn names(views: &Views) -> Vec<String> {
+    views
+        .iter()
+        .find_map(|(_, text)| object(text))
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// Compares two sides' views feature by feature.
 pub fn compare(a: &Views, b: &Views) -> Compared {
-    let mut numbering = Numbering::default();
-    let side_a = numbering.side(a);
-    let side_b = numbering.side(b);
-    let (entries_a, entries_b) = (side_a.entries.clone(), side_b.entries.clone());
+    let mut users: HashMap<&str, u32> = HashMap::new();
+    let mut ids: Vec<CompactString> = Vec::new();
+    let (entries_a, texts_a) = number(a, &mut users, &mut ids);
+    let (entries_b, texts_b) = number(b, &mut users, &mut ids);
+    let (features_a, features_b) = (names(a), names(b));
+    let (users_a, users_b) = (texts_a.len(), texts_b.len());
     let (pairs, only) = differences(entries_a, entries_b);
 
-    let in_both: Vec<bool> = (0..numbering.names.len())
-        .map(|f| {
-            let name = &numbering.names[f];
-            side_a.features.contains(name) && side_b.features.contains(name)
-        })
-        .collect();
-    let mut differing: Vec<Vec<Differing>> = vec![Vec::new(); numbering.names.len()];
-    for (user, feature) in pairs {
-        if !in_both[feature as usize] {
+    let common: Vec<&String> = features_a.iter().filter(|f| features_b.contains(f)).collect();
+    let mut differing: Vec<Vec<Differing>> = vec![Vec::new(); common.len()];
+    let mut unreadable = (Vec::new(), Vec::new());
+    for user in pairs {
+        let id = &ids[user as usize];
+        let (Some(x), Some(y)) = (object(texts_a[&user]), object(texts_b[&user])) else {
+            for (texts, list) in [(&texts_a, &mut unreadable.0), (&texts_b, &mut unreadable.1)] {
+                if object(texts[&user]).is_none() {
+                    list.push(id.clone());
+                }
+            }
             continue;
-        }
-        let name = &numbering.names[feature as usize];
-        let value = |side: &Side| {
-            side.objects
-                .get(&user)
-                .and_then(|o| o.get(name))
-                .cloned()
-                .unwrap_or(Value::Null)
         };
-        differing[feature as usize].push(Differing {
-            user_id: numbering.ids[user as usize].clone(),
-            a: value(&side_a),
-            b: value(&side_b),
-        });
+        for (i, name) in common.iter().enumerate() {
+            let (va, vb) = (x.get(*name), y.get(*name));
+            if va != vb {
+                differing[i].push(Differing {
+                    user_id: id.clone(),
+                    a: va.cloned().unwrap_or(Value::Null),
+                    b: vb.cloned().unwrap_or(Value::Null),
+                });
+            }
+        }
     }
     let mut only_a = Vec::new();
     let mut only_b = Vec::new();
     for (user, diff) in only {
-        let id = numbering.ids[user as usize].clone();
+        let id = ids[user as usize].clone();
         if diff > 0 {
             only_a.push(id)
         } else {
@@ -157,60 +134,56 @@ pub fn compare(a: &Views, b: &Views) -> Compared {
     }
     only_a.sort();
     only_b.sort();
-    let differing = side_a
-        .features
-        .iter()
-        .filter(|name| side_b.features.contains(name))
-        .map(|name| {
-            let f = numbering.features[name] as usize;
-            let mut users = std::mem::take(&mut differing[f]);
-            users.sort_by(|x, y| x.user_id.cmp(&y.user_id));
-            (name.clone(), users)
-        })
-        .collect();
     Compared {
-        users: (side_a.objects.len(), side_b.objects.len()),
-        features_a: side_a.features,
-        features_b: side_b.features,
+        users: (users_a, users_b),
+        differing: common
+            .iter()
+            .zip(differing)
+            .map(|(name, mut users)| {
+                users.sort_by(|x, y| x.user_id.cmp(&y.user_id));
+                ((*name).clone(), users)
+            })
+            .collect(),
+        features_a,
+        features_b,
         only_a,
         only_b,
-        differing,
-        unreadable: (side_a.unreadable, side_b.unreadable),
+        unreadable,
     }
 }
 
-/// The dataflow: the keys whose values differ while both sides have them, and the
-/// users only one side has (`+1`: the first, `-1`: the second).
-fn differences(a: Vec<(Key, u64)>, b: Vec<(Key, u64)>) -> (Vec<Key>, Vec<(u32, isize)>) {
+/// The dataflow: the users whose features differ while both sides have them, and
+/// the users only one side has (`+1`: the first, `-1`: the second).
+fn differences(a: Vec<(u32, u64)>, b: Vec<(u32, u64)>) -> (Vec<u32>, Vec<(u32, isize)>) {
     timely::execute_directly(move |worker| {
-        let pairs: Rc<RefCell<Vec<Key>>> = Rc::default();
+        let pairs: Rc<RefCell<Vec<u32>>> = Rc::default();
         let only: Rc<RefCell<Vec<(u32, isize)>>> = Rc::default();
         let probe = ProbeHandle::new();
         let (mut input_a, mut input_b) = worker.dataflow::<u32, _, _>(|scope| {
-            let (input_a, a) = scope.new_collection::<(Key, u64), isize>();
-            let (input_b, b) = scope.new_collection::<(Key, u64), isize>();
+            let (input_a, a) = scope.new_collection::<(u32, u64), isize>();
+            let (input_b, b) = scope.new_collection::<(u32, u64), isize>();
             // What is equal cancels; what is left is in exactly one side.
             let differ = a.clone().negate().concat(b.clone()).consolidate();
-            // A key that differs has its first value at -1 and its second at +1: each
-            // counts once, or they would cancel.
-            let keys = differ
+            // A user that differs has its first value at -1 and its second at +1:
+            // each counts once, or they would cancel.
+            let users = differ
                 .inner
-                .map(|((key, _value), time, _diff)| (key, time, 1isize))
+                .map(|((user, _hash), time, _diff)| (user, time, 1isize))
                 .as_collection()
                 .distinct();
             let found = Rc::clone(&pairs);
             a.clone()
-                .semijoin(keys.clone())
-                .join(b.clone().semijoin(keys))
-                .inspect(move |((key, _values), _time, diff)| {
+                .semijoin(users.clone())
+                .join(b.clone().semijoin(users))
+                .inspect(move |((user, _hashes), _time, diff)| {
                     if *diff > 0 {
-                        found.borrow_mut().push(*key);
+                        found.borrow_mut().push(*user);
                     }
                 })
                 .inner
                 .probe_with(&probe);
-            let users_a = a.map(|((user, _feature), _value)| user).distinct();
-            let users_b = b.map(|((user, _feature), _value)| user).distinct();
+            let users_a = a.map(|(user, _hash)| user).distinct();
+            let users_b = b.map(|(user, _hash)| user).distinct();
             let lonely = Rc::clone(&only);
             users_a
                 .concat(users_b.negate())
@@ -265,8 +238,7 @@ mod tests {
         assert_eq!(compared.features_a, ["gone", "n", "top"]);
         assert_eq!(compared.features_b, ["n", "new", "top"]);
         assert_eq!(compared.only_a, ["u3"]);
-        assert_eq!(compared.only_b, ["u4"]);
-        assert_eq!(compared.unreadable.1, ["u5"]);
+        assert_eq!(compared.only_b, ["u4", "u5"]);
         let by_feature: Vec<(&str, Vec<&str>)> = compared
             .differing
             .iter()

@@ -42,10 +42,10 @@ pub struct Diffing {
     /// A second job folded beside the run's own from the same decoded events (its
     /// schemas and time settings agree with the run's job).
     pub second: Option<Arc<Job>>,
-    /// The final views of the run's job.
-    pub views: Mutex<Vec<ViewRecord>>,
-    /// The final views of the second job.
-    pub second_views: Mutex<Vec<ViewRecord>>,
+    /// The features of the run's job's final views, by user.
+    pub views: Mutex<compare::Views>,
+    /// The features of the second job's final views, by user.
+    pub second_views: Mutex<compare::Views>,
     /// Accepted records per user (before dedup and lateness), for the activity
     /// breakdown.
     pub activity: Arc<Mutex<HashMap<compact_str::CompactString, u64>>>,
@@ -105,7 +105,10 @@ impl crate::sinks::ViewSink for Gather {
                 } else {
                     &diffing.views
                 };
-                lock(into).extend(views.iter().filter(|v| v.snapshot).cloned());
+                let mut into = lock(into);
+                for view in views.iter().filter(|v| v.snapshot) {
+                    into.push((view.user_id.clone(), view.features.clone()));
+                }
             }
         }
         Ok(())

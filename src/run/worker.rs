@@ -160,7 +160,7 @@ fn run_worker<S: Source + 'static>(
         checkpointing: Rc::clone(&checkpointing),
         restored: resume,
         restored_counts: ingest_counts,
-        explain: explain.clone(),
+        explain,
     };
     let sink_failure: SinkFailure = Rc::new(RefCell::new(None));
     let mut control = ControlPlane::new(worker);
@@ -181,16 +181,11 @@ fn run_worker<S: Source + 'static>(
         // on the events stream it would stand between ingest and the exchange and drop
         // every container instead of handing it back for reuse.
         let clocks = ingested.clocks.probe_with(&global);
-        let (events, diff_views) = match &plan.replay {
+        let events = match &plan.replay {
             Some(Replay::Diff(diffing)) => {
-                let events =
-                    crate::dataflow::activity::count_activity(ingested.events, Arc::clone(&diffing.activity));
-                let second = diffing.second.as_ref().map(|second| {
-                    second_fold(events.clone(), clocks.clone(), second, plan, Arc::clone(diffing))
-                });
-                (events, second)
+                crate::dataflow::activity::count_activity(ingested.events, Arc::clone(&diffing.activity))
             }
-            _ => (ingested.events, None),
+            _ => ingested.events,
         };
         let folded = events.fold_features(
             clocks.broadcast(),
@@ -209,7 +204,7 @@ fn run_worker<S: Source + 'static>(
                         .cloned()
                         .collect()
                 }),
-                trace: explain,
+                replay: plan.replay.clone(),
             },
         );
         let sink_dead = folded
@@ -238,10 +233,6 @@ fn run_worker<S: Source + 'static>(
                 Arc::clone(&plan.exported),
             ),
             None => timely::dataflow::operators::generic::operator::empty(scope),
-        };
-        let sink_dead = match diff_views {
-            Some(second) => sink_dead.concat(second),
-            None => sink_dead,
         };
         ingested
             .dead_letters
@@ -426,38 +417,4 @@ impl DeadLetterSink for Discard {
     fn write(&mut self, _letters: &[DeadLetter]) -> Result<(), SinkError> {
         Ok(())
     }
-}
-
-/// A diff run's second job, folded from the same decoded events as the run's own;
-/// its final views are gathered, its counts kept apart from the run's. Returns the
-/// stream its views' sink reports on, to join the run's durability probe.
-fn second_fold<'s>(
-    events: timely::dataflow::Stream<'s, crate::model::event::Millis, Vec<crate::model::event::Event>>,
-    clocks: timely::dataflow::Stream<
-        's,
-        crate::model::event::Millis,
-        Vec<crate::dataflow::ingest::ClockReport>,
-    >,
-    job: &Arc<crate::job::Job>,
-    plan: &Plan,
-    diffing: Arc<crate::replay::Diffing>,
-) -> timely::dataflow::Stream<'s, crate::model::event::Millis, Vec<DeadLetter>> {
-    let folded = events.fold_features(
-        clocks.broadcast(),
-        FoldContext {
-            job: Arc::clone(job),
-            counts: Rc::default(),
-            flush: plan.flush,
-            metrics: None,
-            checkpointing: Rc::default(),
-            restored: Vec::new(),
-            restored_counts: Counts::default(),
-            hold_unflushed: true,
-            spine_rows: None,
-            trace: None,
-        },
-    );
-    let gather: Vec<Box<dyn ViewSink>> =
-        vec![Box::new(crate::replay::Gather::new(Replay::Diff(diffing), true))];
-    folded.views.write_views(gather, Rc::default(), None)
 }

@@ -11,6 +11,7 @@
 
 pub mod dedup;
 mod provisional;
+mod shadow;
 mod snapshot;
 mod spine;
 mod state;
@@ -76,8 +77,9 @@ pub struct FoldContext {
     /// This worker's rows of a spine file (`--spine`), sorted by `ts`: they replace
     /// the log's spine events.
     pub spine_rows: Option<Vec<crate::source::spine::SpineRow>>,
-    /// `explain` runs: the user whose events the fold traces.
-    pub trace: Option<Arc<crate::replay::explain::Explaining>>,
+    /// A replay: `explain` traces its user's events through the fold; `diff` folds
+    /// its second job beside the run's.
+    pub replay: Option<crate::replay::Replay>,
 }
 
 /// The fold's outputs.
@@ -130,7 +132,7 @@ pub trait FoldFeatures<'s> {
     ///         restored_counts: Default::default(),
     ///         hold_unflushed: true,
     ///         spine_rows: None,
-    ///         trace: None,
+    ///         replay: None,
     ///     };
     ///     events.fold_features(clocks, context).views.capture()
     /// });
@@ -175,7 +177,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             restored_counts,
             hold_unflushed,
             spine_rows,
-            trace,
+            replay,
         } = context;
         checkpointing.borrow_mut().wake.push(activator.clone());
         let observe = {
@@ -187,7 +189,16 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             }
         };
         let mut fold = Fold::new(job);
-        fold.trace = trace;
+        match replay {
+            Some(crate::replay::Replay::Explain(explaining)) => fold.trace = Some(explaining),
+            Some(crate::replay::Replay::Diff(diffing)) => {
+                fold.shadow = diffing
+                    .second
+                    .clone()
+                    .map(|second| shadow::Shadow::new(second, diffing));
+            }
+            None => {}
+        }
         if !restored.is_empty() {
             let started = Instant::now();
             for snapshot in restored {
@@ -413,6 +424,9 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                                 seconds = snapshot_started.elapsed().as_secs_f64(),
                                 "fold wrote its end-of-input snapshot"
                             );
+                            if let Some(shadow) = fold.shadow.take() {
+                                shadow.gather();
+                            }
                             let delta = std::mem::take(&mut fold.counts);
                             observe(&delta);
                             shared_counts.borrow_mut().merge(&delta);

@@ -133,6 +133,8 @@ pub(super) struct Fold {
     pub(super) show_pending: bool,
     /// `explain` runs: the user whose events are traced.
     pub(super) trace: Option<Arc<crate::replay::explain::Explaining>>,
+    /// `diff` runs: the second job, folded from the same events.
+    pub(super) shadow: Option<super::shadow::Shadow>,
 }
 
 impl Fold {
@@ -162,6 +164,7 @@ impl Fold {
             online: None,
             show_pending: false,
             trace: None,
+            shadow: None,
         }
     }
 
@@ -300,6 +303,9 @@ impl Fold {
                 return;
             }
             self.counts.applied += 1;
+            if let Some(shadow) = self.shadow.as_mut() {
+                shadow.apply(event);
+            }
             if let (Some(spine), Some(export)) = (self.spine.as_mut(), job.export.as_ref()) {
                 // Outcomes and spine events see the state before this event is applied.
                 spine.outcome(export, event);
