@@ -303,3 +303,92 @@ fn explained_views_and_late_events_match_the_full_run_on_a_generated_log() {
     }
     assert!(late_seen > 0, "the users explained had late events");
 }
+
+#[test]
+fn over_kafka_it_reads_the_users_partition_and_says_from_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs: Vec<PathBuf> = case_inputs("duplicates")
+        .into_iter()
+        .chain(case_inputs("late_dlq"))
+        .map(|p| common::repo().join(p))
+        .collect();
+    let topic = common::unique("explain");
+    let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    skewless::kafka::produce::produce_files(&common::kafka(), &topic, 3, &names, None).unwrap();
+    // The same records as files laid out as the topic's partitions.
+    let files = common::write_partitions(dir.path(), &common::expected_partitions(&inputs, 3));
+    let file_args: Vec<String> = files
+        .iter()
+        .flat_map(|f| ["-i".to_owned(), f.display().to_string()])
+        .collect();
+    let brokers = common::kafka().brokers;
+    let outcomes = |explanation: &Value| -> Vec<(String, String)> {
+        explanation["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["event_id"].to_string(), r["outcome"].to_string()))
+            .collect()
+    };
+    for user in ["u1", "u2"] {
+        let mut args = vec!["jobs/recsys.toml", "--user", user, "--json"];
+        args.extend(file_args.iter().map(String::as_str));
+        let (ok, stdout, stderr) = explain(&args);
+        assert!(ok, "{stderr}");
+        let from_files: Value = serde_json::from_str(&stdout).unwrap();
+        let (ok, stdout, stderr) = explain(&[
+            "jobs/recsys.toml",
+            "--user",
+            user,
+            "--json",
+            "--topic",
+            &topic,
+            "--brokers",
+            &brokers,
+            "--idle",
+            "1s",
+        ]);
+        assert!(ok, "{stderr}");
+        let from_kafka: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(outcomes(&from_kafka), outcomes(&from_files), "{user}");
+        assert!(!outcomes(&from_kafka).is_empty());
+        assert_eq!(
+            common::features_and_state(&from_kafka["view"]),
+            common::features_and_state(&from_files["view"]),
+            "{user}"
+        );
+        let partition = skewless::kafka::produce::partition_for(Some(user), 3, 0);
+        let notes = from_kafka["notes"].to_string();
+        assert!(
+            notes.contains(&format!(
+                "read {topic}/{partition} (where the user's records go) from the earliest"
+            )),
+            "{notes}"
+        );
+        assert!(
+            from_kafka["records"][0]["source"]["partition"] == partition,
+            "{from_kafka}"
+        );
+    }
+    // With a time, it seeks to that time minus the dedup horizon and the lateness.
+    let (ok, stdout, stderr) = explain(&[
+        "jobs/recsys.toml",
+        "--user",
+        "u1",
+        "--json",
+        "--topic",
+        &topic,
+        "--brokers",
+        &brokers,
+        "--idle",
+        "1s",
+        "--at",
+        "2026-01-01T00:00:01Z",
+    ]);
+    assert!(ok, "{stderr}");
+    let notes = serde_json::from_str::<Value>(&stdout).unwrap()["notes"].to_string();
+    assert!(
+        notes.contains("whose broker timestamp is at or after 2025-12-30T23:59:56.000Z"),
+        "{notes}"
+    );
+}

@@ -115,9 +115,9 @@ pub fn main(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         let partitions = explaining.partitions().join(", ");
         explanation.notes.push(match seek_from {
             Some(from) => format!(
-                "read {partitions} (where the user's records go) from the first record at or after {} \
-                 (--at minus dedup_horizon and allowed_lateness): the view reflects only records from there; \
-                 --from-earliest reads every retained record",
+                "read {partitions} (where the user's records go) from the first record whose broker \
+                 timestamp is at or after {} (--at minus dedup_horizon and allowed_lateness): the view \
+                 reflects only records from there; --from-earliest reads every retained record",
                 utc(from)
             ),
             None => {

@@ -129,6 +129,8 @@ impl KafkaSource {
             StartPosition::Earliest => uniform(&list, Offset::Beginning),
             StartPosition::Latest => uniform(&list, Offset::End),
             StartPosition::Committed => uniform(&list, Offset::Stored),
+            // A worker with no partitions (more workers than partitions) asks nothing.
+            StartPosition::At(_) if partitions.is_empty() => TopicPartitionList::new(),
             StartPosition::At(millis) => offsets_at(settings, &consumer, partitions, millis)?,
         };
         let mut next = vec![-1; partitions.len()];
