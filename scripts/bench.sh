@@ -15,6 +15,10 @@
 #   scripts/bench.sh --export   # the training export (issue 12): the 5M log with 2
 #                               # workers, export off and on (Parquet) interleaved;
 #                               # rows/s written, Parquet and JSONL bytes per row
+#   scripts/bench.sh --replay   # the replay debugger (issue 14): on the 5M log with 2
+#                               # workers, a backfill, `explain` of one user and `diff`
+#                               # of the job against a copy with one decay weight
+#                               # changed, interleaved; wall time, peak RSS, ratios
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS="${BENCH_USERS:-500000}"
@@ -25,7 +29,9 @@ RUNS="${RUNS:-3}"
 quick=false
 data_only=false
 export_bench=false
+replay_bench=false
 for arg in "$@"; do
+  [[ "$arg" == "--replay" ]] && { replay_bench=true; quick=true; }
   [[ "$arg" == "--quick" ]] && quick=true
   [[ "$arg" == "--data" ]] && data_only=true
   [[ "$arg" == "--export" ]] && { export_bench=true; quick=true; }
@@ -68,6 +74,37 @@ run() { # name workers [run flags...] -> "events/s peak_rss_mib wall_s"
 gen 5m 5000000 10d
 $quick || gen 50m 50000000 100d
 $data_only && exit 0
+
+if $replay_bench; then
+  mkdir -p out/bench
+  # The bench job with the view score's decay changed: what a diff should find.
+  sed 's/decay = 0.95/decay = 0.9/' jobs/recsys.toml >out/bench/recsys-decay.toml
+  sed 's/^extends = "recsys.toml"/extends = "recsys-decay.toml"/' jobs/recsys-bench.toml \
+    >out/bench/recsys-bench-decay.toml
+  inputs="$BENCH_DIR/5m/*.jsonl.gz"
+  user="${BENCH_USER:-user-1234}"
+  timed() { # label command... -> "label wall_s peak_rss_mib"
+    local label=$1
+    shift
+    /usr/bin/time -f '%e %M' -o /tmp/skewless-bench.time "$@" >/dev/null 2>/tmp/skewless-bench.err || true
+    read -r wall kb < <(tail -1 /tmp/skewless-bench.time)
+    echo "$label $wall $((kb / 1024))"
+  }
+  printf '%-10s %8s %14s %8s\n' command wall_s peak_rss_MiB ratio
+  for _ in $(seq 1 "$RUNS"); do
+    rm -rf out/bench/views.sqlite out/bench/dlq.jsonl out/bench/summary.json
+    read -r _ base rss < <(timed backfill "$bin" run jobs/recsys-bench.toml --input "$inputs" \
+      --workers 2 --no-progress --fresh --no-export)
+    printf '%-10s %8s %14s %8s\n' backfill "$base" "$rss" 1.00
+    read -r _ wall rss < <(timed explain "$bin" explain jobs/recsys-bench.toml --user "$user" \
+      --input "$inputs" --workers 2)
+    printf '%-10s %8s %14s %8s\n' explain "$wall" "$rss" "$(python3 -c "print(f'{$wall/$base:.2f}')")"
+    read -r _ wall rss < <(timed diff "$bin" diff jobs/recsys-bench.toml out/bench/recsys-bench-decay.toml \
+      "$inputs" --workers 2)
+    printf '%-10s %8s %14s %8s\n' diff "$wall" "$rss" "$(python3 -c "print(f'{$wall/$base:.2f}')")"
+  done
+  exit 0
+fi
 
 if $export_bench; then
   export_flags=(--export-dir out/bench/training --skew-report out/bench/skew.json --export-format parquet)
