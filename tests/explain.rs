@@ -322,6 +322,14 @@ fn over_kafka_it_reads_the_users_partition_and_says_from_where() {
         .flat_map(|f| ["-i".to_owned(), f.display().to_string()])
         .collect();
     let brokers = common::kafka().brokers;
+    let over_kafka = |user: &str, more: &[&str]| -> Value {
+        let mut args = vec!["jobs/recsys.toml", "--user", user, "--json", "--topic", &topic];
+        args.extend(["--brokers", &brokers, "--idle", "1s"]);
+        args.extend(more);
+        let (ok, stdout, stderr) = explain(&args);
+        assert!(ok, "{stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    };
     let outcomes = |explanation: &Value| -> Vec<(String, String)> {
         explanation["records"]
             .as_array()
@@ -336,20 +344,7 @@ fn over_kafka_it_reads_the_users_partition_and_says_from_where() {
         let (ok, stdout, stderr) = explain(&args);
         assert!(ok, "{stderr}");
         let from_files: Value = serde_json::from_str(&stdout).unwrap();
-        let (ok, stdout, stderr) = explain(&[
-            "jobs/recsys.toml",
-            "--user",
-            user,
-            "--json",
-            "--topic",
-            &topic,
-            "--brokers",
-            &brokers,
-            "--idle",
-            "1s",
-        ]);
-        assert!(ok, "{stderr}");
-        let from_kafka: Value = serde_json::from_str(&stdout).unwrap();
+        let from_kafka = over_kafka(user, &[]);
         assert_eq!(outcomes(&from_kafka), outcomes(&from_files), "{user}");
         assert!(!outcomes(&from_kafka).is_empty());
         assert_eq!(
@@ -371,22 +366,7 @@ fn over_kafka_it_reads_the_users_partition_and_says_from_where() {
         );
     }
     // With a time, it seeks to that time minus the dedup horizon and the lateness.
-    let (ok, stdout, stderr) = explain(&[
-        "jobs/recsys.toml",
-        "--user",
-        "u1",
-        "--json",
-        "--topic",
-        &topic,
-        "--brokers",
-        &brokers,
-        "--idle",
-        "1s",
-        "--at",
-        "2026-01-01T00:00:01Z",
-    ]);
-    assert!(ok, "{stderr}");
-    let notes = serde_json::from_str::<Value>(&stdout).unwrap()["notes"].to_string();
+    let notes = over_kafka("u1", &["--at", "2026-01-01T00:00:01Z"])["notes"].to_string();
     assert!(
         notes.contains("whose broker timestamp is at or after 2025-12-30T23:59:56.000Z"),
         "{notes}"
