@@ -119,7 +119,7 @@ fn throughput(settings: &BrokerSettings, redis: &str) {
         late: 0.001,
         malformed: 0.001,
         unknown: 0.02,
-        gzip: false,
+        compression: None,
         seed: 42,
         ..GenOptions::default()
     };

@@ -75,7 +75,7 @@ fn log_with_store(dir: &Path, lag: (f64, f64), wrong_values: f64) -> Vec<PathBuf
         lateness: 0.0,
         serving_lag: lag,
         wrong_values,
-        gzip: false,
+        compression: None,
         ..GenOptions::default()
     })
     .unwrap();

@@ -180,3 +180,38 @@ fn check_case(case: &Path, name: &str) {
         check(&label, run_job_restarted(&job, &inputs, workers, stop_after));
     }
 }
+
+#[test]
+fn zstd_archives_read_as_the_gzip_ones_do() {
+    // The sample as .jsonl.zst, one partition as two frames joined (segments
+    // concatenated with `cat`), gives the gzip sample's views, dead letters and counts.
+    let dir = tempfile::tempdir().unwrap();
+    let mut gz = Vec::new();
+    let mut zst = Vec::new();
+    for p in 0..4 {
+        let path = common::repo().join(format!("data/sample/part-{p:03}.jsonl.gz"));
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap()),
+            &mut text,
+        )
+        .unwrap();
+        let middle = text.len() / 2 + text[text.len() / 2..].iter().position(|&b| b == b'\n').unwrap() + 1;
+        let mut frames = zstd::encode_all(&text[..middle], 3).unwrap();
+        frames.extend(zstd::encode_all(&text[middle..], 3).unwrap());
+        let out = dir.path().join(format!("part-{p:03}.jsonl.zst"));
+        std::fs::write(&out, frames).unwrap();
+        gz.push(path);
+        zst.push(out);
+    }
+    let job = common::repo().join("jobs/recsys.toml");
+    let from_gz = run_job(&job, &gz, 2);
+    let from_zst = run_job(&job, &zst, 2);
+    assert_eq!(from_zst.views, from_gz.views);
+    assert_eq!(
+        summary_counts(&from_zst.summary),
+        summary_counts(&from_gz.summary)
+    );
+    assert_eq!(from_zst.dead_letters.len(), from_gz.dead_letters.len());
+    assert!(from_gz.summary.read == 12_000, "{:?}", from_gz.summary.read);
+}

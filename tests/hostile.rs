@@ -402,7 +402,7 @@ fn a_resume_refuses_other_time_settings_and_changed_inputs() {
             late: 0.01,
             duplicates: 0.01,
             seed,
-            gzip: false,
+            compression: None,
             ..GenOptions::default()
         })
         .unwrap()

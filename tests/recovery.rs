@@ -104,7 +104,7 @@ fn synthetic(dir: &Path, events: u64, users: u64, seed: u64) -> Vec<PathBuf> {
         v1: 0.1,
         unknown: 0.01,
         seed,
-        gzip: true,
+        compression: Some(skewless::sinks::archive::ArchiveCompression::Gzip),
         ..GenOptions::default()
     })
     .unwrap();

@@ -56,8 +56,11 @@ pub struct GenArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Write plain .jsonl instead of .jsonl.gz.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "zstd")]
     pub no_gzip: bool,
+    /// Write .jsonl.zst instead of .jsonl.gz.
+    #[arg(long)]
+    pub zstd: bool,
     /// Chance that a shown item is viewed within about half an hour.
     #[arg(long, default_value_t = 0.1)]
     pub ctr: f64,
@@ -93,7 +96,11 @@ pub fn main(args: GenArgs) -> anyhow::Result<ExitCode> {
         v1: args.v1,
         unknown: args.unknown,
         seed: args.seed,
-        gzip: !args.no_gzip,
+        compression: match (args.no_gzip, args.zstd) {
+            (true, _) => None,
+            (false, true) => Some(skewless::sinks::archive::ArchiveCompression::Zstd),
+            (false, false) => Some(skewless::sinks::archive::ArchiveCompression::Gzip),
+        },
         ctr: args.ctr,
         purchase_rate: args.purchase_rate,
         serving_lag: (

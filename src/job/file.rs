@@ -165,7 +165,8 @@ pub struct RedisSection {
     pub ttl: Option<Span>,
 }
 
-/// `[sinks.archive]`: segment files `<dir>/<topic>/<partition>/<first-offset>.jsonl.gz`.
+/// `[sinks.archive]`: segment files `<dir>/<topic>/<partition>/<first-offset>.jsonl.zst`
+/// (or `.jsonl.gz`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveSection {
@@ -175,6 +176,8 @@ pub struct ArchiveSection {
     pub roll_bytes: Option<u64>,
     /// A segment is closed this long after it was opened. Default: 5 minutes.
     pub roll_interval: Option<Span>,
+    /// `zstd` or `gzip`. Default: zstd.
+    pub compression: Option<crate::sinks::archive::ArchiveCompression>,
 }
 
 /// One payload field of an event schema.

@@ -323,4 +323,8 @@ merge_section!(
     ]
 );
 merge_section!(merge_redis, RedisSection, [url, key_prefix, ttl]);
-merge_section!(merge_archive, ArchiveSection, [dir, roll_bytes, roll_interval]);
+merge_section!(
+    merge_archive,
+    ArchiveSection,
+    [dir, roll_bytes, roll_interval, compression]
+);

@@ -238,10 +238,12 @@ fn compile(path: &Path, merged: Merged, files: &[SourceFile], problems: &mut Pro
                 dir: Some(dir),
                 roll_bytes,
                 roll_interval,
+                compression,
             }) => Some(ArchiveSink {
                 dir: PathBuf::from(dir),
                 roll_bytes: roll_bytes.unwrap_or(DEFAULT_ARCHIVE_ROLL_BYTES),
                 roll_interval: roll_interval.unwrap_or(DEFAULT_ARCHIVE_ROLL_INTERVAL),
+                compression: compression.unwrap_or_default(),
             }),
         },
     };

@@ -1,4 +1,4 @@
-//! Archived logs as partitions: `.jsonl` and `.jsonl.gz` files, or directories whose
+//! Archived logs as partitions: `.jsonl`, `.jsonl.gz` and `.jsonl.zst` files, or directories whose
 //! files, sorted by name, are one partition's segments (how an archive of one Kafka
 //! partition is laid out).
 
@@ -24,7 +24,7 @@ pub struct FilePartition {
 /// Whether a file name is a log segment.
 pub fn is_segment(path: &Path) -> bool {
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    name.ends_with(".jsonl") || name.ends_with(".jsonl.gz")
+    name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") || name.ends_with(".jsonl.zst")
 }
 
 /// Expands `inputs` (paths or globs) into partitions, sorted by name.
@@ -65,7 +65,7 @@ pub fn resolve_partitions(inputs: &[String]) -> Result<Vec<FilePartition>, Sourc
                     });
                 }
                 for file in &skipped {
-                    tracing::warn!(%file, "skipping a file that is not a .jsonl or .jsonl.gz segment");
+                    tracing::warn!(%file, "skipping a file that is not a .jsonl, .jsonl.gz or .jsonl.zst segment");
                 }
                 files
             } else {
@@ -159,11 +159,13 @@ fn open_segment(path: &Path, limit: usize) -> Result<Open, SourceError> {
         source,
     };
     let file = File::open(path).map_err(io)?;
-    let gz = path.extension().is_some_and(|e| e == "gz");
-    let reader: Box<dyn std::io::Read> = if gz {
-        Box::new(MultiGzDecoder::new(BufReader::with_capacity(1 << 18, file)))
-    } else {
-        Box::new(file)
+    let reader: Box<dyn std::io::Read> = match path.extension().and_then(|e| e.to_str()) {
+        Some("gz") => Box::new(MultiGzDecoder::new(BufReader::with_capacity(1 << 18, file))),
+        // Concatenated frames (segments joined with `cat`) read as one stream.
+        Some("zst") => {
+            Box::new(zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 18, file)).map_err(io)?)
+        }
+        _ => Box::new(file),
     };
     Ok(Open {
         path: name,

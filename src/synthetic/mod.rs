@@ -61,8 +61,8 @@ pub struct GenOptions {
     pub unknown: f64,
     /// Seed.
     pub seed: u64,
-    /// Write `.jsonl.gz` rather than `.jsonl`.
-    pub gzip: bool,
+    /// Write `.jsonl.gz` or `.jsonl.zst` rather than `.jsonl`.
+    pub compression: Option<crate::sinks::archive::ArchiveCompression>,
     /// Chance that a shown item is viewed within about half an hour.
     pub ctr: f64,
     /// Chance that a shown item is bought within about a day.
@@ -146,7 +146,7 @@ impl Default for GenOptions {
             v1: 0.0,
             unknown: 0.0,
             seed: 1,
-            gzip: true,
+            compression: Some(crate::sinks::archive::ArchiveCompression::Gzip),
             ctr: 0.1,
             purchase_rate: 0.02,
             serving_lag: (0.5, 45.0),
@@ -249,9 +249,14 @@ fn generate_partition(options: &GenOptions, partition: usize) -> Result<(PathBuf
             "no user hashes to partition {partition}: use more users"
         )));
     }
+    use crate::sinks::archive::ArchiveCompression;
     let name = format!(
         "part-{partition:03}.jsonl{}",
-        if options.gzip { ".gz" } else { "" }
+        match options.compression {
+            Some(ArchiveCompression::Gzip) => ".gz",
+            Some(ArchiveCompression::Zstd) => ".zst",
+            None => "",
+        }
     );
     let path = options.out.join(name);
     let io = |source| GenError::Io {
@@ -259,10 +264,12 @@ fn generate_partition(options: &GenOptions, partition: usize) -> Result<(PathBuf
         source,
     };
     let file = BufWriter::with_capacity(1 << 20, File::create(&path).map_err(io)?);
-    let mut out: Box<dyn Write> = if options.gzip {
-        Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()))
-    } else {
-        Box::new(file)
+    let mut out: Box<dyn Write> = match options.compression {
+        Some(ArchiveCompression::Gzip) => {
+            Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()))
+        }
+        Some(ArchiveCompression::Zstd) => Box::new(zstd::Encoder::new(file, 3).map_err(io)?.auto_finish()),
+        None => Box::new(file),
     };
     let mut g = PartitionGen::new(options, partition, users_here);
     let mut line = Vec::with_capacity(512);
@@ -659,7 +666,7 @@ mod tests {
             malformed: 0.05,
             v1: 0.3,
             unknown: 0.05,
-            gzip: false,
+            compression: None,
             ..GenOptions::default()
         };
         let report = generate(&options(a.path())).unwrap();
