@@ -15,6 +15,9 @@
 #   scripts/bench.sh --export   # the training export (issue 12): the 5M log with 2
 #                               # workers, export off and on (Parquet) interleaved;
 #                               # rows/s written, Parquet and JSONL bytes per row
+#   scripts/bench.sh --python   # skewless (2 workers) beside a plain Python fold of the
+#                               # same features (scripts/reference_fold.py) on one 5M
+#                               # log of 50k users, as 4 files and as 1, plain and zstd
 #   scripts/bench.sh --replay   # the replay debugger (issue 14): on the 5M log with 2
 #                               # workers, a backfill, `explain` of one user and `diff`
 #                               # of the job against a copy with one decay weight
@@ -30,7 +33,9 @@ quick=false
 data_only=false
 export_bench=false
 replay_bench=false
+python_bench=false
 for arg in "$@"; do
+  [[ "$arg" == "--python" ]] && { python_bench=true; quick=true; }
   [[ "$arg" == "--replay" ]] && { replay_bench=true; quick=true; }
   [[ "$arg" == "--quick" ]] && quick=true
   [[ "$arg" == "--data" ]] && data_only=true
@@ -74,6 +79,39 @@ run() { # name workers [run flags...] -> "events/s peak_rss_mib wall_s"
 gen 5m 5000000 10d
 $quick || gen 50m 50000000 100d
 $data_only && exit 0
+
+if $python_bench; then
+  # Issue 15's side-by-side: one sitting, the same files for both, 50k users.
+  venv="${SKEWLESS_CACHE:-$HOME/.cache/skewless}/venv"
+  [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+  "$venv/bin/python" -c 'import zstandard' 2>/dev/null || "$venv/bin/pip" install --quiet zstandard
+  pydir="${BENCH_DIR%/}-python"
+  for shape in 4-plain 1-plain 4-zst 1-zst; do
+    dir="$pydir/$shape"
+    [[ -f "$dir/.done" ]] && continue
+    rm -rf "$dir"
+    flag=--no-gzip
+    [[ $shape == *zst ]] && flag=--zstd
+    echo "generating $dir ..." >&2
+    "$bin" gen --out "$dir" --events 5000000 --users 50000 --zipf 1.0 --partitions "${shape%%-*}" \
+      --span 10d --v1 0.2 --duplicates 0.005 --late 0.001 --malformed 0.001 --unknown 0.02 \
+      --seed 42 "$flag" >/dev/null
+    touch "$dir/.done"
+  done
+  wall() { /usr/bin/time -f '%e %M' -o /tmp/skewless-bench.time "$@" >/dev/null 2>&1; tail -1 /tmp/skewless-bench.time; }
+  printf '%-8s %12s %12s %12s %12s %8s\n' log skewless_s skewless_MiB python_s python_MiB ratio
+  for _ in $(seq 1 "${RUNS_PY:-1}"); do
+    for shape in 4-plain 1-plain 4-zst 1-zst; do
+      rm -rf out/bench
+      read -r s_wall s_kb < <(wall "$bin" run jobs/recsys-bench.toml --input "$pydir/$shape/part-*" \
+        --workers 2 --no-progress --fresh --no-export)
+      read -r p_wall p_kb < <(wall "$venv/bin/python" scripts/reference_fold.py "$pydir/$shape"/part-*)
+      printf '%-8s %12s %12s %12s %12s %8s\n' "$shape" "$s_wall" $((s_kb / 1024)) "$p_wall" $((p_kb / 1024)) \
+        "$(python3 -c "print(f'{$p_wall/$s_wall:.1f}x')")"
+    done
+  done
+  exit 0
+fi
 
 if $replay_bench; then
   mkdir -p out/bench

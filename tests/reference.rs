@@ -512,8 +512,10 @@ proptest! {
         let (_dir, inputs) = write_log(&log);
         let expected = reference(&log, &inputs);
         let job = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("jobs/recsys.toml");
-        for workers in [1, 2, 4] {
-            let outputs = common::run_job(&job, &inputs, workers);
+        // 1, 2 and 4 workers, and 2 and 3 workers reading every file in byte ranges
+        // of a few records each (a range starts with the file's clock at its start).
+        for (workers, split) in [(1, None), (2, None), (4, None), (2, Some(400)), (3, Some(900))] {
+            let outputs = common::run_job_split(&job, &inputs, workers, split);
             prop_assert_eq!(&outputs.views, &expected.views, "views with {} workers", workers);
             prop_assert_eq!(&outputs.rows, &expected.rows, "training rows with {} workers", workers);
             let s = &outputs.summary;

@@ -311,6 +311,8 @@ pub struct Coordinator {
     last: Instant,
     /// Take the next checkpoint without waiting for the interval.
     soon: bool,
+    /// A stop is waiting for a checkpoint: one that is abandoned is taken again at once.
+    hurried: bool,
     current: Option<InProgress>,
 }
 
@@ -344,6 +346,7 @@ impl Coordinator {
             epoch: last_epoch,
             last: Instant::now(),
             soon: false,
+            hurried: false,
             current: None,
         }
     }
@@ -352,6 +355,7 @@ impl Coordinator {
     /// run that was asked to stop checkpoints where it stopped).
     pub fn hurry(&mut self) {
         self.soon = true;
+        self.hurried = true;
     }
 
     /// Handles messages from workers; returns messages to broadcast.
@@ -387,7 +391,10 @@ impl Coordinator {
                 self.last = now;
                 match self.finish(current, now) {
                     Ok(epoch) => out.push(Control::Complete { epoch }),
-                    Err(problem) => tracing::info!(%problem, "checkpoint abandoned"),
+                    Err(problem) => {
+                        tracing::info!(%problem, "checkpoint abandoned");
+                        self.soon |= self.hurried;
+                    }
                 }
             }
         } else if self.soon || now.duration_since(self.last) >= self.interval {

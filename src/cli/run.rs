@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// Records read per worker activation.
     #[arg(long, default_value_t = 0, hide = true)]
     pub batch: usize,
+    /// Plain .jsonl files over twice this many bytes are read in ranges of about this
+    /// size by every worker (0: one worker per file).
+    #[arg(long, hide = true)]
+    pub split_bytes: Option<u64>,
     /// Never show the progress line.
     #[arg(long)]
     pub no_progress: bool,
@@ -197,6 +201,7 @@ pub fn options(args: RunArgs) -> anyhow::Result<RunOptions> {
         export_formats: args.export_formats,
         spine: args.spine,
         replay: None,
+        split_bytes: args.split_bytes,
     })
 }
 

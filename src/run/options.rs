@@ -78,6 +78,10 @@ pub struct RunOptions {
     /// A replay (`explain`, `diff`): no outputs are written, no offsets committed;
     /// what the run learns is gathered here.
     pub replay: Option<crate::replay::Replay>,
+    /// Plain `.jsonl` files over twice this size are read in byte ranges of about
+    /// this size by every worker (0: never); default
+    /// [`crate::dataflow::ingest::split::DEFAULT_SPLIT_BYTES`].
+    pub split_bytes: Option<u64>,
 }
 
 /// What a run does with the job's `[export]`.
@@ -124,6 +128,7 @@ impl Default for RunOptions {
             export_formats: Default::default(),
             spine: Default::default(),
             replay: Default::default(),
+            split_bytes: Default::default(),
         }
     }
 }

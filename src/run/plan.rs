@@ -478,8 +478,15 @@ pub(super) fn prepare_checkpoints(
 }
 
 pub(super) fn choose_inputs(job: &Job, options: &RunOptions) -> Result<Inputs, RunError> {
-    let files =
-        |inputs: &[String]| -> Result<Inputs, RunError> { Ok(Inputs::Files(resolve_partitions(inputs)?)) };
+    let files = |inputs: &[String]| -> Result<Inputs, RunError> {
+        let bytes = options
+            .split_bytes
+            .unwrap_or(crate::dataflow::ingest::split::DEFAULT_SPLIT_BYTES);
+        let threads = options.workers.max(1);
+        let partitions =
+            crate::dataflow::ingest::split::split_files(resolve_partitions(inputs)?, job, bytes, threads)?;
+        Ok(Inputs::Files(partitions))
+    };
     if !options.inputs.is_empty() {
         return files(&options.inputs);
     }

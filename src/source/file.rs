@@ -13,12 +13,35 @@ use super::lines::{Line, LineReader};
 use super::{Read, Record, Source, SourceError};
 
 /// One partition: a name and its segment files in reading order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FilePartition {
-    /// The path as given (file or directory).
+    /// The path as given (file or directory); for a byte range of a file, the path
+    /// and where the range starts (`path@start`).
     pub name: String,
     /// The files to read, in order.
     pub segments: Vec<PathBuf>,
+    /// A byte range of one big plain file, read while other workers read the rest.
+    pub range: Option<ByteRange>,
+}
+
+/// A byte range of one plain `.jsonl` file, starting at a line, with what a
+/// sequential read of the file knows when it gets there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ByteRange {
+    /// The file's partition name: records are ordered (and their copies told apart)
+    /// by it, as if the file were read whole.
+    pub file: String,
+    /// First byte.
+    pub start: u64,
+    /// The byte after the last.
+    pub end: u64,
+    /// Lines of the file before `start`.
+    pub lines_before: i64,
+    /// Records (non-blank lines) of the file before `start`.
+    pub records_before: i64,
+    /// The largest `event_time` of the valid records before `start`: the file's
+    /// partition clock there.
+    pub clock: Option<f64>,
 }
 
 /// Whether a file name is a log segment.
@@ -74,6 +97,7 @@ pub fn resolve_partitions(inputs: &[String]) -> Result<Vec<FilePartition>, Sourc
             partitions.push(FilePartition {
                 name: path.display().to_string(),
                 segments,
+                range: None,
             });
         }
     }
@@ -112,10 +136,10 @@ impl FileSource {
             partitions: partitions
                 .into_iter()
                 .map(|partition| PartitionReader {
+                    records: partition.range.as_ref().map_or(0, |r| r.records_before),
                     partition,
                     next_segment: 0,
                     open: None,
-                    records: 0,
                     digest: Xxh3::new(),
                 })
                 .collect(),
@@ -151,14 +175,23 @@ impl FileSource {
     }
 }
 
-fn open_segment(path: &Path, limit: usize) -> Result<Open, SourceError> {
+fn open_segment(path: &Path, limit: usize, range: Option<&ByteRange>) -> Result<Open, SourceError> {
     let name = path.display().to_string();
     let io = |source| SourceError::Io {
         path: name.clone(),
         line: 0,
         source,
     };
-    let file = File::open(path).map_err(io)?;
+    let mut file = File::open(path).map_err(io)?;
+    if let Some(range) = range {
+        use std::io::{Read as _, Seek as _};
+        file.seek(std::io::SeekFrom::Start(range.start)).map_err(io)?;
+        return Ok(Open {
+            path: name.clone(),
+            reader: LineReader::new(Box::new(file.take(range.end - range.start)), limit),
+            line: range.lines_before,
+        });
+    }
     let reader: Box<dyn std::io::Read> = match path.extension().and_then(|e| e.to_str()) {
         Some("gz") => Box::new(MultiGzDecoder::new(BufReader::with_capacity(1 << 18, file))),
         // Concatenated frames (segments joined with `cat`) read as one stream.
@@ -179,6 +212,27 @@ impl Source for FileSource {
         self.partitions.iter().map(|p| p.partition.name.clone()).collect()
     }
 
+    fn partition_keys(&self) -> Vec<String> {
+        self.partitions
+            .iter()
+            .map(|p| {
+                p.partition
+                    .range
+                    .as_ref()
+                    .map_or(&p.partition.name, |r| &r.file)
+                    .clone()
+            })
+            .collect()
+    }
+
+    fn start_clock(&self, partition: usize) -> Option<f64> {
+        self.partitions[partition]
+            .partition
+            .range
+            .as_ref()
+            .and_then(|r| r.clock)
+    }
+
     fn read(
         &mut self,
         partition: usize,
@@ -197,7 +251,7 @@ impl Source for FileSource {
                         Read::Records(count)
                     });
                 };
-                reader.open = Some(open_segment(path, limit)?);
+                reader.open = Some(open_segment(path, limit, reader.partition.range.as_ref())?);
                 reader.next_segment += 1;
             }
             let open = reader.open.as_mut().expect("opened above");

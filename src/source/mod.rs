@@ -126,6 +126,20 @@ pub trait Source {
     /// the order inputs were given in. Positions are keyed by them.
     fn partition_names(&self) -> Vec<String>;
 
+    /// What orders each partition's records among copies of one event (hashed into
+    /// their positions): the name, except for a byte range of a file, which is
+    /// ordered as the whole file.
+    fn partition_keys(&self) -> Vec<String> {
+        self.partition_names()
+    }
+
+    /// The clock a partition starts at before any record of it is read: a byte range
+    /// of a file starts where a sequential read of the file would be.
+    fn start_clock(&self, partition: usize) -> Option<f64> {
+        let _ = partition;
+        None
+    }
+
     /// Hands out up to `max` records of `partition`, in partition order, to `emit`.
     fn read(
         &mut self,

@@ -30,8 +30,19 @@ pub struct Outputs {
 /// Runs `job_path` over `inputs` with `workers` workers, writing every sink into a
 /// fresh scratch directory.
 pub fn run_job(job_path: &Path, inputs: &[PathBuf], workers: usize) -> Outputs {
+    run_job_split(job_path, inputs, workers, None)
+}
+
+/// [`run_job`], with plain files over twice `split_bytes` read in byte ranges of about
+/// that size by every worker (`None`: the default size).
+pub fn run_job_split(
+    job_path: &Path,
+    inputs: &[PathBuf],
+    workers: usize,
+    split_bytes: Option<u64>,
+) -> Outputs {
     let dir = tempfile::tempdir().expect("scratch dir");
-    let summary = run_into(job_path, inputs, workers, dir.path(), None);
+    let summary = run_into(job_path, inputs, workers, dir.path(), None, split_bytes);
     assert!(
         !summary.interrupted,
         "a run to the end is not interrupted: {summary:#?}"
@@ -43,13 +54,31 @@ pub fn run_job(job_path: &Path, inputs: &[PathBuf], workers: usize) -> Outputs {
 /// `stop_after` records (it checkpoints where it stopped), then runs it again, which
 /// resumes from that checkpoint and finishes. Returns what the second run wrote.
 pub fn run_job_restarted(job_path: &Path, inputs: &[PathBuf], workers: usize, stop_after: u64) -> Outputs {
+    run_job_restarted_split(job_path, inputs, workers, stop_after, None)
+}
+
+/// [`run_job_restarted`], with files split as [`run_job_split`] splits them.
+pub fn run_job_restarted_split(
+    job_path: &Path,
+    inputs: &[PathBuf],
+    workers: usize,
+    stop_after: u64,
+    split_bytes: Option<u64>,
+) -> Outputs {
     let dir = tempfile::tempdir().expect("scratch dir");
-    let first = run_into(job_path, inputs, workers, dir.path(), Some(stop_after));
+    let first = run_into(
+        job_path,
+        inputs,
+        workers,
+        dir.path(),
+        Some(stop_after),
+        split_bytes,
+    );
     assert!(
         first.interrupted,
         "a run stopped after {stop_after} records says it was interrupted: {first:#?}"
     );
-    let second = run_into(job_path, inputs, workers, dir.path(), None);
+    let second = run_into(job_path, inputs, workers, dir.path(), None, split_bytes);
     assert!(
         second.resumed_from_checkpoint.is_some(),
         "the second run resumed from the checkpoint the stopped one took: {second:#?}"
@@ -64,6 +93,7 @@ fn run_into(
     workers: usize,
     dir: &Path,
     stop_after: Option<u64>,
+    split_bytes: Option<u64>,
 ) -> Summary {
     let job = Job::load(job_path).unwrap_or_else(|e| panic!("loading {}: {e}", job_path.display()));
     let out = |name: &str| dir.join(name);
@@ -76,6 +106,7 @@ fn run_into(
         summary: Some(out("summary.json")),
         checkpoint_dir: Some(out("checkpoints")),
         stop_after,
+        split_bytes,
         export_dir: Some(out("training")),
         skew_report: Some(out("skew.json")),
         ..RunOptions::default()

@@ -18,6 +18,7 @@ mod blocking;
 pub mod decode;
 mod json;
 mod replay;
+pub mod split;
 pub mod watermark;
 
 use std::cell::{Cell, RefCell};
@@ -36,7 +37,7 @@ use crate::checkpoint::PartitionState;
 use crate::checkpoint::protocol::{Checkpointing, Gate, OpenCut};
 use crate::dataflow::batch::Batcher;
 use crate::dataflow::ingest::decode::{Decoded, Decoder, Rejection};
-use crate::dataflow::ingest::watermark::Clocks;
+use crate::dataflow::ingest::watermark::{Clocks, RecentMax};
 use crate::dlq::letter::{DeadLetter, Reason};
 use crate::job::Job;
 use crate::metrics::Metrics;
@@ -108,30 +109,6 @@ pub const DEFAULT_BATCH: usize = 1 << 14;
 /// How long a partition waits for the watermark (not read, see `Clocks::ahead`) before
 /// the source stops fetching it too ([`Source::hold`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
-
-/// The largest value seen lately: it halves every second after it was seen.
-#[derive(Debug, Default)]
-struct RecentMax {
-    value: f64,
-    at: Option<Instant>,
-}
-
-impl RecentMax {
-    fn at(&self, now: Instant) -> f64 {
-        match self.at {
-            Some(at) => self.value * 0.5f64.powf(now.saturating_duration_since(at).as_secs_f64()),
-            None => 0.0,
-        }
-    }
-
-    fn observe(&mut self, value: f64, now: Instant) {
-        let decayed = self.at(now);
-        if value >= decayed {
-            self.value = value;
-            self.at = Some(now);
-        }
-    }
-}
 
 /// Whether a partition is read, or waits for the watermark.
 #[derive(Debug, Clone, Copy)]
@@ -352,7 +329,12 @@ fn build<'s, S: Source + 'static>(
     let mut clock_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<ClockReport>>>::from(clock_out);
 
     let names = source.borrow().partition_names();
-    let partition_hashes: Vec<u64> = names.iter().map(|n| key_hash(n)).collect();
+    let partition_hashes: Vec<u64> = source
+        .borrow()
+        .partition_keys()
+        .iter()
+        .map(|n| key_hash(n))
+        .collect();
     let lateness = job.allowed_lateness_secs();
     let mut partition_clocks = Clocks::new(names.len(), lateness, job.time.idle_timeout.duration());
     let max_partition_skew = job.time.max_partition_skew.as_secs_f64();
@@ -364,6 +346,12 @@ fn build<'s, S: Source + 'static>(
     // The largest batch span lately (seconds of event time), halving every second.
     let mut recent_span = RecentMax::default();
     let mut uncommitted = Uncommitted::default();
+    for partition in 0..names.len() {
+        let start = source.borrow().start_clock(partition);
+        if start.is_some() {
+            partition_clocks.restore(partition, start, false);
+        }
+    }
     for (partition, state) in shared.restored.iter().enumerate() {
         if let Some(state) = state {
             partition_clocks.restore(partition, state.max_seen, state.finished);

@@ -203,6 +203,30 @@ impl Clocks {
     }
 }
 
+/// The largest value seen lately: it halves every second after it was seen.
+#[derive(Debug, Default)]
+pub(super) struct RecentMax {
+    value: f64,
+    at: Option<Instant>,
+}
+
+impl RecentMax {
+    pub(super) fn at(&self, now: Instant) -> f64 {
+        match self.at {
+            Some(at) => self.value * 0.5f64.powf(now.saturating_duration_since(at).as_secs_f64()),
+            None => 0.0,
+        }
+    }
+
+    pub(super) fn observe(&mut self, value: f64, now: Instant) {
+        let decayed = self.at(now);
+        if value >= decayed {
+            self.value = value;
+            self.at = Some(now);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
