@@ -479,12 +479,17 @@ pub(super) fn prepare_checkpoints(
 
 pub(super) fn choose_inputs(job: &Job, options: &RunOptions) -> Result<Inputs, RunError> {
     let files = |inputs: &[String]| -> Result<Inputs, RunError> {
-        let bytes = options
-            .split_bytes
-            .unwrap_or(crate::dataflow::ingest::split::DEFAULT_SPLIT_BYTES);
-        let threads = options.workers.max(1);
-        let partitions =
-            crate::dataflow::ingest::split::split_files(resolve_partitions(inputs)?, job, bytes, threads)?;
+        let partitions = resolve_partitions(inputs)?;
+        let workers = options.workers.max(1);
+        let peers = workers * options.cluster.as_ref().map_or(1, |c| c.addresses.len());
+        // Files are cut into ranges only where a worker would otherwise have none (a
+        // size given on the command line always cuts, as tests do).
+        let bytes = match options.split_bytes {
+            Some(bytes) => bytes,
+            None if partitions.len() < peers => crate::dataflow::ingest::split::DEFAULT_SPLIT_BYTES,
+            None => 0,
+        };
+        let partitions = crate::dataflow::ingest::split::split_files(partitions, job, bytes, workers)?;
         Ok(Inputs::Files(partitions))
     };
     if !options.inputs.is_empty() {
