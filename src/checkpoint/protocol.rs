@@ -311,7 +311,7 @@ pub struct Coordinator {
     last: Instant,
     /// Take the next checkpoint without waiting for the interval.
     soon: bool,
-    /// A stop is waiting for a checkpoint: one that is abandoned is taken again at once.
+    /// A stop is waiting for a checkpoint: the next one is taken at once after each.
     hurried: bool,
     current: Option<InProgress>,
 }
@@ -389,12 +389,12 @@ impl Coordinator {
             if current.done.len() == self.workers {
                 let current = self.current.take().expect("checked above");
                 self.last = now;
+                // While a stop waits, checkpoints follow one another: a worker that
+                // acked this one before it saw the stop needs a newer one.
+                self.soon |= self.hurried;
                 match self.finish(current, now) {
                     Ok(epoch) => out.push(Control::Complete { epoch }),
-                    Err(problem) => {
-                        tracing::info!(%problem, "checkpoint abandoned");
-                        self.soon |= self.hurried;
-                    }
+                    Err(problem) => tracing::info!(%problem, "checkpoint abandoned"),
                 }
             }
         } else if self.soon || now.duration_since(self.last) >= self.interval {
