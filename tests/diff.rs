@@ -235,14 +235,7 @@ fn stores_agree_after_live_and_backfill_and_the_diff_finds_what_was_tampered_wit
     let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
     skewless::kafka::produce::produce_files(&kafka(), &topic, 4, &names, None).unwrap();
     let prefix = format!("{}:", unique("diff"));
-    let job = recsys_job(
-        dir.path(),
-        "live",
-        &format!(
-            "[sinks]\nviews_jsonl = \"\"\n[sinks.redis]\nurl = {:?}\nkey_prefix = {prefix:?}\n",
-            redis_url()
-        ),
-    );
+    let job = recsys_redis_job(dir.path(), "live", &prefix);
     let live = run(
         Job::load(&job).unwrap(),
         &RunOptions {

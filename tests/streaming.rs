@@ -86,14 +86,7 @@ fn replay_equals_live_and_dead_letters_reach_their_topic() {
     let group = unique("materializer");
     let prefix = format!("{}:", unique("views"));
     let produced = produce(&topic, &inputs());
-    let job = recsys_job(
-        dir.path(),
-        "live",
-        &format!(
-            "[sinks]\nviews_jsonl = \"\"\n[sinks.redis]\nurl = {:?}\nkey_prefix = {prefix:?}\n",
-            redis_url()
-        ),
-    );
+    let job = recsys_redis_job(dir.path(), "live", &prefix);
     let live = run(
         Job::load(&job).unwrap(),
         &streaming_options(&topic, &group, dir.path()),

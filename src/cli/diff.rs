@@ -124,10 +124,7 @@ fn jobs(args: &DiffArgs, rules: &Rules) -> anyhow::Result<DiffReport> {
                 "both jobs folded in one run from one decode of {} records ({:.2} s)",
                 summary.read, summary.wall_time_s
             ));
-            let views = std::mem::take(&mut *diffing.views.lock().unwrap_or_else(|p| p.into_inner()));
-            let second = std::mem::take(&mut *diffing.second_views.lock().unwrap_or_else(|p| p.into_inner()));
-            let activity = std::mem::take(&mut *diffing.activity.lock().unwrap_or_else(|p| p.into_inner()));
-            (views, second, activity)
+            diffing.take()
         }
         Some(why) => {
             let first = Arc::new(Diffing::new(None));
@@ -139,9 +136,8 @@ fn jobs(args: &DiffArgs, rules: &Rules) -> anyhow::Result<DiffReport> {
                 "{why}, so each job decoded the log itself ({} records)",
                 summary.read
             ));
-            let take = |d: &Diffing| std::mem::take(&mut *d.views.lock().unwrap_or_else(|p| p.into_inner()));
-            let activity = std::mem::take(&mut *first.activity.lock().unwrap_or_else(|p| p.into_inner()));
-            (take(&first), take(&second), activity)
+            let (views, _, activity) = first.take();
+            (views, second.take().0, activity)
         }
     };
     let compared = compare(&a, &b);

@@ -63,6 +63,24 @@ impl Diffing {
     }
 }
 
+impl Diffing {
+    /// The gathered views of the run's job, of the second job, and the activity,
+    /// taken out once the run is over.
+    pub fn take(
+        &self,
+    ) -> (
+        compare::Views,
+        compare::Views,
+        HashMap<compact_str::CompactString, u64>,
+    ) {
+        (
+            std::mem::take(&mut *lock(&self.views)),
+            std::mem::take(&mut *lock(&self.second_views)),
+            std::mem::take(&mut *lock(&self.activity)),
+        )
+    }
+}
+
 /// Locks a replay's shared state; a panicking worker ends the process, so a poisoned
 /// lock only ever holds what was gathered before.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

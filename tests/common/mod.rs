@@ -279,6 +279,19 @@ pub fn recsys_job(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// [`recsys_job`] writing its views to the test Redis under `prefix`, and no JSONL
+/// snapshot.
+pub fn recsys_redis_job(dir: &Path, name: &str, prefix: &str) -> PathBuf {
+    recsys_job(
+        dir,
+        name,
+        &format!(
+            "[sinks]\nviews_jsonl = \"\"\n[sinks.redis]\nurl = {:?}\nkey_prefix = {prefix:?}\n",
+            redis_url()
+        ),
+    )
+}
+
 /// Every line of the files `inputs` names (in the order `skewless produce` reads them:
 /// sorted by path), routed to partitions as `skewless produce` routes them.
 pub fn expected_partitions(inputs: &[PathBuf], partitions: i32) -> Vec<Vec<Vec<u8>>> {

@@ -626,7 +626,9 @@ fn build<'s, S: Source + 'static>(
                         match decoded {
                             Decoded::Event(event) => {
                                 // `explain`: the clock exact before the user's event is judged.
-                                unverified.settle(&decoder, &mut partition_clocks, partition, now);
+                                if explain.is_some() {
+                                    unverified.settle(&decoder, &mut partition_clocks, partition, now);
+                                }
                                 let clock = partition_clocks.clock(partition);
                                 let watermark = partition_clocks.watermark();
                                 let late = partition_clocks.observe(partition, event.event_time, now);
