@@ -19,7 +19,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::metrics::Metrics;
 use crate::model::event::Millis;
-use crate::model::training::{ExportSpec, TrainingRow};
+use crate::model::training::{ExportSpec, SpineRows};
 use crate::skew::{Example, SkewKey, SkewStats, SkewTotals, observe};
 
 /// Up to this many example mismatches are kept per feature, for the HTML report.
@@ -37,18 +37,18 @@ pub struct SkewShared {
 /// Counts the serving skew of `rows` into `shared`, and passes the rows on
 /// unchanged: they are observed where they pass, never copied for it.
 pub fn count_skew<'s>(
-    rows: Stream<'s, Millis, Vec<TrainingRow>>,
+    rows: Stream<'s, Millis, Vec<SpineRows>>,
     spec: Arc<ExportSpec>,
     features: Arc<[String]>,
     shared: Arc<Mutex<SkewShared>>,
     metrics: Option<Arc<Metrics>>,
-) -> Stream<'s, Millis, Vec<TrainingRow>> {
+) -> Stream<'s, Millis, Vec<SpineRows>> {
     let examples = Arc::clone(&shared);
     let names = Arc::clone(&features);
     let mut builder = OperatorBuilder::new("SkewObserve".to_owned(), rows.scope());
     let mut input = builder.new_input(rows, Pipeline);
-    let (rows_out, passed) = builder.new_output::<Vec<TrainingRow>>();
-    let mut rows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<TrainingRow>>>::from(rows_out);
+    let (rows_out, passed) = builder.new_output::<Vec<SpineRows>>();
+    let mut rows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<SpineRows>>>::from(rows_out);
     let (updates_out, updates) = builder.new_output::<Vec<(SkewKey, Millis, SkewStats)>>();
     let mut updates_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<(SkewKey, Millis, SkewStats)>>>::from(updates_out);
@@ -59,10 +59,10 @@ pub fn count_skew<'s>(
             input.for_each(|time, rows| {
                 let at = *time.least().expect("totally ordered time");
                 let mut session = updates_handle.session(&time);
-                for row in rows.iter() {
+                for row in rows.iter_mut() {
                     for (key, stats) in observe(&spec, &names, row) {
                         if stats.mismatches > 0 {
-                            keep_example(&examples, &names[key.feature as usize], row);
+                            keep_example(&examples, key.feature as usize, &names, row);
                         }
                         session.give((key, at, stats));
                     }
@@ -97,23 +97,19 @@ pub fn count_skew<'s>(
     passed
 }
 
-fn keep_example(shared: &Mutex<SkewShared>, feature: &str, row: &TrainingRow) {
+fn keep_example(shared: &Mutex<SkewShared>, feature: usize, names: &[String], row: &SpineRows) {
+    let name = &names[feature];
     let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
-    if shared.examples.iter().filter(|e| e.feature == feature).count() >= EXAMPLES_PER_FEATURE {
+    if shared.examples.iter().filter(|e| &e.feature == name).count() >= EXAMPLES_PER_FEATURE {
         return;
     }
-    let field = |text: &str| {
-        serde_json::from_str::<serde_json::Value>(text)
-            .ok()
-            .and_then(|v| v.get(feature).cloned())
-            .unwrap_or(serde_json::Value::Null)
-    };
+    let parsed = row.parsed.as_deref().expect("observed rows are parsed");
     shared.examples.push(Example {
-        feature: feature.to_owned(),
-        row_id: row.row_id.to_string(),
-        user_id: row.user_id.to_string(),
-        ts: row.ts,
-        served: row.snapshot.as_deref().map_or(serde_json::Value::Null, field),
-        computed: field(&row.features),
+        feature: name.clone(),
+        row_id: row.spine.row_id.to_string(),
+        user_id: row.spine.user_id.to_string(),
+        ts: row.spine.ts,
+        served: parsed.served[feature].clone().unwrap_or(serde_json::Value::Null),
+        computed: parsed.features[feature].clone(),
     });
 }

@@ -183,41 +183,165 @@ impl LabelValue {
     }
 }
 
-/// One training example on its way to the sinks.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainingRow {
-    /// The spine's row id (`impression_id`).
-    pub row_id: CompactString,
-    /// The user.
-    pub user_id: CompactString,
-    /// The spine event's time, seconds.
-    pub ts: f64,
-    /// The spine event's id.
-    pub event_id: CompactString,
-    /// Carried spine payload values, in the spec's order.
-    pub carried: Arc<[Value]>,
-    /// `(position, item_id)` when exploded.
-    pub item: Option<(i32, CompactString)>,
-    /// The view's `features` object at the spine event (JSON text).
-    pub features: Arc<str>,
-    /// The labels, in the spec's order.
+/// A spine event whose label windows have closed, on its way to the sinks: the rows
+/// it becomes (one per exploded item, else one), sent as one record so that what
+/// they share (ids, carried values, features, snapshot) is neither copied per row nor
+/// moved through the dataflow once per row.
+#[derive(Debug, Clone)]
+pub struct SpineRows {
+    /// The spine event.
+    pub spine: OpenRow,
+    /// The labels, row by row, label by label.
     pub labels: Vec<LabelValue>,
     /// No on-time outcome could still change the labels.
     pub labels_complete: bool,
-    /// The spine event's `features_snapshot` (JSON text), when it had one.
-    pub snapshot: Option<Arc<str>>,
+    /// The features and served features as values, once a reader has parsed them (the
+    /// skew counters do, and hand them on to the writer).
+    pub parsed: Option<Box<Parsed>>,
 }
 
-impl TrainingRow {
-    /// The JSONL form's sort order: `user_id`, `ts`, `event_id`, `position`.
-    pub fn sort_key(&self) -> (&str, u64, &str, i32) {
-        (
-            &self.user_id,
-            self.ts.to_bits(),
-            &self.event_id,
-            self.item.as_ref().map_or(-1, |(p, _)| *p),
-        )
+impl SpineRows {
+    /// The rows of `spine`, with `labels` row by row.
+    pub fn new(spine: OpenRow, labels: Vec<LabelValue>, labels_complete: bool) -> SpineRows {
+        SpineRows {
+            spine,
+            labels,
+            labels_complete,
+            parsed: None,
+        }
     }
+
+    /// How many rows it becomes.
+    pub fn len(&self) -> usize {
+        self.spine.items.as_ref().map_or(1, Vec::len)
+    }
+
+    /// Whether it becomes no row (an exploded event with an empty list).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its rows, in position order.
+    pub fn rows(&self) -> impl Iterator<Item = TrainingRow<'_>> {
+        let per_row = self.labels.len() / self.len().max(1);
+        (0..self.len()).map(move |position| TrainingRow {
+            spine: &self.spine,
+            item: self
+                .spine
+                .items
+                .as_ref()
+                .map(|items| (position as i32, items[position].as_str())),
+            labels: &self.labels[position * per_row..(position + 1) * per_row],
+            labels_complete: self.labels_complete,
+        })
+    }
+
+    /// The features and served features as values, parsed on first use.
+    pub fn parsed(&mut self, features: &[String]) -> &Parsed {
+        self.parsed
+            .get_or_insert_with(|| Box::new(Parsed::of(features, &self.spine)))
+    }
+}
+
+/// One training example: a row of a [`SpineRows`].
+#[derive(Debug, Clone, Copy)]
+pub struct TrainingRow<'a> {
+    /// Its spine event.
+    pub spine: &'a OpenRow,
+    /// `(position, item_id)` when exploded.
+    pub item: Option<(i32, &'a str)>,
+    /// Its labels, in the spec's order.
+    pub labels: &'a [LabelValue],
+    /// No on-time outcome could still change the labels.
+    pub labels_complete: bool,
+}
+
+/// A spine event's features and served features, parsed from their JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// Feature values, in the spec's order (null when absent).
+    pub features: Vec<serde_json::Value>,
+    /// Served values as the snapshot holds them, in the spec's order (`None` when
+    /// the snapshot lacks the feature; all `None` without a snapshot).
+    pub served: Vec<Option<serde_json::Value>>,
+    /// The snapshot's `as_of`, seconds.
+    pub served_as_of: Option<f64>,
+}
+
+impl Parsed {
+    /// Parses `spine`'s texts; `features` are the feature names in the spec's order.
+    pub fn of(features: &[String], spine: &OpenRow) -> Parsed {
+        let computed = fields(&spine.features, Names(features, None));
+        let mut served = vec![None; features.len() + 1];
+        if let Some(snapshot) = spine.snapshot.as_deref() {
+            served = fields(snapshot, Names(features, Some("as_of")));
+        }
+        let served_as_of = served.pop().flatten().and_then(|v| v.as_f64());
+        Parsed {
+            features: computed.into_iter().map(Option::unwrap_or_default).collect(),
+            served,
+            served_as_of,
+        }
+    }
+}
+
+/// Field names looked up by position: a list, then perhaps one more name.
+struct Names<'a>(&'a [String], Option<&'a str>);
+
+impl Names<'_> {
+    fn len(&self) -> usize {
+        self.0.len() + usize::from(self.1.is_some())
+    }
+
+    /// The position of `name`; `hint` is tried first (objects we render keep order).
+    fn find(&self, name: &str, hint: usize) -> Option<usize> {
+        if self.0.get(hint).is_some_and(|n| n == name) {
+            return Some(hint);
+        }
+        self.0
+            .iter()
+            .position(|n| n == name)
+            .or_else(|| (self.1 == Some(name)).then_some(self.0.len()))
+    }
+}
+
+/// The values of a JSON object's fields `names`, by position (`None` when absent, or
+/// when the text is not an object), without building the object: its other fields
+/// are skipped unread.
+fn fields(text: &str, names: Names<'_>) -> Vec<Option<serde_json::Value>> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    struct Seed<'n>(Names<'n>);
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = Vec<Option<serde_json::Value>>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = Vec<Option<serde_json::Value>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut values = vec![None; self.0.len()];
+            let mut next = 0;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match self.0.find(&key, next) {
+                    Some(i) => {
+                        values[i] = Some(map.next_value()?);
+                        next = i + 1;
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(values)
+        }
+    }
+    let n = names.len();
+    let mut de = serde_json::Deserializer::from_str(text);
+    Seed(names).deserialize(&mut de).unwrap_or_else(|_| vec![None; n])
 }
 
 /// A spine event whose label windows are still open: the rows it becomes, waiting
@@ -245,37 +369,15 @@ pub struct OpenRow {
     pub start: u64,
 }
 
-impl OpenRow {
-    /// The rows it becomes, with `labels` (row by row, label by label) and
-    /// `labels_complete` as given.
-    pub fn rows(self, labels: Vec<LabelValue>, labels_complete: bool, out: &mut Vec<TrainingRow>) {
-        let per_row = if self.items.is_some() {
-            labels.len() / self.items.as_ref().map_or(1, |i| i.len().max(1))
-        } else {
-            labels.len()
-        };
-        let row = |item: Option<(i32, CompactString)>, labels: &[LabelValue]| TrainingRow {
-            row_id: self.row_id.clone(),
-            user_id: self.user_id.clone(),
-            ts: self.ts,
-            event_id: self.event_id.clone(),
-            carried: Arc::clone(&self.carried),
-            item,
-            features: Arc::clone(&self.features),
-            labels: labels.to_vec(),
-            labels_complete,
-            snapshot: self.snapshot.clone(),
-        };
-        match &self.items {
-            None => out.push(row(None, &labels)),
-            Some(items) => {
-                for (position, item) in items.iter().enumerate() {
-                    let labels = &labels[position * per_row..(position + 1) * per_row];
-                    out.push(row(Some((position as i32, item.clone())), labels));
-                }
-            }
-        }
-    }
+/// One outcome as a log holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Its sequence number among its user's outcomes.
+    pub seq: u64,
+    /// Its event time.
+    pub time: f64,
+    /// Its amount (for `sum`).
+    pub amount: f64,
 }
 
 /// One label's outcomes of one user (of one item, for a label with `match`), in
@@ -284,64 +386,70 @@ impl OpenRow {
 /// window's end likewise), so an outcome costs the same however many rows its user
 /// has open (a busy user has thousands).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct OutcomeLog {
-    /// Each outcome's sequence number among its user's outcomes.
-    pub seqs: Vec<u64>,
-    /// Each outcome's event time.
-    pub times: Vec<f64>,
-    /// Each outcome's amount (for `sum`).
-    pub amounts: Vec<f64>,
-}
+pub struct OutcomeLog(pub Vec<Outcome>);
 
 impl OutcomeLog {
     /// Logs outcome `seq`.
     pub fn push(&mut self, seq: u64, time: f64, amount: f64) {
-        self.seqs.push(seq);
-        self.times.push(time);
-        self.amounts.push(amount);
+        self.0.push(Outcome { seq, time, amount });
     }
 
     /// The label over the outcomes from sequence number `start` on whose time is at
     /// most `until`, for a row at `ts`.
     pub fn label(&self, func: LabelFn, start: u64, ts: f64, until: f64) -> LabelValue {
-        let from = self.seqs.partition_point(|&s| s < start);
-        let to = from + self.times[from..].partition_point(|&t| t <= until);
+        let from = self.0.partition_point(|o| o.seq < start);
+        let counted = &self.0[from..from + self.0[from..].partition_point(|o| o.time <= until)];
         match func {
-            LabelFn::Any => LabelValue::Any(to > from),
-            LabelFn::Count => LabelValue::Count((to - from) as u64),
+            LabelFn::Any => LabelValue::Any(!counted.is_empty()),
+            LabelFn::Count => LabelValue::Count(counted.len() as u64),
             // In apply order from 0, as the fold would add them.
-            LabelFn::Sum => LabelValue::Sum(self.amounts[from..to].iter().fold(0.0, |a, b| a + b)),
-            LabelFn::FirstAfter => LabelValue::FirstAfter((to > from).then(|| self.times[from] - ts)),
+            LabelFn::Sum => LabelValue::Sum(counted.iter().fold(0.0, |a, o| a + o.amount)),
+            LabelFn::FirstAfter => LabelValue::FirstAfter(counted.first().map(|o| o.time - ts)),
         }
     }
 
     /// Drops the outcomes before sequence number `start`: no open row reads them.
     pub fn drop_before(&mut self, start: u64) {
-        let n = self.seqs.partition_point(|&s| s < start);
+        let n = self.0.partition_point(|o| o.seq < start);
         if n > 0 {
-            self.seqs.drain(..n);
-            self.times.drain(..n);
-            self.amounts.drain(..n);
+            self.0.drain(..n);
         }
     }
 
     /// Whether it holds no outcome.
     pub fn is_empty(&self) -> bool {
-        self.seqs.is_empty()
+        self.0.is_empty()
     }
+
+    /// How many outcomes it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The per-label logs of one item that open rows of a user show.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ItemLogs {
+    /// Per label (empty logs for labels without `match`).
+    pub logs: Vec<OutcomeLog>,
+    /// How many of the user's open rows show the item (not checkpointed: counted
+    /// again from the restored rows).
+    #[serde(skip)]
+    pub shown: u32,
 }
 
 /// A user's outcome logs: per label, one log, or one per item for labels with
 /// `match`; outcomes are numbered, and a row reads those numbered from where the
-/// count stood when it opened.
+/// count stood when it opened. Only the items open rows show are logged: a row
+/// reads only outcomes after it opened, of its own item.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserOutcomes {
     /// The next outcome's sequence number.
     pub next: u64,
     /// Per label (empty for labels with `match`).
     pub all: Vec<OutcomeLog>,
-    /// Per item, per label (empty for labels without `match`).
-    pub by_item: std::collections::BTreeMap<CompactString, Vec<OutcomeLog>>,
+    /// Per item shown (empty for labels without `match`).
+    pub by_item: hashbrown::HashMap<CompactString, ItemLogs>,
 }
 
 /// The column type of a feature (and of its `served__` column).

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::model::training::{ExportSpec, TrainingRow};
+use crate::model::training::{ExportSpec, SpineRows};
 
 /// How stale the served features were: `ts - served_as_of`.
 pub const STALENESS: [&str; 5] = ["<1s", "1-10s", "10-60s", ">60s", "unknown"];
@@ -193,21 +193,13 @@ pub fn compare(served: Option<&Json>, computed: &Json) -> SkewStats {
     stats
 }
 
-/// The comparisons of one row, if it is the first row of a spine event with a
-/// snapshot: `(key, counters)` per feature.
-pub fn observe(spec: &ExportSpec, features: &[String], row: &TrainingRow) -> Vec<(SkewKey, SkewStats)> {
-    let Some(snapshot) = &row.snapshot else {
-        return Vec::new();
-    };
-    if row.item.as_ref().is_some_and(|(position, _)| *position != 0) {
+/// The comparisons of one spine event, if it had a snapshot: `(key, counters)` per
+/// feature.
+pub fn observe(spec: &ExportSpec, features: &[String], spine: &mut SpineRows) -> Vec<(SkewKey, SkewStats)> {
+    if spine.spine.snapshot.is_none() {
         return Vec::new();
     }
-    let object = |text: &str| match serde_json::from_str::<Json>(text) {
-        Ok(Json::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    };
-    let computed = object(&row.features);
-    let served = object(snapshot);
+    let row = &spine.spine;
     let model_version = spec
         .skew
         .by
@@ -216,13 +208,15 @@ pub fn observe(spec: &ExportSpec, features: &[String], row: &TrainingRow) -> Vec
             _ => None,
         })
         .unwrap_or_default();
-    let as_of = served.get("as_of").and_then(Json::as_f64);
-    let staleness = staleness_bucket(row.ts, as_of);
-    let hour = (row.ts / 3600.0).floor() as i64;
-    features
+    let (ts, hour) = (row.ts, (row.ts / 3600.0).floor() as i64);
+    let parsed = spine.parsed(features);
+    let staleness = staleness_bucket(ts, parsed.served_as_of);
+    parsed
+        .served
         .iter()
+        .zip(&parsed.features)
         .enumerate()
-        .map(|(i, name)| {
+        .map(|(i, (served, computed))| {
             (
                 SkewKey {
                     feature: i as u16,
@@ -230,7 +224,7 @@ pub fn observe(spec: &ExportSpec, features: &[String], row: &TrainingRow) -> Vec
                     hour,
                     staleness,
                 },
-                compare(served.get(name), computed.get(name).unwrap_or(&Json::Null)),
+                compare(served.as_ref(), computed),
             )
         })
         .collect()

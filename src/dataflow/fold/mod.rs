@@ -37,7 +37,7 @@ use crate::dataflow::ingest::ClockReport;
 use crate::dlq::letter::DeadLetter;
 use crate::job::Job;
 use crate::model::event::{Event, Millis};
-use crate::model::training::TrainingRow;
+use crate::model::training::SpineRows;
 use crate::model::view::ViewRecord;
 use crate::summary::Counts;
 
@@ -89,7 +89,7 @@ pub struct Folded<'s> {
     /// Late events dead-lettered.
     pub dead_letters: Stream<'s, Millis, Vec<DeadLetter>>,
     /// Training rows whose labels are final (none unless the job exports).
-    pub rows: Stream<'s, Millis, Vec<TrainingRow>>,
+    pub rows: Stream<'s, Millis, Vec<SpineRows>>,
 }
 
 /// Folding a stream of events into per-user features.
@@ -164,8 +164,8 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
         let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
         let mut views_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<ViewRecord>>>::from(views_out);
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
-        let (rows_out, rows) = builder.new_output::<Vec<TrainingRow>>();
-        let mut rows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<TrainingRow>>>::from(rows_out);
+        let (rows_out, rows) = builder.new_output::<Vec<SpineRows>>();
+        let mut rows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<SpineRows>>>::from(rows_out);
 
         let FoldContext {
             job,
@@ -238,7 +238,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
         let mut snapshot_started = Instant::now();
         let mut dead = Vec::new();
         let mut views_buffer = Vec::new();
-        let mut rows_buffer: Vec<TrainingRow> = Vec::new();
+        let mut rows_buffer: Vec<SpineRows> = Vec::new();
         let keep_open_rows_on_stop = checkpointing.borrow().dir.is_some();
 
         builder.build(move |capabilities| {

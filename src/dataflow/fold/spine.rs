@@ -8,7 +8,7 @@
 //! longest window's worth of a user's spine events and outcomes.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use compact_str::CompactString;
@@ -17,12 +17,14 @@ use hashbrown::HashMap;
 use crate::model::event::{Event, Millis, Value, to_millis};
 use crate::model::features::{Interner, UserState, render_features};
 use crate::model::schema::FieldRef;
-use crate::model::training::{ExportSpec, LabelValue, OpenRow, OutcomeLog, TrainingRow, UserOutcomes};
+use crate::model::training::{
+    ExportSpec, ItemLogs, LabelValue, OpenRow, OutcomeLog, SpineRows, UserOutcomes,
+};
 
 /// One user's open rows, oldest first, and the outcomes they may count.
 #[derive(Default)]
 pub(super) struct UserRows {
-    pub(super) rows: Vec<OpenRow>,
+    pub(super) rows: VecDeque<OpenRow>,
     pub(super) outcomes: UserOutcomes,
     /// Rows closed since the logs were last trimmed.
     closed_since_trim: usize,
@@ -77,9 +79,12 @@ impl Spine {
         let Some(user) = self.open.get_mut(&event.user_id) else {
             return;
         };
-        let labels = spec.labels.len();
-        let seq = user.outcomes.next;
-        user.outcomes.next += 1;
+        let UserOutcomes { next, all, by_item } = &mut user.outcomes;
+        let seq = *next;
+        *next += 1;
+        // The item logs last looked up, and by which field: labels matching on the
+        // same field share one lookup.
+        let mut shown: Option<(FieldRef, Option<&mut ItemLogs>)> = None;
         for (l, label) in spec.labels.iter().enumerate() {
             let Some(fields) = &label.per_type[event.event_type as usize] else {
                 continue;
@@ -89,17 +94,20 @@ impl Spine {
                 _ => 0.0,
             };
             let log = match fields.matches {
-                None => &mut user.outcomes.all[l],
+                None => &mut all[l],
                 Some(field) => {
-                    let Value::Str(item) = value(event, field) else {
-                        continue;
-                    };
-                    let logs = user
-                        .outcomes
-                        .by_item
-                        .entry(item.clone())
-                        .or_insert_with(|| vec![OutcomeLog::default(); labels]);
-                    &mut logs[l]
+                    if shown.as_ref().is_none_or(|(f, _)| *f != field) {
+                        // Only the items open rows show: no other row can read it.
+                        let logs = match value(event, field) {
+                            Value::Str(item) => by_item.get_mut(item),
+                            _ => None,
+                        };
+                        shown = Some((field, logs));
+                    }
+                    match shown.as_mut().and_then(|(_, logs)| logs.as_deref_mut()) {
+                        Some(logs) => &mut logs.logs[l],
+                        None => continue,
+                    }
                 }
             };
             log.push(seq, event.event_time, amount);
@@ -196,10 +204,39 @@ impl Spine {
             user.outcomes.all = vec![OutcomeLog::default(); spec.labels.len()];
         }
         row.start = user.outcomes.next;
+        Self::show(spec, &mut user.outcomes, &row);
         self.rows += n;
         self.deadlines
             .push(Reverse((Self::deadline(spec, row.ts), row.user_id.clone())));
-        user.rows.push(row);
+        user.rows.push_back(row);
+    }
+
+    /// Counts `row`'s items as shown by one more row (labels with `match` log the
+    /// outcomes of shown items only).
+    fn show(spec: &ExportSpec, outcomes: &mut UserOutcomes, row: &OpenRow) {
+        let (Some(items), true) = (&row.items, spec.labels.iter().any(|l| l.per_item)) else {
+            return;
+        };
+        for item in items {
+            let logs = outcomes.by_item.entry(item.clone()).or_insert_with(|| ItemLogs {
+                logs: vec![OutcomeLog::default(); spec.labels.len()],
+                shown: 0,
+            });
+            logs.shown += 1;
+        }
+    }
+
+    /// Counts a closed row's items as shown by one row fewer; an item no open row
+    /// shows loses its logs.
+    fn unshow(outcomes: &mut UserOutcomes, row: &OpenRow) {
+        for item in row.items.iter().flatten() {
+            if let Some(logs) = outcomes.by_item.get_mut(item) {
+                logs.shown -= 1;
+                if logs.shown == 0 {
+                    outcomes.by_item.remove(item);
+                }
+            }
+        }
     }
 
     /// A closed row's labels, row by row, label by label.
@@ -213,7 +250,7 @@ impl Spine {
                 let until = row.ts + label.window;
                 let log = match (label.per_item, item) {
                     (false, _) => outcomes.all.get(l),
-                    (true, Some(item)) => outcomes.by_item.get(item).map(|logs| &logs[l]),
+                    (true, Some(item)) => outcomes.by_item.get(item).map(|logs| &logs.logs[l]),
                     (true, None) => None,
                 };
                 labels.push(match log {
@@ -234,16 +271,15 @@ impl Spine {
         for log in user.outcomes.all.iter_mut() {
             log.drop_before(oldest);
         }
-        user.outcomes.by_item.retain(|_, logs| {
-            for log in logs.iter_mut() {
+        for logs in user.outcomes.by_item.values_mut() {
+            for log in logs.logs.iter_mut() {
                 log.drop_before(oldest);
             }
-            logs.iter().any(|log| !log.is_empty())
-        });
+        }
     }
 
     /// Moves the rows whose deadline is before `frontier` to `out`, complete.
-    pub(super) fn close_before(&mut self, spec: &ExportSpec, frontier: Millis, out: &mut Vec<TrainingRow>) {
+    pub(super) fn close_before(&mut self, spec: &ExportSpec, frontier: Millis, out: &mut Vec<SpineRows>) {
         while let Some(Reverse((deadline, _))) = self.deadlines.peek()
             && *deadline < frontier
         {
@@ -261,7 +297,8 @@ impl Spine {
             for row in entry.rows.drain(..closed) {
                 self.rows -= row.items.as_ref().map_or(1, Vec::len);
                 let labels = Self::labels(spec, &entry.outcomes, &row);
-                row.rows(labels, true, out);
+                Self::unshow(&mut entry.outcomes, &row);
+                out.push(SpineRows::new(row, labels, true));
             }
             if entry.rows.is_empty() {
                 self.open.remove(&user);
@@ -277,12 +314,7 @@ impl Spine {
 
     /// Every open row, at the end of a bounded input whose largest event time is
     /// `max_clock`: complete when `ts + max W` is not past it.
-    pub(super) fn close_all(
-        &mut self,
-        spec: &ExportSpec,
-        max_clock: Option<f64>,
-        out: &mut Vec<TrainingRow>,
-    ) {
+    pub(super) fn close_all(&mut self, spec: &ExportSpec, max_clock: Option<f64>, out: &mut Vec<SpineRows>) {
         self.deadlines.clear();
         self.rows = 0;
         for (_, user) in self.open.drain() {
@@ -290,7 +322,7 @@ impl Spine {
                 let complete = max_clock.is_some_and(|m| row.ts + spec.max_window <= m);
                 if complete || !spec.complete_only {
                     let labels = Self::labels(spec, &user.outcomes, &row);
-                    row.rows(labels, complete, out);
+                    out.push(SpineRows::new(row, labels, complete));
                 }
             }
         }
@@ -308,12 +340,23 @@ impl Spine {
         }
         for row in rows {
             self.rows += row.items.as_ref().map_or(1, Vec::len);
+            Self::show(
+                spec,
+                &mut self.open.entry(row.user_id.clone()).or_default().outcomes,
+                &row,
+            );
             self.deadlines
                 .push(Reverse((Self::deadline(spec, row.ts), row.user_id.clone())));
-            self.open.entry(row.user_id.clone()).or_default().rows.push(row);
+            self.open
+                .entry(row.user_id.clone())
+                .or_default()
+                .rows
+                .push_back(row);
         }
         for user in self.open.values_mut() {
+            user.outcomes.by_item.retain(|_, logs| logs.shown > 0);
             user.rows
+                .make_contiguous()
                 .sort_by(|a, b| a.ts.total_cmp(&b.ts).then_with(|| a.event_id.cmp(&b.event_id)));
         }
     }
@@ -329,13 +372,13 @@ impl Spine {
         let mut logged = 0;
         let mut items = 0;
         for user in self.open.values() {
-            logged += user.outcomes.all.iter().map(|l| l.seqs.len()).sum::<usize>();
+            logged += user.outcomes.all.iter().map(OutcomeLog::len).sum::<usize>();
             items += user.outcomes.by_item.len();
             logged += user
                 .outcomes
                 .by_item
                 .values()
-                .flat_map(|logs| logs.iter().map(|l| l.seqs.len()))
+                .flat_map(|logs| logs.logs.iter().map(OutcomeLog::len))
                 .sum::<usize>();
         }
         (self.open.len(), self.rows, logged, items)

@@ -2,15 +2,13 @@
 //! description that both the Parquet batches and the JSONL lines are written from,
 //! so the two forms cannot disagree.
 
-use std::sync::Arc;
-
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value as Json;
 
 use crate::model::event::Value;
 use crate::model::features::FeatureSpec;
 use crate::model::schema::FieldType;
-use crate::model::training::{ExportSpec, FeatureKind, LabelFn, LabelValue, TrainingRow};
+use crate::model::training::{ExportSpec, FeatureKind, LabelFn, LabelValue, Parsed, TrainingRow};
 
 /// One column of the export.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,65 +82,10 @@ impl Columns {
     }
 }
 
-/// A row's features and served features, parsed from their JSON text.
-pub struct Parsed {
-    /// Feature values, in the spec's order (null when absent).
-    pub features: Vec<Json>,
-    /// Served values typed as their feature (null when absent or of another type).
-    pub served: Vec<Json>,
-    /// The snapshot's `as_of`, seconds.
-    pub served_as_of: Option<f64>,
-    features_text: Arc<str>,
-    snapshot_text: Option<Arc<str>>,
-}
-
-impl Parsed {
-    /// Parses `row`'s JSON, reusing `previous` when the row shares its text (the rows
-    /// of one exploded spine event do).
-    pub fn of(
-        columns: &Columns,
-        kinds: &[FeatureKind],
-        row: &TrainingRow,
-        previous: Option<Parsed>,
-    ) -> Parsed {
-        if let Some(previous) = previous
-            && Arc::ptr_eq(&previous.features_text, &row.features)
-            && match (&previous.snapshot_text, &row.snapshot) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            }
-        {
-            return previous;
-        }
-        let object = |text: &str| match serde_json::from_str::<Json>(text) {
-            Ok(Json::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        let features = object(&row.features);
-        let snapshot = row.snapshot.as_deref().map(object).unwrap_or_default();
-        Parsed {
-            features: columns
-                .features
-                .iter()
-                .map(|name| features.get(name).cloned().unwrap_or(Json::Null))
-                .collect(),
-            served: columns
-                .features
-                .iter()
-                .zip(kinds)
-                .map(|(name, kind)| typed(snapshot.get(name), *kind))
-                .collect(),
-            served_as_of: snapshot.get("as_of").and_then(Json::as_f64),
-            features_text: Arc::clone(&row.features),
-            snapshot_text: row.snapshot.clone(),
-        }
-    }
-}
-
 /// A served value as its feature's type: null when absent or of another type.
-pub fn typed(value: Option<&Json>, kind: FeatureKind) -> Json {
-    let Some(value) = value else { return Json::Null };
+pub fn typed(value: Option<&Json>, kind: FeatureKind) -> &Json {
+    const NULL: &Json = &Json::Null;
+    let Some(value) = value else { return NULL };
     let fits = match kind {
         FeatureKind::Int64 => value.is_i64() || value.is_u64(),
         FeatureKind::Float64 => value.is_number(),
@@ -151,7 +94,7 @@ pub fn typed(value: Option<&Json>, kind: FeatureKind) -> Json {
         FeatureKind::TopK => top_k(value).is_some(),
         FeatureKind::Json => true,
     };
-    if fits { value.clone() } else { Json::Null }
+    if fits { value } else { NULL }
 }
 
 /// A `top_k` value's `(key, score)` pairs: the view writes `[[key, score], ...]`.
@@ -190,30 +133,33 @@ pub fn label(value: &LabelValue) -> Json {
 
 /// A row as one JSON object, columns in order (a line of the JSONL form; `ts` and
 /// `served_as_of` in epoch seconds).
-pub fn json_line(columns: &Columns, row: &TrainingRow, parsed: &Parsed) -> String {
-    struct Line<'a>(&'a Columns, &'a TrainingRow, &'a Parsed);
+pub fn json_line(columns: &Columns, kinds: &[FeatureKind], row: TrainingRow<'_>, parsed: &Parsed) -> String {
+    struct Line<'a>(&'a Columns, &'a [FeatureKind], TrainingRow<'a>, &'a Parsed);
     impl serde::Serialize for Line<'_> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            let Line(columns, row, parsed) = *self;
+            let Line(columns, kinds, row, parsed) = *self;
+            let spine = row.spine;
             let mut map = serializer.serialize_map(Some(columns.list.len()))?;
             for (name, column) in &columns.list {
                 match column {
-                    Column::RowId => map.serialize_entry(name, row.row_id.as_str())?,
-                    Column::UserId => map.serialize_entry(name, row.user_id.as_str())?,
-                    Column::Ts => map.serialize_entry(name, &row.ts)?,
-                    Column::EventId => map.serialize_entry(name, row.event_id.as_str())?,
-                    Column::Carried(i, _) => map.serialize_entry(name, &carried(&row.carried[*i]))?,
-                    Column::Position => map.serialize_entry(name, &row.item.as_ref().map(|i| i.0))?,
-                    Column::ItemId => map.serialize_entry(name, &row.item.as_ref().map(|i| i.1.as_str()))?,
+                    Column::RowId => map.serialize_entry(name, spine.row_id.as_str())?,
+                    Column::UserId => map.serialize_entry(name, spine.user_id.as_str())?,
+                    Column::Ts => map.serialize_entry(name, &spine.ts)?,
+                    Column::EventId => map.serialize_entry(name, spine.event_id.as_str())?,
+                    Column::Carried(i, _) => map.serialize_entry(name, &carried(&spine.carried[*i]))?,
+                    Column::Position => map.serialize_entry(name, &row.item.map(|i| i.0))?,
+                    Column::ItemId => map.serialize_entry(name, &row.item.map(|i| i.1))?,
                     Column::Feature(i, _) => map.serialize_entry(name, &parsed.features[*i])?,
                     Column::Label(i, _) => map.serialize_entry(name, &label(&row.labels[*i]))?,
                     Column::Complete => map.serialize_entry(name, &row.labels_complete)?,
-                    Column::Served(i, _) => map.serialize_entry(name, &parsed.served[*i])?,
+                    Column::Served(i, _) => {
+                        map.serialize_entry(name, typed(parsed.served[*i].as_ref(), kinds[*i]))?
+                    }
                     Column::ServedAsOf => map.serialize_entry(name, &parsed.served_as_of)?,
                 }
             }
             map.end()
         }
     }
-    serde_json::to_string(&Line(columns, row, parsed)).expect("a row serializes")
+    serde_json::to_string(&Line(columns, kinds, row, parsed)).expect("a row serializes")
 }

@@ -33,16 +33,18 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use self::columns::{Columns, Parsed, json_line};
+use self::columns::{Columns, json_line};
 use self::parquet::{ParquetFile, batch, schema};
 use crate::dlq::letter::DeadLetter;
 use crate::model::event::Millis;
 use crate::model::features::FeatureSpec;
-use crate::model::training::{ExportSpec, TrainingRow, date_end, utc_date};
+use crate::model::training::{ExportSpec, SpineRows, date_end, utc_date};
 use crate::sinks::{SinkError, SinkFailure};
 
 /// Rows a writer buffers per date before encoding them as one batch.
 const BATCH_ROWS: usize = 8192;
+/// Spine events sent to the writer at once.
+const BATCH_SPINES: usize = 2048;
 /// File sequence numbers per tag.
 const PER_TAG: u64 = 100_000;
 
@@ -184,12 +186,19 @@ impl SortKey {
 enum Command {
     /// Rows to write, and the input frontier (seconds) they were sent at: no row of a
     /// date whose end plus the longest window is before it can still come.
-    Rows(Vec<TrainingRow>, f64),
+    Rows(Vec<SpineRows>, f64),
     /// Close the files open longer than the roll interval.
     Roll,
     /// Close every file; later rows get `tag`. Dates whose end plus the longest
     /// window is not past `watermark` are marked `_SUCCESS`.
     Close { tag: u64, watermark: Option<f64> },
+}
+
+/// A date's spine events not yet encoded, and the rows they become.
+#[derive(Default)]
+struct Buffer {
+    spines: Vec<SpineRows>,
+    rows: usize,
 }
 
 /// A Parquet file being written and when it was opened.
@@ -202,7 +211,7 @@ struct Writer {
     tag: u64,
     next: u64,
     /// Per date: its open file (and when it was opened) and the rows not yet encoded.
-    open: BTreeMap<String, (Option<OpenFile>, Vec<TrainingRow>)>,
+    open: BTreeMap<String, (Option<OpenFile>, Buffer)>,
     jsonl: Vec<(SortKey, String)>,
     dates: BTreeSet<String>,
     marked: BTreeSet<String>,
@@ -216,39 +225,38 @@ impl Writer {
         self.tag * PER_TAG + self.next - 1
     }
 
-    fn write(&mut self, rows: Vec<TrainingRow>) -> Result<(), SinkError> {
-        let kinds = &self.sink.spec.feature_kinds;
+    fn write(&mut self, spines: Vec<SpineRows>) -> Result<(), SinkError> {
+        let (columns, kinds) = (&self.sink.columns, &self.sink.spec.feature_kinds);
+        let mut spines = spines;
         if self.sink.jsonl_parts.is_some() {
-            let mut parsed: Option<Parsed> = None;
-            for row in &rows {
-                let p = Parsed::of(&self.sink.columns, kinds, row, parsed.take());
-                let line = json_line(&self.sink.columns, row, &p);
-                self.jsonl.push((
-                    SortKey(
-                        row.user_id.to_string(),
-                        row.ts,
-                        row.event_id.to_string(),
-                        row.item.as_ref().map_or(-1, |i| i64::from(i.0)),
-                    ),
-                    line,
-                ));
-                parsed = Some(p);
+            for spine in spines.iter_mut() {
+                spine.parsed(&columns.features);
+                let parsed = spine.parsed.as_deref().expect("just parsed");
+                for row in spine.rows() {
+                    let key = SortKey(
+                        row.spine.user_id.to_string(),
+                        row.spine.ts,
+                        row.spine.event_id.to_string(),
+                        row.item.map_or(-1, |i| i64::from(i.0)),
+                    );
+                    self.jsonl.push((key, json_line(columns, kinds, row, parsed)));
+                }
             }
         }
         if !self.sink.spec.formats.parquet {
             return Ok(());
         }
-        for row in rows {
-            let date = utc_date(row.ts);
+        for spine in spines {
+            let date = utc_date(spine.spine.ts);
             if !self.open.contains_key(&date) {
                 self.dates.insert(date.clone());
-                self.open
-                    .insert(date.clone(), (None, Vec::with_capacity(BATCH_ROWS)));
+                self.open.insert(date.clone(), (None, Buffer::default()));
             }
             let full = {
                 let (_, buffer) = self.open.get_mut(&date).expect("just inserted");
-                buffer.push(row);
-                buffer.len() >= BATCH_ROWS
+                buffer.rows += spine.len();
+                buffer.spines.push(spine);
+                buffer.rows >= BATCH_ROWS
             };
             if full {
                 self.encode(&date)?;
@@ -259,11 +267,11 @@ impl Writer {
 
     /// Encodes a date's buffered rows into its file (opened on first use).
     fn encode(&mut self, date: &str) -> Result<(), SinkError> {
-        let needs_file = matches!(self.open.get(date), Some((None, buffer)) if !buffer.is_empty());
+        let needs_file = matches!(self.open.get(date), Some((None, buffer)) if !buffer.spines.is_empty());
         let seq = needs_file.then(|| self.seq());
         let (process, worker) = (self.sink.process, self.worker);
         let (file, buffer) = self.open.get_mut(date).expect("an open date");
-        if buffer.is_empty() {
+        if buffer.spines.is_empty() {
             return Ok(());
         }
         if let Some(seq) = seq {
@@ -277,13 +285,9 @@ impl Writer {
                 Instant::now(),
             ));
         }
-        let batch = batch(
-            &self.sink.columns,
-            &self.sink.spec.feature_kinds,
-            &self.sink.schema,
-            buffer,
-        );
-        buffer.clear();
+        let batch = batch(&self.sink.columns, &self.sink.schema, &mut buffer.spines);
+        buffer.spines.clear();
+        buffer.rows = 0;
         let (file, _) = file.as_mut().expect("opened");
         file.write(&batch)?;
         let full = file.bytes() as u64 >= self.sink.spec.roll_bytes;
@@ -332,7 +336,7 @@ impl Writer {
             .iter()
             .filter(|(_, (file, buffer))| match file {
                 Some((_, opened)) => opened.elapsed() >= interval,
-                None => !buffer.is_empty() && self.started.elapsed() >= interval,
+                None => !buffer.spines.is_empty() && self.started.elapsed() >= interval,
             })
             .map(|(date, _)| date.clone())
             .collect();
@@ -435,7 +439,7 @@ pub trait WriteRows<'s> {
     ) -> Stream<'s, Millis, Vec<DeadLetter>>;
 }
 
-impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<TrainingRow>> {
+impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<SpineRows>> {
     fn write_rows(
         self,
         sink: ExportSink,
@@ -484,7 +488,7 @@ impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<TrainingRow>> {
                     let result = match command {
                         Command::Roll => writer.roll_old(),
                         Command::Rows(rows, at) => {
-                            let n = rows.len() as u64;
+                            let n = rows.iter().map(SpineRows::len).sum::<usize>() as u64;
                             writer.write(rows).and_then(|()| {
                                 thread_shared.rows.fetch_add(n, Ordering::Relaxed);
                                 writer.close_dates_before(at)
@@ -565,8 +569,8 @@ impl<'s> WriteRows<'s> for Stream<'s, Millis, Vec<TrainingRow>> {
                     // In bounded pieces: the channel's memory is its depth times this.
                     let mut rows = std::mem::take(rows);
                     let at = time as f64 / 1000.0;
-                    while rows.len() > BATCH_ROWS {
-                        let rest = rows.split_off(BATCH_ROWS);
+                    while rows.len() > BATCH_SPINES {
+                        let rest = rows.split_off(BATCH_SPINES);
                         let _ = sender.send(Command::Rows(rows, at));
                         rows = rest;
                     }

@@ -18,9 +18,9 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde_json::Value as Json;
 
-use super::columns::{Column, Columns, Parsed, top_k};
+use super::columns::{Column, Columns, top_k, typed};
 use crate::model::schema::FieldType;
-use crate::model::training::{FeatureKind, LabelFn, LabelValue, TrainingRow};
+use crate::model::training::{FeatureKind, LabelFn, LabelValue, SpineRows};
 use crate::sinks::SinkError;
 
 /// Rows per row group: bounds what a writer holds before it encodes a group.
@@ -143,54 +143,51 @@ fn append_feature(builder: &mut Box<dyn ArrayBuilder>, kind: FeatureKind, value:
     }
 }
 
-/// Rows as one record batch.
-pub fn batch(
-    columns: &Columns,
-    kinds: &[FeatureKind],
-    schema: &SchemaRef,
-    rows: &[TrainingRow],
-) -> RecordBatch {
+/// The rows of `spines` as one record batch.
+pub fn batch(columns: &Columns, schema: &SchemaRef, spines: &mut [SpineRows]) -> RecordBatch {
+    let capacity = spines.iter().map(SpineRows::len).sum();
     let mut builders: Vec<Box<dyn ArrayBuilder>> = schema
         .fields()
         .iter()
-        .map(|f| builder(f.data_type(), rows.len()))
+        .map(|f| builder(f.data_type(), capacity))
         .collect();
-    let mut parsed: Option<Parsed> = None;
-    for row in rows {
-        let p = Parsed::of(columns, kinds, row, parsed.take());
-        for ((_, column), b) in columns.list.iter().zip(builders.iter_mut()) {
-            match column {
-                Column::RowId => get::<StringBuilder>(b).append_value(&row.row_id),
-                Column::UserId => get::<StringBuilder>(b).append_value(&row.user_id),
-                Column::EventId => get::<StringBuilder>(b).append_value(&row.event_id),
-                Column::Ts => get::<TimestampMillisecondBuilder>(b).append_value(seconds_to_millis(row.ts)),
-                Column::Carried(i, ty) => {
-                    let value = super::columns::carried(&row.carried[*i]);
-                    match ty {
-                        FieldType::Number => get::<Float64Builder>(b).append_option(value.as_f64()),
-                        FieldType::Bool => get::<BooleanBuilder>(b).append_option(value.as_bool()),
-                        _ => get::<StringBuilder>(b).append_option(value.as_str()),
+    for spine in spines.iter_mut() {
+        spine.parsed(&columns.features);
+        let p = spine.parsed.as_deref().expect("just parsed");
+        for row in spine.rows() {
+            let event = row.spine;
+            for ((_, column), b) in columns.list.iter().zip(builders.iter_mut()) {
+                match column {
+                    Column::RowId => get::<StringBuilder>(b).append_value(&event.row_id),
+                    Column::UserId => get::<StringBuilder>(b).append_value(&event.user_id),
+                    Column::EventId => get::<StringBuilder>(b).append_value(&event.event_id),
+                    Column::Ts => {
+                        get::<TimestampMillisecondBuilder>(b).append_value(seconds_to_millis(event.ts))
                     }
+                    Column::Carried(i, ty) => {
+                        let value = super::columns::carried(&event.carried[*i]);
+                        match ty {
+                            FieldType::Number => get::<Float64Builder>(b).append_option(value.as_f64()),
+                            FieldType::Bool => get::<BooleanBuilder>(b).append_option(value.as_bool()),
+                            _ => get::<StringBuilder>(b).append_option(value.as_str()),
+                        }
+                    }
+                    Column::Position => get::<Int32Builder>(b).append_value(row.item.map_or(0, |i| i.0)),
+                    Column::ItemId => get::<StringBuilder>(b).append_value(row.item.map_or("", |i| i.1)),
+                    Column::Feature(i, kind) => append_feature(b, *kind, &p.features[*i]),
+                    Column::Served(i, kind) => append_feature(b, *kind, typed(p.served[*i].as_ref(), *kind)),
+                    Column::ServedAsOf => get::<TimestampMillisecondBuilder>(b)
+                        .append_option(p.served_as_of.map(seconds_to_millis)),
+                    Column::Complete => get::<BooleanBuilder>(b).append_value(row.labels_complete),
+                    Column::Label(i, _) => match row.labels[*i] {
+                        LabelValue::Any(v) => get::<BooleanBuilder>(b).append_value(v),
+                        LabelValue::Count(n) => get::<Int64Builder>(b).append_value(n as i64),
+                        LabelValue::Sum(s) => get::<Float64Builder>(b).append_value(s),
+                        LabelValue::FirstAfter(f) => get::<Float64Builder>(b).append_option(f),
+                    },
                 }
-                Column::Position => get::<Int32Builder>(b).append_value(row.item.as_ref().map_or(0, |i| i.0)),
-                Column::ItemId => {
-                    get::<StringBuilder>(b).append_value(row.item.as_ref().map_or("", |i| i.1.as_str()))
-                }
-                Column::Feature(i, kind) => append_feature(b, *kind, &p.features[*i]),
-                Column::Served(i, kind) => append_feature(b, *kind, &p.served[*i]),
-                Column::ServedAsOf => {
-                    get::<TimestampMillisecondBuilder>(b).append_option(p.served_as_of.map(seconds_to_millis))
-                }
-                Column::Complete => get::<BooleanBuilder>(b).append_value(row.labels_complete),
-                Column::Label(i, _) => match row.labels[*i] {
-                    LabelValue::Any(v) => get::<BooleanBuilder>(b).append_value(v),
-                    LabelValue::Count(n) => get::<Int64Builder>(b).append_value(n as i64),
-                    LabelValue::Sum(s) => get::<Float64Builder>(b).append_value(s),
-                    LabelValue::FirstAfter(f) => get::<Float64Builder>(b).append_option(f),
-                },
             }
         }
-        parsed = Some(p);
     }
     let arrays: Vec<ArrayRef> = builders.iter_mut().map(|b| b.finish()).collect();
     RecordBatch::try_new(Arc::clone(schema), arrays).expect("arrays match the schema")
