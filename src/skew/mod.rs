@@ -148,14 +148,48 @@ pub fn agree(served: &Json, computed: &Json) -> bool {
     }
 }
 
-/// A list's elements for the Jaccard overlap: a `[key, score]` pair counts as its key.
-fn members(list: &[Json]) -> std::collections::BTreeSet<String> {
-    list.iter()
+/// A list element as the Jaccard overlap compares it: a string by its text, any
+/// other value by its JSON text (never equal to a string).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Member<'a> {
+    Str(&'a str),
+    Text(String),
+}
+
+/// A list's elements for the Jaccard overlap, sorted and distinct: a `[key, score]`
+/// pair counts as its key.
+fn members(list: &[Json]) -> Vec<Member<'_>> {
+    let mut members: Vec<Member<'_>> = list
+        .iter()
         .map(|item| match item {
-            Json::Array(pair) if !pair.is_empty() => pair[0].to_string(),
-            other => other.to_string(),
+            Json::Array(pair) if !pair.is_empty() => &pair[0],
+            other => other,
         })
-        .collect()
+        .map(|value| match value {
+            Json::String(s) => Member::Str(s),
+            other => Member::Text(other.to_string()),
+        })
+        .collect();
+    members.sort_unstable();
+    members.dedup();
+    members
+}
+
+/// How many elements two sorted, distinct lists share.
+fn shared<T: Ord>(a: &[T], b: &[T]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
 }
 
 /// The counters one comparison adds.
@@ -180,12 +214,13 @@ pub fn compare(served: Option<&Json>, computed: &Json) -> SkewStats {
         }
         (Json::Array(a), Json::Array(b)) => {
             let (a, b) = (members(a), members(b));
-            let union = a.union(&b).count();
+            let both = shared(&a, &b);
+            let union = a.len() + b.len() - both;
             stats.lists = 1;
             stats.jaccard = if union == 0 {
                 1.0
             } else {
-                a.intersection(&b).count() as f64 / union as f64
+                both as f64 / union as f64
             };
         }
         _ => {}

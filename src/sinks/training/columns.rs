@@ -98,15 +98,18 @@ pub fn typed(value: Option<&Json>, kind: FeatureKind) -> &Json {
 }
 
 /// A `top_k` value's `(key, score)` pairs: the view writes `[[key, score], ...]`.
-pub fn top_k(value: &Json) -> Option<Vec<(&str, f64)>> {
-    value
-        .as_array()?
-        .iter()
-        .map(|pair| match pair.as_array()?.as_slice() {
-            [Json::String(key), score] => Some((key.as_str(), score.as_f64()?)),
-            _ => None,
-        })
-        .collect()
+pub fn top_k(value: &Json) -> Option<impl Iterator<Item = (&str, f64)> + '_> {
+    let list = value.as_array()?;
+    list.iter()
+        .all(|pair| pair_of(pair).is_some())
+        .then(|| list.iter().filter_map(pair_of))
+}
+
+fn pair_of(pair: &Json) -> Option<(&str, f64)> {
+    match pair.as_array()?.as_slice() {
+        [Json::String(key), score] => Some((key.as_str(), score.as_f64()?)),
+        _ => None,
+    }
 }
 
 /// The JSON value of a carried field.

@@ -16,9 +16,11 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde_json::Value as Json;
 
 use super::columns::{Column, Columns, top_k, typed};
+use crate::model::event::Value;
 use crate::model::schema::FieldType;
 use crate::model::training::{FeatureKind, LabelFn, LabelValue, SpineRows};
 use crate::sinks::SinkError;
@@ -143,53 +145,121 @@ fn append_feature(builder: &mut Box<dyn ArrayBuilder>, kind: FeatureKind, value:
     }
 }
 
-/// The rows of `spines` as one record batch.
+/// The rows of `spines` as one record batch, built column by column (one builder
+/// looked up per column, not per value).
 pub fn batch(columns: &Columns, schema: &SchemaRef, spines: &mut [SpineRows]) -> RecordBatch {
-    let capacity = spines.iter().map(SpineRows::len).sum();
-    let mut builders: Vec<Box<dyn ArrayBuilder>> = schema
-        .fields()
-        .iter()
-        .map(|f| builder(f.data_type(), capacity))
-        .collect();
+    let capacity: usize = spines.iter().map(SpineRows::len).sum();
     for spine in spines.iter_mut() {
         spine.parsed(&columns.features);
-        let p = spine.parsed.as_deref().expect("just parsed");
-        for row in spine.rows() {
-            let event = row.spine;
-            for ((_, column), b) in columns.list.iter().zip(builders.iter_mut()) {
-                match column {
-                    Column::RowId => get::<StringBuilder>(b).append_value(&event.row_id),
-                    Column::UserId => get::<StringBuilder>(b).append_value(&event.user_id),
-                    Column::EventId => get::<StringBuilder>(b).append_value(&event.event_id),
-                    Column::Ts => {
-                        get::<TimestampMillisecondBuilder>(b).append_value(seconds_to_millis(event.ts))
-                    }
-                    Column::Carried(i, ty) => {
-                        let value = super::columns::carried(&event.carried[*i]);
-                        match ty {
-                            FieldType::Number => get::<Float64Builder>(b).append_option(value.as_f64()),
-                            FieldType::Bool => get::<BooleanBuilder>(b).append_option(value.as_bool()),
-                            _ => get::<StringBuilder>(b).append_option(value.as_str()),
+    }
+    let spines = &*spines;
+    let rows = || spines.iter().flat_map(|s| s.rows());
+    // Each spine event's parsed values, once per row.
+    let per_row = || {
+        spines.iter().flat_map(|s| {
+            let p = s.parsed.as_deref().expect("parsed above");
+            s.rows().map(move |_| p)
+        })
+    };
+    let arrays: Vec<ArrayRef> = columns
+        .list
+        .iter()
+        .zip(schema.fields().iter())
+        .map(|((_, column), field)| {
+            let mut b = builder(field.data_type(), capacity);
+            let strings = |b: &mut Box<dyn ArrayBuilder>, values: &mut dyn Iterator<Item = &str>| {
+                let b = get::<StringBuilder>(b);
+                values.for_each(|v| b.append_value(v));
+            };
+            match column {
+                Column::RowId => strings(&mut b, &mut rows().map(|r| r.spine.row_id.as_str())),
+                Column::UserId => strings(&mut b, &mut rows().map(|r| r.spine.user_id.as_str())),
+                Column::EventId => strings(&mut b, &mut rows().map(|r| r.spine.event_id.as_str())),
+                Column::ItemId => strings(&mut b, &mut rows().map(|r| r.item.map_or("", |i| i.1))),
+                Column::Ts => {
+                    let b = get::<TimestampMillisecondBuilder>(&mut b);
+                    rows().for_each(|r| b.append_value(seconds_to_millis(r.spine.ts)));
+                }
+                Column::Position => {
+                    let b = get::<Int32Builder>(&mut b);
+                    rows().for_each(|r| b.append_value(r.item.map_or(0, |i| i.0)));
+                }
+                Column::Carried(i, ty) => {
+                    let values = rows().map(|r| &r.spine.carried[*i]);
+                    match ty {
+                        FieldType::Number => {
+                            let b = get::<Float64Builder>(&mut b);
+                            values.for_each(|v| {
+                                b.append_option(if let Value::Num(n) = v { Some(*n) } else { None })
+                            });
+                        }
+                        FieldType::Bool => {
+                            let b = get::<BooleanBuilder>(&mut b);
+                            values.for_each(|v| {
+                                b.append_option(if let Value::Bool(x) = v { Some(*x) } else { None })
+                            });
+                        }
+                        _ => {
+                            let b = get::<StringBuilder>(&mut b);
+                            values.for_each(|v| {
+                                b.append_option(if let Value::Str(s) = v {
+                                    Some(s.as_str())
+                                } else {
+                                    None
+                                })
+                            });
                         }
                     }
-                    Column::Position => get::<Int32Builder>(b).append_value(row.item.map_or(0, |i| i.0)),
-                    Column::ItemId => get::<StringBuilder>(b).append_value(row.item.map_or("", |i| i.1)),
-                    Column::Feature(i, kind) => append_feature(b, *kind, &p.features[*i]),
-                    Column::Served(i, kind) => append_feature(b, *kind, typed(p.served[*i].as_ref(), *kind)),
-                    Column::ServedAsOf => get::<TimestampMillisecondBuilder>(b)
-                        .append_option(p.served_as_of.map(seconds_to_millis)),
-                    Column::Complete => get::<BooleanBuilder>(b).append_value(row.labels_complete),
-                    Column::Label(i, _) => match row.labels[*i] {
-                        LabelValue::Any(v) => get::<BooleanBuilder>(b).append_value(v),
-                        LabelValue::Count(n) => get::<Int64Builder>(b).append_value(n as i64),
-                        LabelValue::Sum(s) => get::<Float64Builder>(b).append_value(s),
-                        LabelValue::FirstAfter(f) => get::<Float64Builder>(b).append_option(f),
-                    },
+                }
+                Column::Feature(i, kind) => {
+                    per_row().for_each(|p| append_feature(&mut b, *kind, &p.features[*i]))
+                }
+                Column::Served(i, kind) => {
+                    per_row().for_each(|p| append_feature(&mut b, *kind, typed(p.served[*i].as_ref(), *kind)))
+                }
+                Column::ServedAsOf => {
+                    let b = get::<TimestampMillisecondBuilder>(&mut b);
+                    per_row().for_each(|p| b.append_option(p.served_as_of.map(seconds_to_millis)));
+                }
+                Column::Complete => {
+                    let b = get::<BooleanBuilder>(&mut b);
+                    rows().for_each(|r| b.append_value(r.labels_complete));
+                }
+                Column::Label(i, func) => {
+                    let labels = rows().map(|r| r.labels[*i]);
+                    match func {
+                        LabelFn::Any => {
+                            let b = get::<BooleanBuilder>(&mut b);
+                            labels.for_each(|l| b.append_value(matches!(l, LabelValue::Any(true))));
+                        }
+                        LabelFn::Count => {
+                            let b = get::<Int64Builder>(&mut b);
+                            labels.for_each(|l| {
+                                b.append_value(if let LabelValue::Count(n) = l { n as i64 } else { 0 })
+                            });
+                        }
+                        LabelFn::Sum => {
+                            let b = get::<Float64Builder>(&mut b);
+                            labels.for_each(|l| {
+                                b.append_value(if let LabelValue::Sum(s) = l { s } else { 0.0 })
+                            });
+                        }
+                        LabelFn::FirstAfter => {
+                            let b = get::<Float64Builder>(&mut b);
+                            labels.for_each(|l| {
+                                b.append_option(if let LabelValue::FirstAfter(f) = l {
+                                    f
+                                } else {
+                                    None
+                                })
+                            });
+                        }
+                    }
                 }
             }
-        }
-    }
-    let arrays: Vec<ArrayRef> = builders.iter_mut().map(|b| b.finish()).collect();
+            b.finish()
+        })
+        .collect();
     RecordBatch::try_new(Arc::clone(schema), arrays).expect("arrays match the schema")
 }
 
@@ -227,9 +297,15 @@ impl ParquetFile {
             .into_owned();
         let tmp = parent.join(format!(".{name}.tmp"));
         let file = File::create(&tmp).map_err(io(&tmp))?;
-        let properties = WriterProperties::builder()
+        let mut properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_dictionary_enabled(true)
+            .set_dictionary_enabled(true);
+        // Ids unique to a spine event: a dictionary would hash every value to find
+        // no repeats beyond the event's own rows, which zstd finds anyway.
+        for id in ["row_id", "event_id"] {
+            properties = properties.set_column_dictionary_enabled(ColumnPath::from(id), false);
+        }
+        let properties = properties
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_key_value_metadata(Some(
                 metadata
