@@ -365,14 +365,6 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                         // End of input: write every user's view, sorted by user id.
                         let queue = snapshot.get_or_insert_with(|| {
                             snapshot_started = Instant::now();
-                            // Open rows: written now, unless a stopped run's checkpoint
-                            // keeps them for the run that resumes it.
-                            if let (Some(spine), Some(export)) =
-                                (fold.spine.as_mut(), fold.job.export.as_ref())
-                                && !(stopped_at.is_some() && keep_open_rows_on_stop)
-                            {
-                                spine.close_all(export, fold.max_clock, &mut rows_buffer);
-                            }
                             let entries = &fold.users.entries;
                             tracing::debug!(
                                 users = entries.len(),
@@ -400,6 +392,17 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                         let as_of = stopped_at
                             .or(fold.max_clock)
                             .unwrap_or(last_frontier as f64 / 1000.0);
+                        // Open rows: written now, a chunk per activation, unless a
+                        // stopped run's checkpoint keeps them for the run that
+                        // resumes it.
+                        let rows_left = match (fold.spine.as_mut(), fold.job.export.as_ref()) {
+                            (Some(spine), Some(export))
+                                if !(stopped_at.is_some() && keep_open_rows_on_stop) =>
+                            {
+                                !spine.close_all(export, fold.max_clock, SNAPSHOT_CHUNK, &mut rows_buffer)
+                            }
+                            _ => false,
+                        };
                         for index in queue.by_ref().take(SNAPSHOT_CHUNK) {
                             let changed = fold.users.entries[index as usize].dirty;
                             fold.users.entries[index as usize].dirty = false;
@@ -417,7 +420,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                                 .session(&caps[2])
                                 .give_container(&mut rows_buffer);
                         }
-                        if queue.len() > 0 {
+                        if queue.len() > 0 || rows_left {
                             activator.activate();
                         } else {
                             tracing::debug!(

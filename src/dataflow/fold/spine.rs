@@ -45,6 +45,8 @@ pub(super) struct Spine {
     empty: UserState,
     /// How many rows are open.
     pub(super) rows: usize,
+    /// The users whose rows the end of the input is closing, once it began.
+    closing: Option<Vec<CompactString>>,
 }
 
 fn value(event: &Event, field: FieldRef) -> &Value {
@@ -61,6 +63,7 @@ impl Spine {
             deadlines: BinaryHeap::new(),
             empty,
             rows: 0,
+            closing: None,
         }
     }
 
@@ -312,13 +315,32 @@ impl Spine {
         }
     }
 
-    /// Every open row, at the end of a bounded input whose largest event time is
-    /// `max_clock`: complete when `ts + max W` is not past it.
-    pub(super) fn close_all(&mut self, spec: &ExportSpec, max_clock: Option<f64>, out: &mut Vec<SpineRows>) {
-        self.deadlines.clear();
-        self.rows = 0;
-        for (_, user) in self.open.drain() {
+    /// The open rows, at the end of a bounded input whose largest event time is
+    /// `max_clock`: complete when `ts + max W` is not past it. At most `limit` spine
+    /// events per call (and a user's rows together), so that the rows in flight to
+    /// the writers stay bounded; true once every row is closed.
+    pub(super) fn close_all(
+        &mut self,
+        spec: &ExportSpec,
+        max_clock: Option<f64>,
+        limit: usize,
+        out: &mut Vec<SpineRows>,
+    ) -> bool {
+        if self.closing.is_none() {
+            self.deadlines.clear();
+            self.closing = Some(self.open.keys().cloned().collect());
+        }
+        let closing = self.closing.as_mut().expect("set above");
+        let mut closed = 0;
+        while closed < limit
+            && let Some(user) = closing.pop()
+        {
+            let Some(user) = self.open.remove(&user) else {
+                continue;
+            };
             for row in user.rows {
+                closed += 1;
+                self.rows -= row.items.as_ref().map_or(1, Vec::len);
                 let complete = max_clock.is_some_and(|m| row.ts + spec.max_window <= m);
                 if complete || !spec.complete_only {
                     let labels = Self::labels(spec, &user.outcomes, &row);
@@ -326,6 +348,7 @@ impl Spine {
                 }
             }
         }
+        closing.is_empty()
     }
 
     /// Takes over rows from a checkpoint.
