@@ -506,7 +506,66 @@ pub fn date_end(date: &str) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    fn spine(features: &str, snapshot: Option<&str>) -> OpenRow {
+        OpenRow {
+            row_id: "r".into(),
+            user_id: "u".into(),
+            ts: 10.0,
+            event_id: "e".into(),
+            carried: Arc::from(Vec::new()),
+            items: None,
+            features: features.into(),
+            snapshot: snapshot.map(Arc::from),
+            start: 0,
+        }
+    }
+
+    #[test]
+    fn parsed_values_are_by_feature_position_in_any_order() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let parsed = Parsed::of(
+            &names,
+            &spine(
+                r#"{"a":1,"b":[["x",0.5]],"c":null}"#,
+                Some(r#"{"c":true,"zz":{"deep":[1]},"as_of":7.5,"a":"1","a":2}"#),
+            ),
+        );
+        assert_eq!(parsed.features, vec![json!(1), json!([["x", 0.5]]), json!(null)]);
+        // Absent is None, a later duplicate key wins, unknown fields are skipped.
+        assert_eq!(parsed.served, vec![Some(json!(2)), None, Some(json!(true))]);
+        assert_eq!(parsed.served_as_of, Some(7.5));
+
+        let none = Parsed::of(&names, &spine(r#"{"b":2}"#, None));
+        assert_eq!(none.features, vec![json!(null), json!(2), json!(null)]);
+        assert_eq!(none.served, vec![None, None, None]);
+        assert_eq!(none.served_as_of, None);
+
+        // A snapshot that is not an object serves nothing.
+        let odd = Parsed::of(&names, &spine("{}", Some("[1,2]")));
+        assert_eq!(odd.served, vec![None, None, None]);
+    }
+
+    #[test]
+    fn outcome_logs_count_from_a_rows_start_up_to_its_window() {
+        let mut log = OutcomeLog::default();
+        for (seq, time, amount) in [(0, 1.0, 5.0), (1, 2.0, 7.0), (2, 3.0, 11.0), (3, 9.0, 13.0)] {
+            log.push(seq, time, amount);
+        }
+        assert_eq!(log.label(LabelFn::Count, 1, 1.5, 3.0), LabelValue::Count(2));
+        assert_eq!(log.label(LabelFn::Sum, 1, 1.5, 3.0), LabelValue::Sum(18.0));
+        assert_eq!(log.label(LabelFn::Any, 3, 8.0, 8.5), LabelValue::Any(false));
+        assert_eq!(
+            log.label(LabelFn::FirstAfter, 2, 2.5, 100.0),
+            LabelValue::FirstAfter(Some(0.5))
+        );
+        log.drop_before(2);
+        assert_eq!(log.len(), 2);
+        assert_eq!(log.label(LabelFn::Count, 0, 0.0, 100.0), LabelValue::Count(2));
+    }
 
     #[test]
     fn dates_are_utc_days() {
