@@ -53,6 +53,8 @@ pub fn count_skew<'s>(
     let mut updates_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<(SkewKey, Millis, SkewStats)>>>::from(updates_out);
     builder.build(move |_| {
+        // Features whose examples are all kept: their mismatches take no lock.
+        let mut kept = vec![false; names.len()];
         move |_frontiers| {
             let mut rows_handle = rows_out.activate();
             let mut updates_handle = updates_out.activate();
@@ -61,8 +63,9 @@ pub fn count_skew<'s>(
                 let mut session = updates_handle.session(&time);
                 for row in rows.iter_mut() {
                     for (key, stats) in observe(&spec, &names, row) {
-                        if stats.mismatches > 0 {
-                            keep_example(&examples, key.feature as usize, &names, row);
+                        let feature = key.feature as usize;
+                        if stats.mismatches > 0 && !kept[feature] {
+                            kept[feature] = keep_example(&examples, feature, &names, row);
                         }
                         session.give((key, at, stats));
                     }
@@ -97,11 +100,14 @@ pub fn count_skew<'s>(
     passed
 }
 
-fn keep_example(shared: &Mutex<SkewShared>, feature: usize, names: &[String], row: &SpineRows) {
+/// Keeps `row` as an example mismatch of `feature` unless the feature has its
+/// examples; true once it has them.
+fn keep_example(shared: &Mutex<SkewShared>, feature: usize, names: &[String], row: &SpineRows) -> bool {
     let name = &names[feature];
     let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
-    if shared.examples.iter().filter(|e| &e.feature == name).count() >= EXAMPLES_PER_FEATURE {
-        return;
+    let kept = shared.examples.iter().filter(|e| &e.feature == name).count();
+    if kept >= EXAMPLES_PER_FEATURE {
+        return true;
     }
     let parsed = row.parsed.as_deref().expect("observed rows are parsed");
     shared.examples.push(Example {
@@ -112,4 +118,5 @@ fn keep_example(shared: &Mutex<SkewShared>, feature: usize, names: &[String], ro
         served: parsed.served[feature].clone().unwrap_or(serde_json::Value::Null),
         computed: parsed.features[feature].clone(),
     });
+    kept + 1 >= EXAMPLES_PER_FEATURE
 }

@@ -175,23 +175,6 @@ fn members(list: &[Json]) -> Vec<Member<'_>> {
     members
 }
 
-/// How many elements two sorted, distinct lists share.
-fn shared<T: Ord>(a: &[T], b: &[T]) -> usize {
-    let (mut i, mut j, mut n) = (0, 0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                n += 1;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    n
-}
-
 /// The counters one comparison adds.
 pub fn compare(served: Option<&Json>, computed: &Json) -> SkewStats {
     let mut stats = SkewStats {
@@ -214,7 +197,7 @@ pub fn compare(served: Option<&Json>, computed: &Json) -> SkewStats {
         }
         (Json::Array(a), Json::Array(b)) => {
             let (a, b) = (members(a), members(b));
-            let both = shared(&a, &b);
+            let both = a.iter().filter(|m| b.binary_search(m).is_ok()).count();
             let union = a.len() + b.len() - both;
             stats.lists = 1;
             stats.jaccard = if union == 0 {

@@ -1,6 +1,6 @@
-//! Archived logs as partitions: `.jsonl`, `.jsonl.gz` and `.jsonl.zst` files, or directories whose
-//! files, sorted by name, are one partition's segments (how an archive of one Kafka
-//! partition is laid out).
+//! Archived logs as partitions: `.jsonl`, `.jsonl.gz` and `.jsonl.zst` files, or
+//! directories whose files, sorted by name, are one partition's segments (how an
+//! archive of one Kafka partition is laid out).
 
 use std::fs::File;
 use std::io::BufReader;

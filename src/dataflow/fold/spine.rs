@@ -363,18 +363,11 @@ impl Spine {
         }
         for row in rows {
             self.rows += row.items.as_ref().map_or(1, Vec::len);
-            Self::show(
-                spec,
-                &mut self.open.entry(row.user_id.clone()).or_default().outcomes,
-                &row,
-            );
             self.deadlines
                 .push(Reverse((Self::deadline(spec, row.ts), row.user_id.clone())));
-            self.open
-                .entry(row.user_id.clone())
-                .or_default()
-                .rows
-                .push_back(row);
+            let user = self.open.entry(row.user_id.clone()).or_default();
+            Self::show(spec, &mut user.outcomes, &row);
+            user.rows.push_back(row);
         }
         for user in self.open.values_mut() {
             user.outcomes.by_item.retain(|_, logs| logs.shown > 0);

@@ -225,9 +225,8 @@ impl Writer {
         self.tag * PER_TAG + self.next - 1
     }
 
-    fn write(&mut self, spines: Vec<SpineRows>) -> Result<(), SinkError> {
+    fn write(&mut self, mut spines: Vec<SpineRows>) -> Result<(), SinkError> {
         let (columns, kinds) = (&self.sink.columns, &self.sink.spec.feature_kinds);
-        let mut spines = spines;
         if self.sink.jsonl_parts.is_some() {
             for spine in spines.iter_mut() {
                 spine.parsed(&columns.features);

@@ -156,10 +156,9 @@ pub fn batch(columns: &Columns, schema: &SchemaRef, spines: &mut [SpineRows]) ->
     let rows = || spines.iter().flat_map(|s| s.rows());
     // Each spine event's parsed values, once per row.
     let per_row = || {
-        spines.iter().flat_map(|s| {
-            let p = s.parsed.as_deref().expect("parsed above");
-            s.rows().map(move |_| p)
-        })
+        spines
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(s.parsed.as_deref().expect("parsed above"), s.len()))
     };
     let arrays: Vec<ArrayRef> = columns
         .list
