@@ -247,10 +247,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                 events_in.for_each(|cap, data| {
                     let sent_at = *cap.least().expect("totally ordered time");
                     fold.receive(data);
-                    fold.pending.push(Pending {
-                        sent_at,
-                        events: std::mem::take(data),
-                    });
+                    fold.pending.push(Pending::new(sent_at, std::mem::take(data)));
                 });
                 clocks_in.for_each(|_cap, data| {
                     for report in data.drain(..) {

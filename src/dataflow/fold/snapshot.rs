@@ -107,7 +107,7 @@ impl Fold {
             by_time.entry(sent_at).or_default().push(event);
         }
         for (sent_at, events) in by_time {
-            self.pending.push(Pending { sent_at, events });
+            self.pending.push(Pending::new(sent_at, events));
         }
         if let (Some(spine), Some(export)) = (self.spine.as_mut(), self.job.export.as_ref()) {
             spine.restore(export, snapshot.open_rows, snapshot.outcomes);

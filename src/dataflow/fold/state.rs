@@ -81,19 +81,60 @@ pub(super) fn time_key(event_time: f64) -> u64 {
 pub(super) struct Pending {
     pub(super) sent_at: Millis,
     pub(super) events: Vec<Event>,
+    /// Each event's [`ready_at`], in order: finding the ready events reads these eight
+    /// bytes each, not the events (which were a cache miss each, on every frontier).
+    ready: Vec<Millis>,
+    /// The smallest of `ready`: a container with nothing ready is passed over whole.
+    first_ready: Millis,
 }
 
 impl Pending {
-    /// When an event may be judged: once the frontier has passed both its event time
-    /// and the time it was sent at. Late events wait for their event time too, so a late
-    /// copy is never judged before an on-time copy read earlier from its partition (it
-    /// is then a duplicate, as the contract's order of checks says).
-    pub(super) fn ready_at(&self, event: &Event) -> Millis {
-        ready_at(self.sent_at, event)
+    /// `events`, sent at `sent_at`, waiting to be applied.
+    pub(super) fn new(sent_at: Millis, events: Vec<Event>) -> Pending {
+        let ready: Vec<Millis> = events.iter().map(|e| ready_at(sent_at, e)).collect();
+        let first_ready = ready.iter().copied().min().unwrap_or(Millis::MAX);
+        Pending {
+            sent_at,
+            events,
+            ready,
+            first_ready,
+        }
+    }
+
+    /// When event `index` may be judged (see [`ready_at`]).
+    pub(super) fn ready_at(&self, index: usize) -> Millis {
+        self.ready[index]
+    }
+
+    /// The indices of the events ready before `limit`.
+    fn ready_before(&self, limit: Millis) -> impl Iterator<Item = usize> + '_ {
+        let any = self.first_ready < limit;
+        self.ready
+            .iter()
+            .enumerate()
+            .filter(move |&(_, &ready)| any && ready < limit)
+            .map(|(e, _)| e)
+    }
+
+    /// Drops the events ready before `limit` (applied by now); whether any are left.
+    fn drop_ready(&mut self, limit: Millis) -> bool {
+        if self.first_ready >= limit {
+            return true;
+        }
+        let mut ready = self.ready.iter();
+        self.events
+            .retain(|_| *ready.next().expect("one ready time per event") >= limit);
+        self.ready.retain(|&ready| ready >= limit);
+        self.first_ready = self.ready.iter().copied().min().unwrap_or(Millis::MAX);
+        !self.events.is_empty()
     }
 }
 
-pub(super) fn ready_at(sent_at: Millis, event: &Event) -> Millis {
+/// When an event sent at `sent_at` may be judged: once the frontier has passed both its
+/// event time and the time it was sent at. Late events wait for their event time too, so
+/// a late copy is never judged before an on-time copy read earlier from its partition
+/// (it is then a duplicate, as the contract's order of checks says).
+fn ready_at(sent_at: Millis, event: &Event) -> Millis {
     to_millis(event.event_time).max(sent_at)
 }
 
@@ -193,11 +234,8 @@ impl Fold {
         let limit = frontier.unwrap_or(Millis::MAX);
         self.order.clear();
         for (c, batch) in self.pending.iter().enumerate() {
-            for (e, event) in batch.events.iter().enumerate() {
-                if batch.ready_at(event) < limit {
-                    self.order.push((c as u32, e as u32));
-                }
-            }
+            self.order
+                .extend(batch.ready_before(limit).map(|e| (c as u32, e as u32)));
         }
         if self.order.is_empty() {
             self.open_file_rows(limit, None);
@@ -225,13 +263,13 @@ impl Fold {
         let order = std::mem::take(&mut self.order);
         for &(c, e) in &order {
             let batch = &pending[c as usize];
-            let event = &batch.events[e as usize];
+            let (event, ready_at) = (&batch.events[e as usize], batch.ready_at(e as usize));
             self.open_file_rows(limit, Some(event.event_time));
             match self.trace.clone() {
                 Some(trace) if trace.user == event.user_id => {
-                    self.apply_traced(&trace, &job, event, batch.ready_at(event), dead);
+                    self.apply_traced(&trace, &job, event, ready_at, dead);
                 }
-                _ => self.apply_one(&job, event, batch.ready_at(event), dead),
+                _ => self.apply_one(&job, event, ready_at, dead),
             }
             if let (Some(online), true, false) = (self.online.as_mut(), self.show_pending, event.late) {
                 online.retire(event.user_hash, &event.user_id, limit);
@@ -241,13 +279,11 @@ impl Fold {
         self.order = order;
         self.pending = pending;
         self.pending.retain_mut(|batch| {
-            let sent_at = batch.sent_at;
-            batch.events.retain(|e| ready_at(sent_at, e) >= limit);
-            if batch.events.is_empty() {
-                Event::pool().give(std::mem::take(&mut batch.events));
-                return false;
+            if batch.drop_ready(limit) {
+                return true;
             }
-            true
+            Event::pool().give(std::mem::take(&mut batch.events));
+            false
         });
         if let Some(frontier) = frontier {
             let watermark = frontier as f64 / 1000.0;
