@@ -61,9 +61,7 @@ impl Diffing {
             activity: Arc::default(),
         }
     }
-}
 
-impl Diffing {
     /// The gathered views of the run's job, of the second job, and the activity,
     /// taken out once the run is over.
     pub fn take(

@@ -108,11 +108,14 @@ impl Pending {
 
     /// The indices of the events ready before `limit`.
     fn ready_before(&self, limit: Millis) -> impl Iterator<Item = usize> + '_ {
-        let any = self.first_ready < limit;
-        self.ready
+        let ready = match self.first_ready < limit {
+            true => &self.ready[..],
+            false => &[],
+        };
+        ready
             .iter()
             .enumerate()
-            .filter(move |&(_, &ready)| any && ready < limit)
+            .filter(move |&(_, &ready)| ready < limit)
             .map(|(e, _)| e)
     }
 
