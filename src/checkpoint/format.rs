@@ -13,9 +13,9 @@ use crate::model::event::{Event, Millis};
 use crate::model::features::UserState;
 use crate::summary::Counts;
 
-/// The first bytes of a part file (format version 5: outcome logs hold one list of
-/// outcomes each, and per-item logs only the items open rows show).
-pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP5";
+/// The first bytes of a part file (format version 6: open rows hold their features
+/// as typed values, not as the view's JSON text).
+pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP6";
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";
 

@@ -55,20 +55,27 @@ pub fn count_skew<'s>(
     builder.build(move |_| {
         // Features whose examples are all kept: their mismatches take no lock.
         let mut kept = vec![false; names.len()];
+        let mut sums: hashbrown::HashMap<SkewKey, SkewStats> = hashbrown::HashMap::new();
         move |_frontiers| {
             let mut rows_handle = rows_out.activate();
             let mut updates_handle = updates_out.activate();
             input.for_each(|time, rows| {
                 let at = *time.least().expect("totally ordered time");
-                let mut session = updates_handle.session(&time);
+                // Summed here first: a batch's rows share few keys (one hour, a few
+                // model versions and staleness buckets), so the collection gets a
+                // handful of updates per batch, not one per row and feature.
                 for row in rows.iter_mut() {
                     for (key, stats) in observe(&spec, &names, row) {
                         let feature = key.feature as usize;
                         if stats.mismatches > 0 && !kept[feature] {
                             kept[feature] = keep_example(&examples, feature, &names, row);
                         }
-                        session.give((key, at, stats));
+                        sums.entry(key).or_default().plus_equals(&stats);
                     }
+                }
+                let mut session = updates_handle.session(&time);
+                for (key, stats) in sums.drain() {
+                    session.give((key, at, stats));
                 }
                 rows_handle.session(&time).give_container(rows);
             });
@@ -116,7 +123,7 @@ fn keep_example(shared: &Mutex<SkewShared>, feature: usize, names: &[String], ro
         user_id: row.spine.user_id.to_string(),
         ts: row.spine.ts,
         served: parsed.served[feature].clone().unwrap_or(serde_json::Value::Null),
-        computed: parsed.features[feature].clone(),
+        computed: row.spine.features[feature].to_json(),
     });
     kept + 1 >= EXAMPLES_PER_FEATURE
 }

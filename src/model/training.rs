@@ -1,7 +1,7 @@
 //! Training examples (DESIGN.md section 10): what a job's `[export]`, `[[labels]]` and
 //! `[skew]` compile into, and the row the fold hands to the training-data sinks.
 //!
-//! A row's features are the view's `features` object, rendered by the code that
+//! A row's features are the view's `features` values, computed by the code that
 //! renders views, at the spine event; its labels are folded from the outcomes that
 //! follow it within their windows.
 
@@ -12,6 +12,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::model::event::Value;
+use crate::model::features::FeatureValue;
 use crate::model::schema::{FieldRef, FieldType};
 
 /// What a label computes over a row's outcomes.
@@ -195,8 +196,8 @@ pub struct SpineRows {
     pub labels: Vec<LabelValue>,
     /// No on-time outcome could still change the labels.
     pub labels_complete: bool,
-    /// The features and served features as values, once a reader has parsed them (the
-    /// skew counters do, and hand them on to the writer).
+    /// The served features as values, once a reader has parsed them (the skew
+    /// counters do, and hand them on to the writer).
     pub parsed: Option<Box<Parsed>>,
 }
 
@@ -256,11 +257,9 @@ pub struct TrainingRow<'a> {
     pub labels_complete: bool,
 }
 
-/// A spine event's features and served features, parsed from their JSON text.
+/// A spine event's served features, parsed from the snapshot's JSON text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed {
-    /// Feature values, in the spec's order (null when absent).
-    pub features: Vec<serde_json::Value>,
     /// Served values as the snapshot holds them, in the spec's order (`None` when
     /// the snapshot lacks the feature; all `None` without a snapshot).
     pub served: Vec<Option<serde_json::Value>>,
@@ -269,19 +268,14 @@ pub struct Parsed {
 }
 
 impl Parsed {
-    /// Parses `spine`'s texts; `features` are the feature names in the spec's order.
+    /// Parses `spine`'s snapshot; `features` are the feature names in the spec's order.
     pub fn of(features: &[String], spine: &OpenRow) -> Parsed {
-        let computed = fields(&spine.features, Names(features, None));
         let mut served = vec![None; features.len() + 1];
         if let Some(snapshot) = spine.snapshot.as_deref() {
             served = fields(snapshot, Names(features, Some("as_of")));
         }
         let served_as_of = served.pop().flatten().and_then(|v| v.as_f64());
-        Parsed {
-            features: computed.into_iter().map(Option::unwrap_or_default).collect(),
-            served,
-            served_as_of,
-        }
+        Parsed { served, served_as_of }
     }
 }
 
@@ -360,8 +354,8 @@ pub struct OpenRow {
     pub carried: Arc<[Value]>,
     /// The exploded items; `None` when the spine is not exploded.
     pub items: Option<Vec<CompactString>>,
-    /// The features at the spine event.
-    pub features: Arc<str>,
+    /// The features at the spine event, in the spec's order.
+    pub features: Arc<[FeatureValue]>,
     /// The served features.
     pub snapshot: Option<Arc<str>>,
     /// The user's outcome count ([`UserOutcomes::next`]) when it opened: its
@@ -430,7 +424,8 @@ impl OutcomeLog {
 /// The per-label logs of one item that open rows of a user show.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ItemLogs {
-    /// Per label (empty logs for labels without `match`).
+    /// Per label (empty logs for labels without `match`); no logs at all until the
+    /// item's first outcome.
     pub logs: Vec<OutcomeLog>,
     /// How many of the user's open rows show the item (not checkpointed: counted
     /// again from the restored rows).
@@ -510,7 +505,7 @@ mod tests {
 
     use super::*;
 
-    fn spine(features: &str, snapshot: Option<&str>) -> OpenRow {
+    fn spine(snapshot: Option<&str>) -> OpenRow {
         OpenRow {
             row_id: "r".into(),
             user_id: "u".into(),
@@ -518,34 +513,29 @@ mod tests {
             event_id: "e".into(),
             carried: Arc::from(Vec::new()),
             items: None,
-            features: features.into(),
+            features: Arc::from(Vec::new()),
             snapshot: snapshot.map(Arc::from),
             start: 0,
         }
     }
 
     #[test]
-    fn parsed_values_are_by_feature_position_in_any_order() {
+    fn served_values_are_by_feature_position_in_any_order() {
         let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let parsed = Parsed::of(
             &names,
-            &spine(
-                r#"{"a":1,"b":[["x",0.5]],"c":null}"#,
-                Some(r#"{"c":true,"zz":{"deep":[1]},"as_of":7.5,"a":"1","a":2}"#),
-            ),
+            &spine(Some(r#"{"c":true,"zz":{"deep":[1]},"as_of":7.5,"a":"1","a":2}"#)),
         );
-        assert_eq!(parsed.features, vec![json!(1), json!([["x", 0.5]]), json!(null)]);
         // Absent is None, a later duplicate key wins, unknown fields are skipped.
         assert_eq!(parsed.served, vec![Some(json!(2)), None, Some(json!(true))]);
         assert_eq!(parsed.served_as_of, Some(7.5));
 
-        let none = Parsed::of(&names, &spine(r#"{"b":2}"#, None));
-        assert_eq!(none.features, vec![json!(null), json!(2), json!(null)]);
+        let none = Parsed::of(&names, &spine(None));
         assert_eq!(none.served, vec![None, None, None]);
         assert_eq!(none.served_as_of, None);
 
         // A snapshot that is not an object serves nothing.
-        let odd = Parsed::of(&names, &spine("{}", Some("[1,2]")));
+        let odd = Parsed::of(&names, &spine(Some("[1,2]")));
         assert_eq!(odd.served, vec![None, None, None]);
     }
 

@@ -7,9 +7,11 @@ pub mod html;
 
 use std::collections::BTreeMap;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use crate::model::features::FeatureValue;
 use crate::model::training::{ExportSpec, SpineRows};
 
 /// How stale the served features were: `ts - served_as_of`.
@@ -31,8 +33,9 @@ pub fn staleness_bucket(ts: f64, as_of: Option<f64>) -> u8 {
 pub struct SkewKey {
     /// The feature's index in the job's features.
     pub feature: u16,
-    /// The carried model version ("" when the export carries none).
-    pub model_version: String,
+    /// The carried model version ("" when the export carries none); inline up to
+    /// 24 bytes, so keying a row's comparisons allocates nothing.
+    pub model_version: CompactString,
     /// The UTC hour of `ts`, in hours since the epoch.
     pub hour: i64,
     /// The staleness bucket (index into [`STALENESS`]).
@@ -130,19 +133,46 @@ pub fn numbers_agree(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * 1f64.max(a.abs()).max(b.abs())
 }
 
-/// Whether a served value equals the recomputed one (section 10's rule).
-pub fn agree(served: &Json, computed: &Json) -> bool {
+/// Whether a served number agrees with a computed one that JSON would write as
+/// `x` (`null` when it is not finite).
+fn number_agrees(served: &Json, x: f64) -> bool {
+    match served {
+        Json::Number(a) if x.is_finite() => a.as_f64().is_some_and(|a| numbers_agree(a, x)),
+        Json::Null => !x.is_finite(),
+        _ => false,
+    }
+}
+
+/// Whether a served `[key, score]` pair equals a computed one.
+fn pair_agrees(served: &Json, key: &str, score: f64) -> bool {
+    match served.as_array().map(Vec::as_slice) {
+        Some([Json::String(k), s]) => k == key && number_agrees(s, score),
+        _ => false,
+    }
+}
+
+/// Whether a served value equals the recomputed one (section 10's rule), compared
+/// as the view writes the computed one.
+pub fn agree(served: &Json, computed: &FeatureValue) -> bool {
     match (served, computed) {
-        (Json::Null, Json::Null) => true,
-        (Json::Number(a), Json::Number(b)) => match (a.as_f64(), b.as_f64()) {
-            (Some(a), Some(b)) => numbers_agree(a, b),
-            _ => false,
-        },
-        (Json::String(a), Json::String(b)) => a == b,
-        (Json::Bool(a), Json::Bool(b)) => a == b,
-        (Json::Array(a), Json::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| agree(x, y)),
-        (Json::Object(a), Json::Object(b)) => {
-            a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| agree(v, w)))
+        (Json::Null, c) => c.is_null(),
+        (_, FeatureValue::Num(x)) => number_agrees(served, *x),
+        (Json::Number(_), FeatureValue::UInt(n)) => number_agrees(served, *n as f64),
+        (Json::String(a), FeatureValue::Str(b)) => a == b,
+        (Json::Bool(a), FeatureValue::Bool(b)) => a == b,
+        (Json::Array(a), FeatureValue::List(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.as_str() == Some(y.as_str()))
+        }
+        (Json::Array(a), FeatureValue::TopK(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, (key, score))| pair_agrees(x, key, *score))
+        }
+        (Json::Object(a), FeatureValue::Scores(b)) => {
+            a.len() == b.len()
+                && b.iter()
+                    .all(|(group, score)| a.get(group.as_str()).is_some_and(|v| number_agrees(v, *score)))
         }
         _ => false,
     }
@@ -156,27 +186,41 @@ enum Member<'a> {
     Text(String),
 }
 
-/// A list's elements for the Jaccard overlap, sorted and distinct: a `[key, score]`
-/// pair counts as its key.
-fn members(list: &[Json]) -> Vec<Member<'_>> {
-    let mut members: Vec<Member<'_>> = list
-        .iter()
-        .map(|item| match item {
-            Json::Array(pair) if !pair.is_empty() => &pair[0],
-            other => other,
-        })
-        .map(|value| match value {
-            Json::String(s) => Member::Str(s),
-            other => Member::Text(other.to_string()),
-        })
-        .collect();
+/// Sorted and distinct.
+fn distinct(mut members: Vec<Member<'_>>) -> Vec<Member<'_>> {
     members.sort_unstable();
     members.dedup();
     members
 }
 
+/// A served list's elements for the Jaccard overlap: a `[key, score]` pair counts as
+/// its key.
+fn members(list: &[Json]) -> Vec<Member<'_>> {
+    distinct(
+        list.iter()
+            .map(|item| match item {
+                Json::Array(pair) if !pair.is_empty() => &pair[0],
+                other => other,
+            })
+            .map(|value| match value {
+                Json::String(s) => Member::Str(s),
+                other => Member::Text(other.to_string()),
+            })
+            .collect(),
+    )
+}
+
+/// A computed list's elements, likewise; `None` when the value is not a list.
+fn computed_members(value: &FeatureValue) -> Option<Vec<Member<'_>>> {
+    match value {
+        FeatureValue::List(items) => Some(distinct(items.iter().map(|s| Member::Str(s)).collect())),
+        FeatureValue::TopK(pairs) => Some(distinct(pairs.iter().map(|(k, _)| Member::Str(k)).collect())),
+        _ => None,
+    }
+}
+
 /// The counters one comparison adds.
-pub fn compare(served: Option<&Json>, computed: &Json) -> SkewStats {
+pub fn compare(served: Option<&Json>, computed: &FeatureValue) -> SkewStats {
     let mut stats = SkewStats {
         rows: 1,
         ..SkewStats::default()
@@ -186,27 +230,23 @@ pub fn compare(served: Option<&Json>, computed: &Json) -> SkewStats {
         return stats;
     };
     stats.mismatches = i64::from(!agree(served, computed));
-    match (served, computed) {
-        (Json::Number(a), Json::Number(b)) => {
-            if let (Some(a), Some(b)) = (a.as_f64(), b.as_f64()) {
-                stats.numbers = 1;
-                stats.abs_diff = (a - b).abs();
-                let scale = (a.abs() + b.abs()) / 2.0;
-                stats.smape = if scale > 0.0 { (a - b).abs() / scale } else { 0.0 };
-            }
+    if let (Json::Number(a), Some(b)) = (served, computed.number()) {
+        if let Some(a) = a.as_f64() {
+            stats.numbers = 1;
+            stats.abs_diff = (a - b).abs();
+            let scale = (a.abs() + b.abs()) / 2.0;
+            stats.smape = if scale > 0.0 { (a - b).abs() / scale } else { 0.0 };
         }
-        (Json::Array(a), Json::Array(b)) => {
-            let (a, b) = (members(a), members(b));
-            let both = a.iter().filter(|m| b.binary_search(m).is_ok()).count();
-            let union = a.len() + b.len() - both;
-            stats.lists = 1;
-            stats.jaccard = if union == 0 {
-                1.0
-            } else {
-                both as f64 / union as f64
-            };
-        }
-        _ => {}
+    } else if let (Json::Array(a), Some(b)) = (served, computed_members(computed)) {
+        let a = members(a);
+        let both = a.iter().filter(|m| b.binary_search(m).is_ok()).count();
+        let union = a.len() + b.len() - both;
+        stats.lists = 1;
+        stats.jaccard = if union == 0 {
+            1.0
+        } else {
+            both as f64 / union as f64
+        };
     }
     stats
 }
@@ -222,17 +262,18 @@ pub fn observe(spec: &ExportSpec, features: &[String], spine: &mut SpineRows) ->
         .skew
         .by
         .and_then(|i| match &row.carried[i] {
-            crate::model::event::Value::Str(s) => Some(s.to_string()),
+            crate::model::event::Value::Str(s) => Some(s.clone()),
             _ => None,
         })
         .unwrap_or_default();
     let (ts, hour) = (row.ts, (row.ts / 3600.0).floor() as i64);
-    let parsed = spine.parsed(features);
+    spine.parsed(features);
+    let parsed = spine.parsed.as_deref().expect("parsed above");
     let staleness = staleness_bucket(ts, parsed.served_as_of);
     parsed
         .served
         .iter()
-        .zip(&parsed.features)
+        .zip(spine.spine.features.iter())
         .enumerate()
         .map(|(i, (served, computed))| {
             (
@@ -367,7 +408,7 @@ impl Report {
                     .or_default()
                     .plus_equals(stats);
                 by_model
-                    .entry(key.model_version.clone())
+                    .entry(key.model_version.to_string())
                     .or_default()
                     .plus_equals(stats);
                 by_hour.entry(key.hour).or_default().plus_equals(stats);
@@ -473,30 +514,55 @@ mod tests {
 
     #[test]
     fn values_agree_by_section_10s_rule() {
-        assert!(agree(&json!(null), &json!(null)));
-        assert!(agree(&json!(1e12), &json!(1e12 + 1e-4)));
-        assert!(!agree(&json!(1.0), &json!(1.001)));
-        assert!(agree(&json!(0.0), &json!(1e-10)));
-        assert!(!agree(&json!("5"), &json!(5)));
-        assert!(agree(&json!([["a", 1.0]]), &json!([["a", 1.0 + 1e-12]])));
-        assert!(!agree(&json!([["a", 1.0]]), &json!([["b", 1.0]])));
-        assert!(!agree(&json!(null), &json!(0)));
+        use FeatureValue as V;
+        let top = |pairs: &[(&str, f64)]| V::TopK(pairs.iter().map(|(k, s)| ((*k).into(), *s)).collect());
+        assert!(agree(&json!(null), &V::Null));
+        assert!(agree(&json!(null), &V::Num(f64::INFINITY)));
+        assert!(agree(&json!(1e12), &V::Num(1e12 + 1e-4)));
+        assert!(!agree(&json!(1.0), &V::Num(1.001)));
+        assert!(agree(&json!(0.0), &V::Num(1e-10)));
+        assert!(agree(&json!(3), &V::UInt(3)));
+        assert!(!agree(&json!("5"), &V::UInt(5)));
+        assert!(!agree(&json!("5"), &V::Num(5.0)));
+        assert!(agree(&json!("a"), &V::Str("a".into())));
+        assert!(agree(&json!(true), &V::Bool(true)));
+        assert!(!agree(&json!(1), &V::Bool(true)));
+        assert!(agree(&json!([["a", 1.0]]), &top(&[("a", 1.0 + 1e-12)])));
+        assert!(!agree(&json!([["a", 1.0]]), &top(&[("b", 1.0)])));
+        assert!(!agree(&json!([["a", 1.0], ["b", 2.0]]), &top(&[("a", 1.0)])));
+        assert!(!agree(&json!(["a"]), &top(&[("a", 1.0)])));
+        assert!(agree(&json!(["x", "y"]), &V::List(vec!["x".into(), "y".into()])));
+        assert!(!agree(&json!(["y", "x"]), &V::List(vec!["x".into(), "y".into()])));
+        let scores = V::Scores(vec![("a".into(), 1.0), ("b".into(), 2.0)]);
+        assert!(agree(&json!({"b": 2.0, "a": 1.0}), &scores));
+        assert!(!agree(&json!({"a": 1.0}), &scores));
+        assert!(!agree(&json!({"a": 1.0, "c": 2.0}), &scores));
+        assert!(!agree(&json!(null), &V::UInt(0)));
     }
 
     #[test]
     fn comparisons_count_missing_mismatches_and_distances() {
-        let missing = compare(None, &json!(3));
+        let missing = compare(None, &FeatureValue::UInt(3));
         assert_eq!(
             (missing.rows, missing.served_missing, missing.mismatches),
             (1, 1, 0)
         );
-        let off = compare(Some(&json!(2.0)), &json!(4.0));
+        let off = compare(Some(&json!(2.0)), &FeatureValue::Num(4.0));
         assert_eq!((off.mismatches, off.numbers), (1, 1));
         assert_eq!(off.abs_diff, 2.0);
         assert!((off.smape - 2.0 / 3.0).abs() < 1e-12);
-        let lists = compare(Some(&json!([["a", 1.0], ["b", 0.5]])), &json!([["a", 1.0]]));
+        let lists = compare(
+            Some(&json!([["a", 1.0], ["b", 0.5]])),
+            &FeatureValue::TopK(vec![("a".into(), 1.0)]),
+        );
         assert_eq!((lists.mismatches, lists.lists), (1, 1));
         assert_eq!(lists.jaccard, 0.5);
+        let ids = compare(
+            Some(&json!(["a", 1])),
+            &FeatureValue::List(vec!["a".into(), "1".into()]),
+        );
+        assert_eq!((ids.mismatches, ids.lists), (1, 1));
+        assert_eq!(ids.jaccard, 1.0 / 3.0);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use compact_str::CompactString;
 use hashbrown::HashMap;
 
 use crate::model::event::{Event, Millis, Value, to_millis};
-use crate::model::features::{Interner, UserState, render_features};
+use crate::model::features::{FeatureValue, Interner, UserState, feature_values};
 use crate::model::schema::FieldRef;
 use crate::model::training::{
     ExportSpec, ItemLogs, LabelValue, OpenRow, OutcomeLog, SpineRows, UserOutcomes,
@@ -108,7 +108,12 @@ impl Spine {
                         shown = Some((field, logs));
                     }
                     match shown.as_mut().and_then(|(_, logs)| logs.as_deref_mut()) {
-                        Some(logs) => &mut logs.logs[l],
+                        Some(logs) => {
+                            if logs.logs.is_empty() {
+                                logs.logs = vec![OutcomeLog::default(); spec.labels.len()];
+                            }
+                            &mut logs.logs[l]
+                        }
                         None => continue,
                     }
                 }
@@ -117,14 +122,15 @@ impl Spine {
         }
     }
 
-    /// The features a user with `state` (none: no history) has, as a view renders them.
+    /// The features a user with `state` (none: no history) has: the values a view
+    /// renders.
     pub(super) fn render(
         &self,
         features: &crate::model::features::FeatureSpec,
         interner: &Interner,
         state: Option<&UserState>,
-    ) -> Arc<str> {
-        render_features(features, interner, state.unwrap_or(&self.empty)).into()
+    ) -> Arc<[FeatureValue]> {
+        feature_values(features, interner, state.unwrap_or(&self.empty)).into()
     }
 
     /// Opens the rows of an applied spine event, with the features `state` renders.
@@ -221,45 +227,57 @@ impl Spine {
             return;
         };
         for item in items {
+            // No logs until the item's first outcome: most shown items get none.
             let logs = outcomes.by_item.entry(item.clone()).or_insert_with(|| ItemLogs {
-                logs: vec![OutcomeLog::default(); spec.labels.len()],
+                logs: Vec::new(),
                 shown: 0,
             });
             logs.shown += 1;
         }
     }
 
-    /// Counts a closed row's items as shown by one row fewer; an item no open row
-    /// shows loses its logs.
-    fn unshow(outcomes: &mut UserOutcomes, row: &OpenRow) {
-        for item in row.items.iter().flatten() {
-            if let Some(logs) = outcomes.by_item.get_mut(item) {
-                logs.shown -= 1;
-                if logs.shown == 0 {
-                    outcomes.by_item.remove(item);
-                }
-            }
-        }
-    }
-
-    /// A closed row's labels, row by row, label by label.
-    fn labels(spec: &ExportSpec, outcomes: &UserOutcomes, row: &OpenRow) -> Vec<LabelValue> {
+    /// A closing row's labels, row by row, label by label, read off the logs; each of
+    /// its items is then shown by one row fewer, and an item no open row shows loses
+    /// its logs. One lookup per item.
+    fn close_row(spec: &ExportSpec, outcomes: &mut UserOutcomes, row: &OpenRow) -> Vec<LabelValue> {
+        let per_item = spec.labels.iter().any(|l| l.per_item);
         let n = row.items.as_ref().map_or(1, Vec::len);
         let mut labels = Vec::with_capacity(n * spec.labels.len());
-        for r in 0..n {
-            let item = row.items.as_ref().map(|items| &items[r]);
-            for (l, label) in spec.labels.iter().enumerate() {
-                let start = row.start;
-                let until = row.ts + label.window;
-                let log = match (label.per_item, item) {
-                    (false, _) => outcomes.all.get(l),
-                    (true, Some(item)) => outcomes.by_item.get(item).map(|logs| &logs.logs[l]),
-                    (true, None) => None,
-                };
-                labels.push(match log {
-                    Some(log) => log.label(label.func, start, row.ts, until),
+        let UserOutcomes { all, by_item, .. } = outcomes;
+        // Labels without `match` are the same for every row of the event: read once
+        // (a sum over a busy user's day of purchases is a long walk).
+        let shared: Vec<Option<LabelValue>> = spec
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(l, label)| {
+                (!label.per_item).then(|| match all.get(l) {
+                    Some(log) => log.label(label.func, row.start, row.ts, row.ts + label.window),
                     None => LabelValue::empty(label.func),
+                })
+            })
+            .collect();
+        for r in 0..n {
+            let mut entry = match (&row.items, per_item) {
+                (Some(items), true) => match by_item.entry_ref(&items[r]) {
+                    hashbrown::hash_map::EntryRef::Occupied(entry) => Some(entry),
+                    hashbrown::hash_map::EntryRef::Vacant(_) => None,
+                },
+                _ => None,
+            };
+            for (l, label) in spec.labels.iter().enumerate() {
+                let log = entry.as_ref().and_then(|e| e.get().logs.get(l));
+                labels.push(match (shared[l], log) {
+                    (Some(value), _) => value,
+                    (None, Some(log)) => log.label(label.func, row.start, row.ts, row.ts + label.window),
+                    (None, None) => LabelValue::empty(label.func),
                 });
+            }
+            if let Some(entry) = entry.as_mut() {
+                entry.get_mut().shown -= 1;
+            }
+            if entry.as_ref().is_some_and(|e| e.get().shown == 0) {
+                entry.take().expect("some").remove();
             }
         }
         labels
@@ -299,8 +317,7 @@ impl Spine {
                 .count();
             for row in entry.rows.drain(..closed) {
                 self.rows -= row.items.as_ref().map_or(1, Vec::len);
-                let labels = Self::labels(spec, &entry.outcomes, &row);
-                Self::unshow(&mut entry.outcomes, &row);
+                let labels = Self::close_row(spec, &mut entry.outcomes, &row);
                 out.push(SpineRows::new(row, labels, true));
             }
             if entry.rows.is_empty() {
@@ -335,15 +352,18 @@ impl Spine {
         while closed < limit
             && let Some(user) = closing.pop()
         {
-            let Some(user) = self.open.remove(&user) else {
+            let Some(UserRows {
+                rows, mut outcomes, ..
+            }) = self.open.remove(&user)
+            else {
                 continue;
             };
-            for row in user.rows {
+            for row in rows {
                 closed += 1;
                 self.rows -= row.items.as_ref().map_or(1, Vec::len);
                 let complete = max_clock.is_some_and(|m| row.ts + spec.max_window <= m);
                 if complete || !spec.complete_only {
-                    let labels = Self::labels(spec, &user.outcomes, &row);
+                    let labels = Self::close_row(spec, &mut outcomes, &row);
                     out.push(SpineRows::new(row, labels, complete));
                 }
             }

@@ -8,11 +8,13 @@
 mod intern;
 mod last_ids;
 mod state;
+mod value;
 mod view;
 
 pub use intern::Interner;
 pub use state::{Agg, GroupScore, Scalar, UserState};
-pub use view::{render_features, render_state};
+pub use value::{AsJson, FeatureValue, feature_value, feature_values, render_features};
+pub use view::render_state;
 
 use crate::model::schema::FieldRef;
 use serde::Deserialize;

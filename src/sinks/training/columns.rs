@@ -6,7 +6,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value as Json;
 
 use crate::model::event::Value;
-use crate::model::features::FeatureSpec;
+use crate::model::features::{AsJson, FeatureSpec};
 use crate::model::schema::FieldType;
 use crate::model::training::{ExportSpec, FeatureKind, LabelFn, LabelValue, Parsed, TrainingRow};
 
@@ -152,7 +152,7 @@ pub fn json_line(columns: &Columns, kinds: &[FeatureKind], row: TrainingRow<'_>,
                     Column::Carried(i, _) => map.serialize_entry(name, &carried(&spine.carried[*i]))?,
                     Column::Position => map.serialize_entry(name, &row.item.map(|i| i.0))?,
                     Column::ItemId => map.serialize_entry(name, &row.item.map(|i| i.1))?,
-                    Column::Feature(i, _) => map.serialize_entry(name, &parsed.features[*i])?,
+                    Column::Feature(i, _) => map.serialize_entry(name, &AsJson(&spine.features[*i]))?,
                     Column::Label(i, _) => map.serialize_entry(name, &label(&row.labels[*i]))?,
                     Column::Complete => map.serialize_entry(name, &row.labels_complete)?,
                     Column::Served(i, _) => {

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    ArrayBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
-    StructBuilder, TimestampMillisecondBuilder,
+    ArrayBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, NullBufferBuilder,
+    OffsetBufferBuilder, StringBuilder, TimestampMillisecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, Float64Array, ListArray, RecordBatch, StructArray};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -21,6 +21,7 @@ use serde_json::Value as Json;
 
 use super::columns::{Column, Columns, top_k, typed};
 use crate::model::event::Value;
+use crate::model::features::FeatureValue;
 use crate::model::schema::FieldType;
 use crate::model::training::{FeatureKind, LabelFn, LabelValue, SpineRows};
 use crate::sinks::SinkError;
@@ -92,11 +93,7 @@ fn builder(ty: &DataType, capacity: usize) -> Box<dyn ArrayBuilder> {
         DataType::Timestamp(..) => {
             Box::new(TimestampMillisecondBuilder::with_capacity(capacity).with_timezone("UTC"))
         }
-        DataType::List(item) => {
-            let values = StructBuilder::from_fields(top_k_fields(), capacity);
-            Box::new(ListBuilder::new(values).with_field(Arc::clone(item)))
-        }
-        other => unreachable!("the export writes no {other} column"),
+        other => unreachable!("the export builds no {other} column this way"),
     }
 }
 
@@ -111,7 +108,7 @@ fn seconds_to_millis(seconds: f64) -> i64 {
     (seconds * 1000.0).round() as i64
 }
 
-/// Appends one JSON value of a feature's kind.
+/// Appends one served JSON value of a feature's kind.
 fn append_feature(builder: &mut Box<dyn ArrayBuilder>, kind: FeatureKind, value: &Json) {
     match kind {
         FeatureKind::Int64 => get::<Int64Builder>(builder).append_option(value.as_i64()),
@@ -121,27 +118,98 @@ fn append_feature(builder: &mut Box<dyn ArrayBuilder>, kind: FeatureKind, value:
         FeatureKind::Json => {
             get::<StringBuilder>(builder).append_option((!value.is_null()).then(|| value.to_string()))
         }
-        FeatureKind::TopK => {
-            let list = get::<ListBuilder<StructBuilder>>(builder);
-            match top_k(value) {
-                None => list.append(false),
-                Some(pairs) => {
-                    let values = list.values();
-                    for (key, score) in pairs {
-                        values
-                            .field_builder::<StringBuilder>(0)
-                            .expect("key")
-                            .append_value(key);
-                        values
-                            .field_builder::<Float64Builder>(1)
-                            .expect("score")
-                            .append_value(score);
-                        values.append(true);
-                    }
-                    list.append(true);
-                }
-            }
+        FeatureKind::TopK => unreachable!("top_k columns are built as pairs"),
+    }
+}
+
+/// A `top_k` column (a list of `{key, score}`) built from its parts: keys, scores
+/// and list offsets, with no builder looked up per value.
+struct Pairs {
+    keys: StringBuilder,
+    scores: Vec<f64>,
+    offsets: OffsetBufferBuilder<i32>,
+    nulls: NullBufferBuilder,
+}
+
+impl Pairs {
+    fn with_capacity(rows: usize) -> Pairs {
+        Pairs {
+            keys: StringBuilder::with_capacity(rows * 5, rows * 40),
+            scores: Vec::with_capacity(rows * 5),
+            offsets: OffsetBufferBuilder::new(rows),
+            nulls: NullBufferBuilder::new(rows),
         }
+    }
+
+    /// Appends one row's pairs, or a null.
+    fn push<'a>(&mut self, pairs: Option<impl Iterator<Item = (&'a str, f64)>>) {
+        let before = self.scores.len();
+        match pairs {
+            Some(pairs) => {
+                for (key, score) in pairs {
+                    self.keys.append_value(key);
+                    self.scores.push(score);
+                }
+                self.nulls.append_non_null();
+            }
+            None => self.nulls.append_null(),
+        }
+        self.offsets.push_length(self.scores.len() - before);
+    }
+
+    fn finish(mut self, ty: &DataType) -> ArrayRef {
+        let DataType::List(item) = ty else {
+            unreachable!("a top_k column is a list")
+        };
+        let values = StructArray::new(
+            top_k_fields(),
+            vec![
+                Arc::new(self.keys.finish()),
+                Arc::new(Float64Array::from(self.scores)),
+            ],
+            None,
+        );
+        Arc::new(ListArray::new(
+            Arc::clone(item),
+            self.offsets.finish(),
+            Arc::new(values),
+            self.nulls.finish(),
+        ))
+    }
+}
+
+/// Appends a computed feature value of a feature's kind: the column holds what the
+/// view's JSON says, read as the kind (null where it does not fit).
+fn append_value(builder: &mut Box<dyn ArrayBuilder>, kind: FeatureKind, value: &FeatureValue) {
+    match kind {
+        FeatureKind::Int64 => get::<Int64Builder>(builder).append_option(match value {
+            FeatureValue::UInt(n) => i64::try_from(*n).ok(),
+            _ => None,
+        }),
+        FeatureKind::Float64 => get::<Float64Builder>(builder).append_option(value.number()),
+        FeatureKind::Bool => get::<BooleanBuilder>(builder).append_option(match value {
+            FeatureValue::Bool(b) => Some(*b),
+            _ => None,
+        }),
+        FeatureKind::Utf8 => get::<StringBuilder>(builder).append_option(match value {
+            FeatureValue::Str(s) => Some(s.as_str()),
+            _ => None,
+        }),
+        FeatureKind::Json => {
+            get::<StringBuilder>(builder).append_option((!value.is_null()).then(|| value.to_json_string()))
+        }
+        FeatureKind::TopK => unreachable!("top_k columns are built as pairs"),
+    }
+}
+
+/// A computed `top_k` value's pairs; `None` (null) when it is not one, or when a
+/// score is not finite (the view writes it as `null`, which is not a pair).
+fn computed_pairs(value: &FeatureValue) -> Option<impl Iterator<Item = (&str, f64)>> {
+    match value {
+        FeatureValue::TopK(pairs) if pairs.iter().all(|(_, s)| s.is_finite()) => {
+            Some(pairs.iter().map(|(k, s)| (k.as_str(), *s)))
+        }
+        _ => None,
     }
 }
 
@@ -165,6 +233,19 @@ pub fn batch(columns: &Columns, schema: &SchemaRef, spines: &mut [SpineRows]) ->
         .iter()
         .zip(schema.fields().iter())
         .map(|((_, column), field)| {
+            match column {
+                Column::Feature(i, FeatureKind::TopK) => {
+                    let mut pairs = Pairs::with_capacity(capacity);
+                    rows().for_each(|r| pairs.push(computed_pairs(&r.spine.features[*i])));
+                    return pairs.finish(field.data_type());
+                }
+                Column::Served(i, FeatureKind::TopK) => {
+                    let mut pairs = Pairs::with_capacity(capacity);
+                    per_row().for_each(|p| pairs.push(p.served[*i].as_ref().and_then(top_k)));
+                    return pairs.finish(field.data_type());
+                }
+                _ => {}
+            }
             let mut b = builder(field.data_type(), capacity);
             let strings = |b: &mut Box<dyn ArrayBuilder>, values: &mut dyn Iterator<Item = &str>| {
                 let b = get::<StringBuilder>(b);
@@ -211,7 +292,7 @@ pub fn batch(columns: &Columns, schema: &SchemaRef, spines: &mut [SpineRows]) ->
                     }
                 }
                 Column::Feature(i, kind) => {
-                    per_row().for_each(|p| append_feature(&mut b, *kind, &p.features[*i]))
+                    rows().for_each(|r| append_value(&mut b, *kind, &r.spine.features[*i]))
                 }
                 Column::Served(i, kind) => {
                     per_row().for_each(|p| append_feature(&mut b, *kind, typed(p.served[*i].as_ref(), *kind)))
