@@ -23,7 +23,7 @@ use super::columns::{Column, Columns, top_k, typed};
 use crate::model::event::Value;
 use crate::model::features::FeatureValue;
 use crate::model::schema::FieldType;
-use crate::model::training::{FeatureKind, LabelFn, LabelValue, SpineRows};
+use crate::model::training::{FeatureKind, LabelFn, LabelValue, Parsed, SpineRows, TrainingRow};
 use crate::sinks::SinkError;
 
 /// Rows per row group: bounds what a writer holds before it encodes a group.
@@ -221,13 +221,17 @@ pub fn batch(columns: &Columns, schema: &SchemaRef, spines: &mut [SpineRows]) ->
         spine.parsed(&columns.features);
     }
     let spines = &*spines;
-    let rows = || spines.iter().flat_map(|s| s.rows());
-    // Each spine event's parsed values, once per row.
-    let per_row = || {
-        spines
-            .iter()
-            .flat_map(|s| std::iter::repeat_n(s.parsed.as_deref().expect("parsed above"), s.len()))
-    };
+    // The rows, and each one's parsed served values, laid out once: every column
+    // walks them.
+    let (all_rows, all_parsed): (Vec<TrainingRow<'_>>, Vec<&Parsed>) = spines
+        .iter()
+        .flat_map(|s| {
+            let parsed = s.parsed.as_deref().expect("parsed above");
+            s.rows().map(move |r| (r, parsed))
+        })
+        .unzip();
+    let rows = || all_rows.iter();
+    let per_row = || all_parsed.iter().copied();
     let arrays: Vec<ArrayRef> = columns
         .list
         .iter()
