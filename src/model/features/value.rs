@@ -223,3 +223,45 @@ pub fn render_features(spec: &FeatureSpec, interner: &Interner, state: &UserStat
     }
     serde_json::to_string(&Object(spec, interner, state)).expect("features serialize")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_the_views_and_owned_values_write_the_same() {
+        let cases: Vec<(FeatureValue<&str>, &str)> = vec![
+            (FeatureValue::Null, "null"),
+            (FeatureValue::UInt(3), "3"),
+            (FeatureValue::Num(2.5), "2.5"),
+            (FeatureValue::Num(3.0), "3.0"),
+            (FeatureValue::Num(f64::INFINITY), "null"),
+            (FeatureValue::Bool(true), "true"),
+            (FeatureValue::Str("a\"b"), r#""a\"b""#),
+            (FeatureValue::List(vec!["x", "y"]), r#"["x","y"]"#),
+            (
+                FeatureValue::Scores(vec![("a", 1.0), ("b", 0.5)]),
+                r#"{"a":1.0,"b":0.5}"#,
+            ),
+            (
+                FeatureValue::TopK(vec![("b", 2.0), ("a", 1.0)]),
+                r#"[["b",2.0],["a",1.0]]"#,
+            ),
+        ];
+        for (value, json) in cases {
+            assert_eq!(value.to_json_string(), json);
+            let owned = value.to_owned_value();
+            assert_eq!(owned.to_json_string(), json);
+            assert_eq!(owned.is_null(), json == "null");
+            // The checkpoint's form round-trips.
+            let bytes = bincode::serialize(&owned).expect("serializes");
+            assert_eq!(
+                bincode::deserialize::<FeatureValue>(&bytes).expect("deserializes"),
+                owned
+            );
+        }
+        assert_eq!(FeatureValue::<&str>::UInt(7).number(), Some(7.0));
+        assert_eq!(FeatureValue::<&str>::Num(f64::NAN).number(), None);
+        assert_eq!(FeatureValue::Str("7").number(), None);
+    }
+}
