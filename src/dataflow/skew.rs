@@ -55,7 +55,8 @@ pub fn count_skew<'s>(
     builder.build(move |_| {
         // Features whose examples are all kept: their mismatches take no lock.
         let mut kept = vec![false; names.len()];
-        let mut sums: hashbrown::HashMap<SkewKey, SkewStats> = hashbrown::HashMap::new();
+        // In key order, so the totals add up in the same order on every run.
+        let mut sums: std::collections::BTreeMap<SkewKey, SkewStats> = Default::default();
         move |_frontiers| {
             let mut rows_handle = rows_out.activate();
             let mut updates_handle = updates_out.activate();
@@ -74,7 +75,7 @@ pub fn count_skew<'s>(
                     }
                 }
                 let mut session = updates_handle.session(&time);
-                for (key, stats) in sums.drain() {
+                for (key, stats) in std::mem::take(&mut sums) {
                     session.give((key, at, stats));
                 }
                 rows_handle.session(&time).give_container(rows);

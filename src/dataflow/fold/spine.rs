@@ -258,7 +258,7 @@ impl Spine {
             })
             .collect();
         for r in 0..n {
-            let mut entry = match (&row.items, per_item) {
+            let entry = match (&row.items, per_item) {
                 (Some(items), true) => match by_item.entry_ref(&items[r]) {
                     hashbrown::hash_map::EntryRef::Occupied(entry) => Some(entry),
                     hashbrown::hash_map::EntryRef::Vacant(_) => None,
@@ -273,11 +273,11 @@ impl Spine {
                     (None, None) => LabelValue::empty(label.func),
                 });
             }
-            if let Some(entry) = entry.as_mut() {
+            if let Some(mut entry) = entry {
                 entry.get_mut().shown -= 1;
-            }
-            if entry.as_ref().is_some_and(|e| e.get().shown == 0) {
-                entry.take().expect("some").remove();
+                if entry.get().shown == 0 {
+                    entry.remove();
+                }
             }
         }
         labels
