@@ -270,24 +270,25 @@ pub struct Parsed {
 impl Parsed {
     /// Parses `spine`'s snapshot; `features` are the feature names in the spec's order.
     pub fn of(features: &[String], spine: &OpenRow) -> Parsed {
-        let mut served = vec![None; features.len() + 1];
-        if let Some(snapshot) = spine.snapshot.as_deref() {
-            served = fields(snapshot, Names(features, Some("as_of")));
-        }
+        let mut served = match spine.snapshot.as_deref() {
+            Some(snapshot) => fields(snapshot, Names(features, "as_of")),
+            None => vec![None; features.len() + 1],
+        };
         let served_as_of = served.pop().flatten().and_then(|v| v.as_f64());
         Parsed { served, served_as_of }
     }
 }
 
-/// Field names looked up by position: a list, then perhaps one more name.
-struct Names<'a>(&'a [String], Option<&'a str>);
+/// Field names looked up by position: a list, then one more name after it.
+struct Names<'a>(&'a [String], &'a str);
 
 impl Names<'_> {
     fn len(&self) -> usize {
-        self.0.len() + usize::from(self.1.is_some())
+        self.0.len() + 1
     }
 
-    /// The position of `name`; `hint` is tried first (objects we render keep order).
+    /// The position of `name`; `hint` is tried first (snapshots usually list the
+    /// features in order).
     fn find(&self, name: &str, hint: usize) -> Option<usize> {
         if self.0.get(hint).is_some_and(|n| n == name) {
             return Some(hint);
@@ -295,7 +296,7 @@ impl Names<'_> {
         self.0
             .iter()
             .position(|n| n == name)
-            .or_else(|| (self.1 == Some(name)).then_some(self.0.len()))
+            .or_else(|| (self.1 == name).then_some(self.0.len()))
     }
 }
 
