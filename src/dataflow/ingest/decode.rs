@@ -81,20 +81,23 @@ pub struct Decoder<'r> {
     max_event_bytes: usize,
 }
 
-/// The envelope's fields; everything else is skipped unparsed.
-#[derive(Default)]
-struct Envelope<'a> {
-    event_id: Loose<'a>,
-    event_type: Loose<'a>,
-    event_version: Loose<'a>,
-    event_time: Loose<'a>,
-    user_id: Loose<'a>,
-    payload: Payload<'a>,
+/// The envelope's fields; everything else is checked and dropped.
+#[derive(Debug, Default)]
+pub(super) struct Envelope<'a> {
+    pub(super) event_id: Loose<'a>,
+    pub(super) event_type: Loose<'a>,
+    pub(super) event_version: Loose<'a>,
+    pub(super) event_time: Loose<'a>,
+    pub(super) user_id: Loose<'a>,
+    pub(super) payload: Payload<'a>,
 }
 
+/// A payload's declared fields, by index in the schema (inline: schemas are small).
+pub(super) type Found<'a> = smallvec::SmallVec<[Loose<'a>; 6]>;
+
 /// The payload as the envelope's pass left it.
-#[derive(Default)]
-enum Payload<'a> {
+#[derive(Debug, Default)]
+pub(super) enum Payload<'a> {
     /// Absent or null.
     #[default]
     Absent,
@@ -102,7 +105,7 @@ enum Payload<'a> {
     Raw(&'a RawValue),
     /// Parsed against the schema its type and version chose: the declared fields, by
     /// index. In the envelope's pass when they came first, as producers write them.
-    Fields(Vec<Loose<'a>>),
+    Fields(Found<'a>),
     /// Valid JSON, but not an object.
     NotAnObject,
 }
@@ -149,7 +152,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor<'_> {
                 3 => &mut envelope.event_time,
                 4 => &mut envelope.user_id,
                 _ => {
-                    envelope.payload = match self.schema_of(&envelope) {
+                    envelope.payload = match schema_of(self.registry, &envelope) {
                         Some(schema) => map.next_value_seed(PayloadSeed(schema))?,
                         None => match map.next_value::<Option<&'de RawValue>>()? {
                             Some(raw) => {
@@ -170,17 +173,27 @@ impl<'de> Visitor<'de> for EnvelopeVisitor<'_> {
     }
 }
 
-impl EnvelopeVisitor<'_> {
-    /// The schema the fields read so far choose, when the record would get as far as
-    /// checking its payload against one.
-    fn schema_of(&self, envelope: &Envelope<'_>) -> Option<&VersionSchema> {
-        let (Loose::Str(event_type), Loose::Str(version)) = (&envelope.event_type, &envelope.event_version)
-        else {
-            return None;
-        };
-        let type_index = self.registry.type_index(event_type)?;
-        self.registry.version(type_index, parse_version(version)??)
-    }
+/// The schema the envelope's fields read so far choose, when the record would get as
+/// far as checking its payload against one.
+pub(super) fn schema_of<'r>(registry: &'r Registry, envelope: &Envelope<'_>) -> Option<&'r VersionSchema> {
+    let (Loose::Str(event_type), Loose::Str(version)) = (&envelope.event_type, &envelope.event_version)
+    else {
+        return None;
+    };
+    let type_index = registry.type_index(event_type)?;
+    registry.version(type_index, parse_version(version)??)
+}
+
+/// The envelope as serde reads it: the path for every record the fast path is not
+/// sure of, and the one that words the parser's messages.
+pub(super) fn serde_envelope<'a>(
+    text: &'a str,
+    registry: &Registry,
+) -> Result<Envelope<'a>, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    deserializer
+        .deserialize_map(EnvelopeVisitor { registry })
+        .and_then(|envelope| deserializer.end().map(|()| envelope))
 }
 
 fn reject(reason: Reason, detail: impl Into<String>, event_time: Option<f64>, parsed: bool) -> Decoded {
@@ -233,16 +246,13 @@ impl<'r> Decoder<'r> {
                 Err(e) => reject(Reason::InvalidJson, e.to_string(), None, false),
             };
         }
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        let parsed = deserializer
-            .deserialize_map(EnvelopeVisitor {
-                registry: self.registry,
-            })
-            .and_then(|envelope| deserializer.end().map(|()| envelope));
-        let envelope: Envelope<'_> = match parsed {
-            Ok(envelope) => envelope,
-            Err(e) => return reject(Reason::InvalidJson, e.to_string(), None, false),
-        };
+        let mut envelope = Envelope::default();
+        if super::fast::read(text, self.registry, &mut envelope).is_none() {
+            envelope = match serde_envelope(text, self.registry) {
+                Ok(envelope) => envelope,
+                Err(e) => return reject(Reason::InvalidJson, e.to_string(), None, false),
+            };
+        }
 
         // Step 2: the envelope, in the contract's field order.
         let event_id = match envelope.event_id {
@@ -304,7 +314,7 @@ impl<'r> Decoder<'r> {
             _ => return Decoded::Rejected(invalid("user_id", at)),
         };
         let carried = self.registry.types()[type_index as usize].carried.len();
-        let values = match self.payload(schema, envelope.payload, carried, at) {
+        let values = match self.payload(schema, &envelope.payload, carried, at) {
             Ok(values) => values,
             Err(rejected) => return Decoded::Rejected(rejected),
         };
@@ -321,7 +331,7 @@ impl<'r> Decoder<'r> {
     fn payload(
         &self,
         schema: &VersionSchema,
-        payload: Payload<'_>,
+        payload: &Payload<'_>,
         carried: usize,
         at: Option<f64>,
     ) -> Result<Values, Rejection> {
@@ -329,16 +339,23 @@ impl<'r> Decoder<'r> {
         if schema.fields.is_empty() {
             return Ok(values);
         }
+        let (reparsed, absent);
         let payload = match payload {
             // Valid JSON (the envelope's pass checked it): only its shape can fail.
-            Payload::Raw(raw) => PayloadSeed(schema)
-                .deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
-                .unwrap_or(Payload::NotAnObject),
+            Payload::Raw(raw) => {
+                reparsed = PayloadSeed(schema)
+                    .deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+                    .unwrap_or(Payload::NotAnObject);
+                &reparsed
+            }
             other => other,
         };
         let found = match payload {
             Payload::Absent if schema.payload_required() => return Err(missing("payload", at)),
-            Payload::Absent => absent(schema),
+            Payload::Absent => {
+                absent = absent_fields(schema);
+                &absent
+            }
             Payload::Fields(found) => found,
             Payload::Raw(_) | Payload::NotAnObject => return Err(invalid("payload", at)),
         };
@@ -352,7 +369,7 @@ impl<'r> Decoder<'r> {
                 }
                 continue;
             }
-            let typed = match (field.ty, &value) {
+            let typed = match (field.ty, value) {
                 (FieldType::String, Loose::Str(_))
                 | (FieldType::Number, Loose::Num(_))
                 | (FieldType::Bool, Loose::Bool(_))
@@ -369,12 +386,12 @@ impl<'r> Decoder<'r> {
             let Some(slot) = field.slot else { continue };
             values[slot] = match value {
                 Loose::Str(s) => Value::Str(CompactString::from(s.as_ref())),
-                Loose::Num(n) => Value::Num(n),
-                Loose::Bool(b) => Value::Bool(b),
+                Loose::Num(n) => Value::Num(*n),
+                Loose::Bool(b) => Value::Bool(*b),
                 Loose::List(Some(items)) => {
                     Value::List(items.iter().map(|s| CompactString::from(s.as_ref())).collect())
                 }
-                Loose::Raw(text) => Value::Json(text.to_owned()),
+                Loose::Raw(text) => Value::Json((*text).to_owned()),
                 _ => unreachable!("checked against the field's type above"),
             };
         }
@@ -412,16 +429,23 @@ fn describe_non_object(text: &str) -> String {
 }
 
 /// `"MAJOR.MINOR"` with digits on both sides; `Some(None)` when MAJOR overflows.
+/// (A loop over bytes: it runs twice for every record.)
 fn parse_version(version: &str) -> Option<Option<u32>> {
-    let (major, minor) = version.split_once('.')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let bytes = version.as_bytes();
+    let dot = bytes.iter().position(|&b| b == b'.')?;
+    let (major, minor) = (&bytes[..dot], &bytes[dot + 1..]);
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
     if !digits(major) || !digits(minor) {
         return None;
     }
-    Some(major.parse().ok())
+    Some(
+        major
+            .iter()
+            .try_fold(0u32, |n, &d| n.checked_mul(10)?.checked_add(u32::from(d - b'0'))),
+    )
 }
 
-fn absent<'a>(schema: &VersionSchema) -> Vec<Loose<'a>> {
+pub(super) fn absent_fields<'a>(schema: &VersionSchema) -> Found<'a> {
     (0..schema.fields.len()).map(|_| Loose::Absent).collect()
 }
 
@@ -447,7 +471,7 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let schema = self.0;
-        let mut found = absent(schema);
+        let mut found = absent_fields(schema);
         let mut keys = Keys::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let field = schema.fields.iter().position(|f| f.name == key);

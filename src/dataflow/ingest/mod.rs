@@ -16,6 +16,7 @@
 
 mod blocking;
 pub mod decode;
+mod fast;
 mod json;
 mod replay;
 pub mod split;
