@@ -110,7 +110,7 @@ pub(super) enum Payload<'a> {
     NotAnObject,
 }
 
-const ENVELOPE_FIELDS: [&str; 6] = [
+pub(super) const ENVELOPE_FIELDS: [&str; 6] = [
     "event_id",
     "event_type",
     "event_version",

@@ -278,10 +278,7 @@ impl<'a> Reader<'a> {
     /// seen twice in one object is serde's (it refuses the record): `field` tells
     /// repeats of the keys it knows itself, this the others.
     fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<Key>) -> Option<()> {
-        self.expect(b'{')?;
-        self.ws();
-        if self.peek()? == b'}' {
-            self.at += 1;
+        if self.open(b'{', b'}')? {
             return Some(());
         }
         // Each key with its first eight bytes and length: keys are told apart by
@@ -299,39 +296,41 @@ impl<'a> Reader<'a> {
                 }
                 others.push((print, key));
             }
-            self.ws();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.close(b'}')? {
+                return Some(());
             }
         }
     }
 
     /// An array: `element` is called with the reader at each element.
     fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.expect(b'[')?;
-        self.ws();
-        if self.peek()? == b']' {
-            self.at += 1;
+        if self.open(b'[', b']')? {
             return Some(());
         }
         loop {
             self.ws();
             element(self)?;
-            self.ws();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.close(b']')? {
+                return Some(());
             }
         }
+    }
+
+    /// An object's or array's opening; `true` when it closes at once (`{}`, `[]`).
+    fn open(&mut self, open: u8, close: u8) -> Option<bool> {
+        self.expect(open)?;
+        self.ws();
+        let empty = self.peek()? == close;
+        self.at += usize::from(empty);
+        Some(empty)
+    }
+
+    /// After a member: a comma (`false`, more follow) or the closing byte (`true`).
+    fn close(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let byte = self.peek()?;
+        (byte == b',' || byte == close).then(|| self.at += 1)?;
+        Some(byte == close)
     }
 
     /// Any value, checked and dropped.
@@ -418,7 +417,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::dataflow::ingest::decode::serde_envelope;
+    use crate::dataflow::ingest::decode::{ENVELOPE_FIELDS, serde_envelope};
 
     fn recsys() -> crate::job::Job {
         crate::job::Job::load(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/recsys.toml").as_ref())
@@ -467,6 +466,7 @@ mod tests {
     #[test]
     fn numbers_read_as_serde_reads_them() {
         let job = recsys();
+        // Read by the exact shortcut...
         for number in [
             "0",
             "-0",
@@ -487,12 +487,7 @@ mod tests {
             "1e-22",
             "4.35",
             "99.99",
-        ] {
-            let record =
-                format!(r#"{{{ENVELOPE},"payload":{{"item_id":"i","price":{number},"x":{number}}}}}"#);
-            assert!(agrees(&job.registry, &record), "{number}");
-        }
-        for number in [
+            // ... and by the standard parser.
             "1e23",
             "12345678901234567890",
             "9007199254740993",
@@ -571,15 +566,7 @@ mod tests {
     }
 
     fn field() -> impl Strategy<Value = String> {
-        let name = prop::sample::select(vec![
-            "event_id",
-            "event_type",
-            "event_version",
-            "event_time",
-            "user_id",
-            "payload",
-            "session_id",
-        ]);
+        let name = prop::sample::select([&ENVELOPE_FIELDS[..], &["session_id"]].concat());
         let known = prop_oneof![
             Just("\"ecommerce.purchase_completed\"".to_owned()),
             Just("\"2.0\"".to_owned()),
