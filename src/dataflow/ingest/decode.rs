@@ -3,7 +3,9 @@
 //! A record is bytes; it leaves as a [`DecodedEvent`] in canonical (upcast) form, as
 //! `Ignored` (a type the job does not know), or as a [`Rejection`] that names the
 //! contract's reason. Checks run in the contract's order and the first failure
-//! decides. Parsing borrows from the input wherever the JSON allows it.
+//! decides. Parsing borrows from the input wherever the JSON allows it: the fast path
+//! (`fast.rs`) reads the envelope of a well-formed record, and the serde visitors here
+//! read every record it is not sure of, and word the parser's messages.
 
 use std::fmt;
 
