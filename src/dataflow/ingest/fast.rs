@@ -559,7 +559,7 @@ mod tests {
         prop_oneof![
             3 => atom,
             1 => prop::collection::vec(value(depth - 1), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
-            1 => prop::collection::vec((prop::sample::select(vec!["a", "b", "item_id", "price"]), value(depth - 1)), 0..4)
+            1 => prop::collection::vec((prop::sample::select(vec!["a", "b", "item_id", "price", "features_snapshot", "recommended_items"]), value(depth - 1)), 0..4)
                 .prop_map(|kv| format!("{{{}}}", kv.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect::<Vec<_>>().join(","))),
         ]
         .boxed()
@@ -588,6 +588,23 @@ mod tests {
             let job = recsys();
             let record = format!(
                 r#"{{{ENVELOPE},"payload":{{"item_id":"i","price":{number},"x":[{number}]}}}}"#
+            );
+            agrees(&job.registry, &record);
+        }
+
+        #[test]
+        fn payloads_of_any_shape_read_as_serde_reads_them(
+            fields in prop::collection::vec(
+                (prop::sample::select(vec!["impression_id", "model_version", "recommended_items", "features_snapshot", "x"]), value(3)),
+                0..6,
+            ),
+            ws in "[ \t\n]{0,2}",
+        ) {
+            let job = recsys();
+            let members: Vec<String> = fields.iter().map(|(k, v)| format!("{ws}\"{k}\"{ws}:{ws}{v}{ws}")).collect();
+            let record = format!(
+                r#"{{"event_id":"e","event_type":"recommendation.items_shown","event_version":"1.0","event_time":1,"user_id":"u","payload":{{{}}}}}"#,
+                members.join(",")
             );
             agrees(&job.registry, &record);
         }
