@@ -559,10 +559,11 @@ impl Event {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn recsys() -> crate::job::Job {
+    /// The recsys job, whose registry the decode tests read against.
+    pub(in crate::dataflow::ingest) fn recsys() -> crate::job::Job {
         crate::job::Job::load(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/recsys.toml").as_ref())
             .expect("the recsys job loads")
     }
