@@ -246,7 +246,7 @@ impl Spine {
         let UserOutcomes { all, by_item, .. } = outcomes;
         // Labels without `match` are the same for every row of the event: read once
         // (a sum over a busy user's day of purchases is a long walk).
-        let shared: Vec<Option<LabelValue>> = spec
+        let shared: smallvec::SmallVec<[Option<LabelValue>; 8]> = spec
             .labels
             .iter()
             .enumerate()
