@@ -155,6 +155,8 @@ pub(super) struct Fold {
     pub(super) order: Vec<(u32, u32)>,
     /// `order` keyed by event time, for sorting.
     pub(super) keyed: Vec<(u64, (u32, u32))>,
+    /// Whether each event of `order` is a duplicate (see [`Fold::judge`]).
+    duplicate: Vec<bool>,
     pub(super) dirty: Vec<u32>,
     pub(super) counts: Counts,
     /// Counts since the job started (restored ones included), for checkpoints.
@@ -200,6 +202,7 @@ impl Fold {
             pending: Vec::new(),
             order: Vec::new(),
             keyed: Vec::new(),
+            duplicate: Vec::new(),
             dirty: Vec::new(),
             counts: Counts::default(),
             total: Counts::default(),
@@ -264,15 +267,22 @@ impl Fold {
         self.order.extend(self.keyed.iter().map(|&(_, index)| index));
         let job = Arc::clone(&self.job);
         let order = std::mem::take(&mut self.order);
-        for &(c, e) in &order {
+        // Step 5 for every ready event first, in apply order: the tables see the same
+        // lookups and inserts as if each event were judged as it is applied, and in a
+        // tight loop their cache misses (a table of a day's ids) overlap instead of
+        // being waited for one at a time between applies.
+        let mut duplicate = std::mem::take(&mut self.duplicate);
+        duplicate.clear();
+        duplicate.extend(order.iter().map(|index| self.judge(event(index))));
+        for (&(c, e), &duplicate) in order.iter().zip(&duplicate) {
             let batch = &pending[c as usize];
             let (event, ready_at) = (&batch.events[e as usize], batch.ready_at(e as usize));
             self.open_file_rows(limit, Some(event.event_time));
             match self.trace.clone() {
                 Some(trace) if trace.user == event.user_id => {
-                    self.apply_traced(&trace, &job, event, ready_at, dead);
+                    self.apply_traced(&trace, &job, event, ready_at, duplicate, dead);
                 }
-                _ => self.apply_one(&job, event, ready_at, dead),
+                _ => self.apply_one(&job, event, ready_at, duplicate, dead),
             }
             if let (Some(online), true, false) = (self.online.as_mut(), self.show_pending, event.late) {
                 online.retire(event.user_hash, &event.user_id, limit);
@@ -280,6 +290,7 @@ impl Fold {
         }
         self.open_file_rows(limit, None);
         self.order = order;
+        self.duplicate = duplicate;
         self.pending = pending;
         self.pending.retain_mut(|batch| {
             if batch.drop_ready(limit) {
@@ -316,20 +327,35 @@ impl Fold {
         }
     }
 
-    /// Steps 5-7 for one event: dedup, lateness, apply.
+    /// Step 5 for one event: whether it is a duplicate. An on-time event claims its
+    /// id; a late copy of an event seen on time is a duplicate, and a late event never
+    /// claims its id against an on-time copy, so which copy arrives first does not
+    /// decide what is applied.
+    fn judge(&mut self, event: &Event) -> bool {
+        let (key, time) = (event.id_key, event.event_time);
+        match event.late {
+            false => self.seen.check_and_insert(key, time, event.user_hash),
+            true => {
+                self.seen.contains(key, time) || self.seen_late.check_and_insert(key, time, event.user_hash)
+            }
+        }
+    }
+
+    /// Steps 6-7 for one event, which [`Fold::judge`] found a `duplicate` or not:
+    /// lateness, apply.
     pub(super) fn apply_one(
         &mut self,
         job: &Job,
         event: &Event,
         ready_at: Millis,
+        duplicate: bool,
         dead: &mut Vec<DeadLetter>,
     ) {
-        let key = event.id_key;
+        if duplicate {
+            self.counts.duplicates += 1;
+            return;
+        }
         if !event.late {
-            if self.seen.check_and_insert(key, event.event_time, event.user_hash) {
-                self.counts.duplicates += 1;
-                return;
-            }
             let reads = job.features.reads(event.event_type);
             let slot = reads.then(|| self.users.slot(event.user_hash, &event.user_id, job));
             if let (Some(slot), Some(record)) = (slot, &event.late_record)
@@ -368,17 +394,6 @@ impl Fold {
                 entry.dirty = true;
                 self.dirty.push(slot);
             }
-            return;
-        }
-        // A late copy of an event seen on time is a duplicate; a late event never
-        // claims its id against an on-time copy, so which copy arrives first does
-        // not decide what is applied.
-        if self.seen.contains(key, event.event_time)
-            || self
-                .seen_late
-                .check_and_insert(key, event.event_time, event.user_hash)
-        {
-            self.counts.duplicates += 1;
             return;
         }
         self.counts.late += 1;

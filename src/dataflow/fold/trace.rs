@@ -19,6 +19,7 @@ impl Fold {
         job: &Job,
         event: &Event,
         ready_at: Millis,
+        duplicate: bool,
         dead: &mut Vec<DeadLetter>,
     ) {
         if explaining.wants_view_before(event.event_time) {
@@ -27,7 +28,7 @@ impl Fold {
         let counts = self.counts.clone();
         let letters = dead.len();
         let before = self.features_of(event);
-        self.apply_one(job, event, ready_at, dead);
+        self.apply_one(job, event, ready_at, duplicate, dead);
         let outcome = if self.counts.applied > counts.applied {
             Outcome::Applied
         } else if self.counts.duplicates > counts.duplicates {
