@@ -26,8 +26,12 @@ use crate::model::schema::FieldType;
 use crate::model::training::{FeatureKind, LabelFn, LabelValue, Parsed, SpineRows, TrainingRow};
 use crate::sinks::SinkError;
 
-/// Rows per row group: bounds what a writer holds before it encodes a group.
-pub const ROW_GROUP_ROWS: usize = 65_536;
+/// Rows per row group: bounds what a writer holds before it encodes a group. At
+/// 16k rows the busy string columns' dictionaries (user ids, top-k keys) stay within
+/// the 1 MiB dictionary page, where at 64k they overflowed it and fell back to plain
+/// encoding for the rest of the group: on the 5M bench's export (2.44M rows) 16k-row
+/// groups took 83 MB against 90 MB, and 35-60 MiB less peak RSS.
+pub const ROW_GROUP_ROWS: usize = 16_384;
 
 fn top_k_fields() -> Fields {
     Fields::from(vec![
