@@ -23,6 +23,8 @@ pub enum Line<'a> {
 pub struct LineReader<R> {
     inner: R,
     buf: Vec<u8>,
+    /// Bytes of the input before `buf[0]`.
+    dropped: u64,
     start: usize,
     end: usize,
     eof: bool,
@@ -37,11 +39,17 @@ impl<R: Read> LineReader<R> {
         LineReader {
             inner,
             buf: vec![0; CHUNK],
+            dropped: 0,
             start: 0,
             end: 0,
             eof: false,
             limit,
         }
+    }
+
+    /// Where the next line begins: bytes of the input before it.
+    pub fn offset(&self) -> u64 {
+        self.dropped + self.start as u64
     }
 
     /// The next line, or `None` at the end of the input.
@@ -78,6 +86,7 @@ impl<R: Read> LineReader<R> {
             }
             // Make room: move the partial line to the front, grow if it fills the buffer.
             if self.start > 0 {
+                self.dropped += self.start as u64;
                 self.buf.copy_within(self.start..self.end, 0);
                 scanned -= self.start;
                 self.end -= self.start;
@@ -97,6 +106,7 @@ impl<R: Read> LineReader<R> {
 
     /// The current line is over the limit: keep its head, count and drop the rest.
     fn skip_oversized(&mut self) -> io::Result<Line<'_>> {
+        let line_at = self.offset();
         let head_len = MAX_RAW_BYTES.min(self.end - self.start);
         self.buf.copy_within(self.start..self.start + head_len, 0);
         let mut len = self.end - self.start;
@@ -116,6 +126,8 @@ impl<R: Read> LineReader<R> {
             }
         };
         // The buffer now holds the head, then whatever followed the line.
+        let newline = u64::from(tail.is_some());
+        self.dropped = line_at + len as u64 + newline - head_len as u64;
         self.start = head_len;
         self.end = head_len;
         if let Some(rest) = tail {
@@ -204,6 +216,45 @@ mod tests {
         assert_eq!(*len, CHUNK * 3);
         assert_eq!(head.len(), MAX_RAW_BYTES);
         assert_eq!(got[2], Ok(b"after".to_vec()));
+    }
+
+    #[test]
+    fn offsets_are_where_each_line_begins_in_the_input() {
+        let limit = CHUNK + 5;
+        let mut input = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..40_000 {
+            starts.push(input.len() as u64);
+            match i % 1000 {
+                7 => input.extend_from_slice(b"\r\n"),
+                8 => input.push(b'\n'),
+                500 if i < 1000 => {
+                    input.extend_from_slice(&vec![b'o'; CHUNK * 2]);
+                    input.push(b'\n');
+                }
+                _ => input.extend_from_slice(format!("line {i} {}\r\n", "x".repeat(i % 97)).as_bytes()),
+            }
+        }
+        input.extend_from_slice(b"last");
+        starts.push(input.len() as u64 - 4);
+        let mut reader = LineReader::new(input.as_slice(), limit);
+        let mut got = Vec::new();
+        loop {
+            let at = reader.offset();
+            match reader.next_line().unwrap() {
+                Some(Line::Full(bytes)) => {
+                    assert_eq!(&input[at as usize..at as usize + bytes.len()], bytes);
+                    got.push(at);
+                }
+                Some(Line::Oversized { len, .. }) => {
+                    assert_eq!(len, CHUNK * 2);
+                    got.push(at);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(got, starts);
+        assert_eq!(reader.offset(), input.len() as u64);
     }
 
     #[test]

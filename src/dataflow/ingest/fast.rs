@@ -104,6 +104,18 @@ struct Reader<'a> {
     at: usize,
 }
 
+/// The JSON number at the start of `bytes`, read as the decode reads it; `None` when
+/// it is not one.
+pub(super) fn leading_number(bytes: &[u8]) -> Option<f64> {
+    // A number's reading needs no text (the standard parser checks its digits' UTF-8).
+    Reader {
+        text: "",
+        bytes,
+        at: 0,
+    }
+    .number()
+}
+
 /// Bytes of `x` that are zero get their high bit set; the lowest flagged byte is
 /// always a true one.
 fn zero_bytes(x: u64) -> u64 {
@@ -256,9 +268,8 @@ impl<'a> Reader<'a> {
         let value = match value {
             Some(v) if number.negative => -v,
             Some(v) => v,
-            None => self
-                .text
-                .get(self.at..number.end)?
+            None => std::str::from_utf8(self.bytes.get(self.at..number.end)?)
+                .ok()?
                 .parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite())?,

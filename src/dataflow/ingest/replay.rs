@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use super::decode::{Decoder, MAX_EVENT_TIME, Rejection};
+use super::fast::leading_number;
 use super::watermark::Clocks;
 use crate::model::event::Millis;
 use crate::replay::explain::Outcome;
@@ -30,7 +31,7 @@ struct Waiting {
 }
 
 /// Waiting records per partition before they are settled regardless.
-const MAX_WAITING: usize = 4096;
+pub(super) const MAX_WAITING: usize = 4096;
 
 impl Unverified {
     /// Nothing waiting in any of `partitions` partitions.
@@ -81,28 +82,17 @@ impl Unverified {
         partition: usize,
         now: Instant,
     ) {
-        let waiting = &mut self.waiting[partition];
-        if waiting.times.is_empty() {
+        let Waiting { times, bytes } = &mut self.waiting[partition];
+        if times.is_empty() {
             return;
         }
-        while let Some((at, (light, range))) = waiting
-            .times
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
-            .map(|(i, w)| (i, w.clone()))
-        {
-            if clocks.clock(partition).is_some_and(|c| light <= c) {
-                break;
-            }
-            if let Some(t) = decoder.decode(&waiting.bytes[range]).event_time() {
-                clocks.observe(partition, t, now);
-                break;
-            }
-            waiting.times.swap_remove(at);
+        let Ok(found) = settle(times, clocks.clock(partition), |range| {
+            Ok::<_, std::convert::Infallible>(decoder.decode(&bytes[range.clone()]).event_time())
+        });
+        if let Some(t) = found {
+            clocks.observe(partition, t, now);
         }
-        waiting.times.clear();
-        waiting.bytes.clear();
+        bytes.clear();
     }
 
     /// Settles every partition.
@@ -111,6 +101,31 @@ impl Unverified {
             self.settle(decoder, clocks, partition, now);
         }
     }
+}
+
+/// Settles a clock over waiting records, each its light time and where to find it:
+/// from the highest light time down, `event_time` reads a record's valid time (or
+/// `None` when it is not valid) until one above `clock` is valid. Returns that time
+/// (`None` when none moves the clock) and leaves `waiting` empty.
+pub(super) fn settle<W, E>(
+    waiting: &mut Vec<(f64, W)>,
+    clock: Option<f64>,
+    mut event_time: impl FnMut(&W) -> Result<Option<f64>, E>,
+) -> Result<Option<f64>, E> {
+    let mut found = None;
+    while let Some((at, (light, record))) = waiting.iter().enumerate().max_by(|a, b| a.1.0.total_cmp(&b.1.0))
+    {
+        if clock.is_some_and(|c| *light <= c) {
+            break;
+        }
+        if let Some(t) = event_time(record)? {
+            found = Some(t);
+            break;
+        }
+        waiting.swap_remove(at);
+    }
+    waiting.clear();
+    Ok(found)
 }
 
 /// Widens the span of event times read by `time`.
@@ -155,11 +170,8 @@ pub(super) fn light_event_time(bytes: &[u8]) -> Option<f64> {
     }
     let rest = &bytes[at + KEY.len()..];
     let rest = rest.trim_ascii_start().strip_prefix(b":")?.trim_ascii_start();
-    let end = rest
-        .iter()
-        .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-        .unwrap_or(rest.len());
-    let number: f64 = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    // Read as the decode reads it: its exact shortcut, else the standard parser.
+    let number = leading_number(rest)?;
     (number.is_finite() && (0.0..MAX_EVENT_TIME).contains(&number)).then_some(number + 0.0)
 }
 

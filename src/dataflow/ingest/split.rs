@@ -13,11 +13,10 @@
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::decode::Decoder;
-use super::replay::Unverified;
-use super::watermark::Clocks;
+use super::replay::{self, MAX_WAITING, light_event_time};
 use crate::job::Job;
 use crate::source::SourceError;
 use crate::source::file::{ByteRange, FilePartition};
@@ -78,30 +77,70 @@ fn boundaries(path: &Path, size: u64, bytes: u64) -> Result<Vec<u64>, SourceErro
     Ok(starts)
 }
 
+/// Moves `clock` up to `t`.
+fn raise(clock: &mut Option<f64>, t: f64) {
+    *clock = Some(clock.map_or(t, |c| c.max(t)));
+}
+
 /// Lines, records and the largest valid `event_time` of `path[start..end]`.
+///
+/// As [`super::replay::Unverified`] does for `explain`: a record whose time can be
+/// read without a decode waits, when that time is above the clock, and the waiting
+/// records are settled by [`replay::settle`]. Here a waiting record is only its time
+/// and where it is in the file: the one a settle decodes (about one per batch) is read
+/// again, instead of every record being copied as it passes.
 fn scan(path: &Path, start: u64, end: u64, job: &Job) -> Result<Scan, SourceError> {
     let mut file = std::fs::File::open(path).map_err(io_error(path))?;
     file.seek(SeekFrom::Start(start)).map_err(io_error(path))?;
+    let mut reread = std::fs::File::open(path).map_err(io_error(path))?;
     let mut lines = LineReader::new(file.take(end - start), job.max_event_bytes);
     let decoder = Decoder::new(&job.registry, job.max_event_bytes);
-    let mut clocks = Clocks::new(1, 0.0, Duration::MAX);
-    let mut unverified = Unverified::new(1);
-    let now = Instant::now();
     let mut found = Scan::default();
-    while let Some(line) = lines.next_line().map_err(io_error(path))? {
+    // (light time, (offset in the file, length))
+    let mut waiting: Vec<(f64, (u64, usize))> = Vec::new();
+    let mut record = Vec::new();
+    let mut settle = |waiting: &mut Vec<(f64, (u64, usize))>, clock: &mut Option<f64>| {
+        let found = replay::settle(waiting, *clock, |&(offset, len)| {
+            record.resize(len, 0);
+            reread.seek(SeekFrom::Start(offset)).map_err(io_error(path))?;
+            reread.read_exact(&mut record).map_err(io_error(path))?;
+            Ok::<_, SourceError>(decoder.decode(&record).event_time())
+        })?;
+        if let Some(t) = found {
+            raise(clock, t);
+        }
+        Ok::<_, SourceError>(())
+    };
+    loop {
+        let offset = start + lines.offset();
+        let Some(line) = lines.next_line().map_err(io_error(path))? else {
+            break;
+        };
         found.lines += 1;
         match line {
             Line::Full(bytes) if bytes.trim_ascii().is_empty() => {}
             Line::Full(bytes) => {
                 found.records += 1;
-                unverified.note(&decoder, &mut clocks, 0, bytes, now);
+                match light_event_time(bytes) {
+                    Some(t) if found.max.is_none_or(|c| t > c) => {
+                        waiting.push((t, (offset, bytes.len())));
+                        if waiting.len() >= MAX_WAITING {
+                            settle(&mut waiting, &mut found.max)?;
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Some(t) = decoder.decode(bytes).event_time() {
+                            raise(&mut found.max, t);
+                        }
+                    }
+                }
             }
             // Refused as oversized before its time is read: it moves no clock.
             Line::Oversized { .. } => found.records += 1,
         }
     }
-    unverified.settle(&decoder, &mut clocks, 0, now);
-    found.max = clocks.clock(0);
+    settle(&mut waiting, &mut found.max)?;
     Ok(found)
 }
 
@@ -149,6 +188,7 @@ pub fn split_files(
         })
         .collect();
     let next = AtomicUsize::new(0);
+    let began = Instant::now();
     let scans: Vec<Result<Vec<(usize, Scan)>, SourceError>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads.clamp(1, work.len()))
             .map(|_| {
@@ -172,6 +212,7 @@ pub fn split_files(
     tracing::debug!(
         files = pending.len(),
         ranges = work.len(),
+        seconds = began.elapsed().as_secs_f64(),
         "files read in byte ranges"
     );
     let mut found = vec![Scan::default(); work.len()];
