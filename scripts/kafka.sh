@@ -37,32 +37,59 @@ answers() {
   timeout 5 "$bin" topic list --broker "tcp://127.0.0.1:$port" >/dev/null 2>&1
 }
 
+# The pids of every tansu broker listening on our port, found by command line: a broker
+# whose pidfile is gone (an earlier clone, a machine restored from a snapshot) or whose
+# pid was reused is found all the same, and nothing else is ever killed.
+broker_pids() { pgrep -f -- "tansu broker --listener-url tcp://127.0.0.1:$port( |\$)" || true; }
+
 start() {
   install
   if answers; then return 0; fi
-  mkdir -p "$data"
-  echo "kafka.sh: starting tansu on 127.0.0.1:$port (data in $data)" >&2
-  # tansu resolves the SQLite path against its working directory.
-  (cd "$data" && exec setsid nohup "$bin" broker \
-    --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "sqlite://tansu.db" >>"$log" 2>&1 < /dev/null) &
-  echo $! >"$pidfile"
-  for _ in $(seq 1 150); do
-    if answers; then return 0; fi
-    kill -0 "$(cat "$pidfile")" 2>/dev/null || break
+  # A broker that holds the port without answering would make the new one fail to bind.
+  stop
+  for _ in $(seq 1 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
     sleep 0.2
   done
-  echo "kafka.sh: tansu did not answer on port $port; last log lines:" >&2
-  tail -20 "$log" >&2
+  mkdir -p "$data"
+  local attempt launched deadline
+  for attempt in 1 2 3; do
+    echo "kafka.sh: starting tansu on 127.0.0.1:$port (data in $data)" >&2
+    # tansu resolves the SQLite path against its working directory. setsid forks when
+    # its caller leads a process group, so the broker is watched by its command line.
+    (cd "$data" && exec setsid nohup "$bin" broker \
+      --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --storage-engine "sqlite://tansu.db" >>"$log" 2>&1 < /dev/null) &
+    launched=$!
+    deadline=$((SECONDS + 60))
+    while ((SECONDS < deadline)); do
+      if answers; then
+        broker_pids | head -1 >"$pidfile"
+        return 0
+      fi
+      if ! kill -0 "$launched" 2>/dev/null && [[ -z "$(broker_pids)" ]]; then break; fi
+      sleep 0.2
+    done
+    echo "kafka.sh: tansu did not answer on port $port (try $attempt of 3); last log lines:" >&2
+    tail -20 "$log" >&2
+    ss -ltnp "sport = :$port" >&2 || true
+    stop
+    sleep 2
+  done
   exit 1
 }
 
 stop() {
-  if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    kill "$(cat "$pidfile")"
-    for _ in $(seq 1 50); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+  local pids
+  pids=$(broker_pids)
+  if [[ -n "$pids" ]]; then
+    # shellcheck disable=SC2086
+    kill $pids 2>/dev/null || true
+    for _ in $(seq 1 50); do [[ -z "$(broker_pids)" ]] && break; sleep 0.1; done
+    pids=$(broker_pids)
+    # shellcheck disable=SC2086
+    [[ -z "$pids" ]] || kill -9 $pids 2>/dev/null || true
   fi
   rm -f "$pidfile"
 }

@@ -26,6 +26,14 @@ if ! "$venv/bin/python" -c 'import pyarrow' >/dev/null 2>&1; then
 fi
 export SKEWLESS_PYTHON="$venv/bin/python"
 
+# Tests write only into their own temporary directories: what the README's first
+# command left under out/ must be as it was (a test that ran a job with its default
+# sinks once emptied out/recsys/views.jsonl).
+# A clean clone has no out/ at all (and find's failure would end this script under
+# pipefail, silently: that was CI's red run of stop 24).
+outputs() { if [[ -d out ]]; then find out -type f -printf '%p %s %T@\n' | sort; fi; }
+before=$(outputs)
+
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --lib --bins --tests --no-fail-fast
@@ -33,3 +41,9 @@ else
   cargo test --lib --bins --tests --no-fail-fast
 fi
 cargo test --doc
+
+if [[ "$(outputs)" != "$before" ]]; then
+  echo "test.sh: the tests changed files under out/ (they must write only into temporary directories):" >&2
+  diff <(echo "$before") <(outputs) >&2 || true
+  exit 1
+fi

@@ -412,9 +412,12 @@ fn a_resume_refuses_other_time_settings_and_changed_inputs() {
     let options = |stop_after: Option<u64>| RunOptions {
         inputs: vec![dir.path().join("in/*.jsonl").display().to_string()],
         views_sqlite: Some(dir.path().join("v.sqlite")),
+        views_jsonl: Some(dir.path().join("views.jsonl")),
         dlq: Some(dir.path().join("dlq.jsonl")),
         summary: Some(dir.path().join("summary.json")),
         checkpoint_dir: Some(dir.path().join("checkpoints")),
+        export_dir: Some(dir.path().join("training")),
+        skew_report: Some(dir.path().join("skew.json")),
         stop_after,
         ..RunOptions::default()
     };

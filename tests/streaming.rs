@@ -71,6 +71,8 @@ fn streaming_options(topic: &str, group: &str, dir: &Path) -> RunOptions {
         brokers: Some(kafka().brokers),
         exit_when_idle: Some(Duration::from_secs(2)),
         views_sqlite: Some(dir.join("live.sqlite")),
+        // Nothing into the repository's out/ (the job files' default paths).
+        views_jsonl: Some(PathBuf::new()),
         summary: Some(dir.join("live-summary.json")),
         checkpoint_dir: Some(dir.join("checkpoints")),
         export_dir: Some(dir.join("live-training")),
@@ -197,6 +199,8 @@ fn the_audit_logger_archive_backfills_to_the_live_views_and_resumes_from_its_com
     .unwrap();
     let mut options = streaming_options(&topic, &group, dir.path());
     options.views_sqlite = None;
+    // Its dead letters (none) go to a file, by default under the repository's out/.
+    options.dlq = Some(dir.path().join("dlq.jsonl"));
     let summary = run(Job::load(&job).unwrap(), &options).unwrap();
     assert_eq!((summary.read, summary.archived), (first, first));
     assert!(summary.conserved);
