@@ -353,6 +353,24 @@ fn wait_exit(mut running: Running, timeout: Duration) -> (std::process::ExitStat
     }
 }
 
+/// Idle means caught up: a partition is idle only once its consumer has fetched all
+/// the broker holds, so a run that exits when idle, however short the wait, still
+/// reads every record that was in the topic when it started (CI once saw a run give
+/// up on two partitions whose first fetch the busy broker answered late).
+#[test]
+fn a_run_that_exits_when_idle_first_reads_what_the_topic_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("idle-events");
+    let produced = produce(&topic, &inputs());
+    let mut options = streaming_options(&topic, &unique("idle-group"), dir.path());
+    options.exit_when_idle = Some(Duration::from_millis(1));
+    options.workers = 3;
+    let job = recsys_redis_job(dir.path(), "idle", &format!("{}:", unique("idle")));
+    let summary = run(Job::load(&job).unwrap(), &options).unwrap();
+    assert_eq!(summary.read, produced, "every record in the topic was read");
+    assert!(summary.conserved);
+}
+
 #[test]
 fn sigterm_flushes_commits_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();

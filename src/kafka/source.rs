@@ -18,13 +18,23 @@ use crate::source::{Read, Record, Source, SourceError};
 /// Receives `(topic, partition, consumer lag)` from librdkafka's statistics.
 pub type LagReport = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
 
+/// What the latest statistics said of one partition.
+#[derive(Clone, Copy, Debug)]
+struct Heard {
+    /// Its leader was up.
+    reachable: bool,
+    /// The consumer was fetching it and had fetched up to the end the broker reported:
+    /// nothing was waiting for it then.
+    caught_up: bool,
+}
+
 /// The consumer's context: receives librdkafka statistics, for lag metrics and to
-/// know which partitions' leaders are reachable.
+/// know which partitions' leaders are reachable and which have records still to fetch.
 #[derive(Clone, Default)]
 pub struct SourceContext {
     lag: Option<LagReport>,
-    /// Topic -> partition -> whether its leader was up in the latest statistics.
-    reachable: Arc<std::sync::Mutex<std::collections::HashMap<String, std::collections::HashMap<i32, bool>>>>,
+    /// Topic -> partition -> what the latest statistics said of it.
+    heard: Arc<std::sync::Mutex<std::collections::HashMap<String, std::collections::HashMap<i32, Heard>>>>,
 }
 
 impl ClientContext for SourceContext {
@@ -35,16 +45,26 @@ impl ClientContext for SourceContext {
             .filter(|b| b.nodeid >= 0 && b.state == "UP")
             .map(|b| b.nodeid)
             .collect();
-        let mut reachable = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         for (topic, stats) in &statistics.topics {
             for (partition, p) in &stats.partitions {
                 if *partition < 0 {
                     continue;
                 }
-                reachable
-                    .entry(topic.clone())
-                    .or_default()
-                    .insert(*partition, up.contains(&p.leader));
+                // The end a read_committed fetch stops at: the last stable offset,
+                // which is the high watermark when no transaction is open.
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                heard.entry(topic.clone()).or_default().insert(
+                    *partition,
+                    Heard {
+                        reachable: up.contains(&p.leader),
+                        caught_up: p.fetch_state == "active" && end >= 0 && p.next_offset >= end,
+                    },
+                );
                 if let Some(report) = &self.lag
                     && p.consumer_lag >= 0
                 {
@@ -56,14 +76,13 @@ impl ClientContext for SourceContext {
 }
 
 impl SourceContext {
-    /// False when the latest statistics showed the partition's leader down.
-    fn reachable(&self, topic: &str, partition: i32) -> bool {
-        let reachable = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
-        reachable
+    /// What the latest statistics said of a partition; `None` before the first.
+    fn heard(&self, topic: &str, partition: i32) -> Option<Heard> {
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard
             .get(topic)
             .and_then(|partitions| partitions.get(&partition))
             .copied()
-            .unwrap_or(true)
     }
 }
 
@@ -117,7 +136,7 @@ impl KafkaSource {
         ]);
         let context = SourceContext {
             lag: on_lag,
-            reachable: Default::default(),
+            heard: Default::default(),
         };
         let consumer: BaseConsumer<SourceContext> = config.create_with_context(context).map_err(broker)?;
         let consumer = Arc::new(consumer);
@@ -281,16 +300,15 @@ impl Source for KafkaSource {
             }
         }
         let assigned = &self.assigned[partition];
-        Ok(if count > 0 {
-            Read::Records(count)
-        } else if self
-            .consumer
-            .context()
-            .reachable(&assigned.topic, assigned.partition)
-        {
-            Read::Empty
-        } else {
-            Read::Unavailable
+        let heard = self.consumer.context().heard(&assigned.topic, assigned.partition);
+        Ok(match heard {
+            _ if count > 0 => Read::Records(count),
+            Some(Heard { reachable: false, .. }) => Read::Unavailable,
+            // Empty only once the consumer is known to have fetched all there was: a
+            // partition whose first fetch is slow to come (a busy broker) has records
+            // waiting and is not idle.
+            Some(Heard { caught_up: true, .. }) => Read::Empty,
+            _ => Read::Behind,
         })
     }
 

@@ -62,6 +62,9 @@ pub enum Read {
     /// Nothing, because the source cannot be reached (a broker outage): the
     /// partition is not idle, since records may be waiting for it.
     Unavailable,
+    /// Nothing handed out now, but the source has not yet fetched all there is (or
+    /// has not heard how much there is): not idle either.
+    Behind,
     /// Nothing, ever again.
     Finished,
 }

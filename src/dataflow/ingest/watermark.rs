@@ -26,6 +26,9 @@ struct Clock {
     max_seen: Option<f64>,
     status: PartitionStatus,
     last_record: Instant,
+    /// Its last read said records may be waiting for it (not fetched yet, or the
+    /// broker unreachable): not idle, however long since its last record.
+    waiting: bool,
 }
 
 /// The clocks of the partitions one worker reads.
@@ -47,7 +50,9 @@ impl Clocks {
                 Clock {
                     max_seen: None,
                     status: PartitionStatus::Active,
-                    last_record: now
+                    last_record: now,
+                    // Not read yet: nothing says it has nothing.
+                    waiting: true,
                 };
                 partitions
             ],
@@ -67,6 +72,7 @@ impl Clocks {
         let behind_watermark = to_millis(event_time) < self.watermark;
         clock.max_seen = Some(clock.max_seen.map_or(event_time, |max| max.max(event_time)));
         clock.last_record = now;
+        clock.waiting = false;
         if clock.status == PartitionStatus::Idle {
             clock.status = PartitionStatus::Active;
         }
@@ -77,6 +83,7 @@ impl Clocks {
     /// idle timeout has passed since its last record.
     pub fn poll_empty(&mut self, partition: usize, now: Instant) {
         let clock = &mut self.clocks[partition];
+        clock.waiting = false;
         if clock.status == PartitionStatus::Active
             && now.duration_since(clock.last_record) >= self.idle_timeout
         {
@@ -84,28 +91,35 @@ impl Clocks {
         }
     }
 
-    /// Marks `partition` as having produced something (keeps it from idling) without a record.
+    /// Notes that `partition` gave no record but may have some waiting (not fetched
+    /// yet, or its broker unreachable): it is not idle until a read finds it empty.
     pub fn touch(&mut self, partition: usize, now: Instant) {
-        self.clocks[partition].last_record = now;
+        let clock = &mut self.clocks[partition];
+        clock.last_record = now;
+        clock.waiting = true;
     }
 
-    /// Marks every partition that is not finished as having produced something: they
+    /// Marks every partition that is not finished as [`Clocks::touch`] does: they
     /// were not read, so nothing says they are idle.
     pub fn touch_all(&mut self, now: Instant) {
-        for clock in &mut self.clocks {
-            if clock.status != PartitionStatus::Finished {
-                clock.last_record = now;
+        for partition in 0..self.clocks.len() {
+            if self.clocks[partition].status != PartitionStatus::Finished {
+                self.touch(partition, now);
             }
         }
     }
 
     /// How long since any partition that is not finished gave a record (the shortest
-    /// such wait); `Duration::MAX` when every partition is finished.
+    /// such wait; zero while one may have records waiting); `Duration::MAX` when every
+    /// partition is finished.
     pub fn idle_for(&self, now: Instant) -> Duration {
         self.clocks
             .iter()
             .filter(|c| c.status != PartitionStatus::Finished)
-            .map(|c| now.saturating_duration_since(c.last_record))
+            .map(|c| match c.waiting {
+                true => Duration::ZERO,
+                false => now.saturating_duration_since(c.last_record),
+            })
             .min()
             .unwrap_or(Duration::MAX)
     }
@@ -281,6 +295,24 @@ mod tests {
         assert!(c.observe(1, 21.0, start + Duration::from_secs(12)));
         assert_eq!(c.status(1), PartitionStatus::Active);
         assert!(!c.observe(1, 96.0, start + Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn a_partition_with_records_waiting_is_not_idle_until_a_read_finds_it_empty() {
+        let mut c = clocks(2);
+        let start = Instant::now();
+        c.observe(0, 100.0, start);
+        c.poll_empty(0, start + Duration::from_secs(1));
+        c.touch(1, start);
+        let later = start + Duration::from_secs(60);
+        assert_eq!(c.idle_for(later), Duration::ZERO, "partition 1 is waiting");
+        c.poll_empty(1, start + Duration::from_secs(30));
+        assert_eq!(c.idle_for(later), Duration::from_secs(60));
+        c.touch_all(later);
+        assert_eq!(c.idle_for(later + Duration::from_secs(60)), Duration::ZERO);
+        c.observe(0, 101.0, later);
+        c.finish(1);
+        assert_eq!(c.idle_for(later + Duration::from_secs(5)), Duration::from_secs(5));
     }
 
     #[test]
