@@ -303,12 +303,14 @@ impl Source for KafkaSource {
         let heard = self.consumer.context().heard(&assigned.topic, assigned.partition);
         Ok(match heard {
             _ if count > 0 => Read::Records(count),
-            Some(Heard { reachable: false, .. }) => Read::Unavailable,
-            // Empty only once the consumer is known to have fetched all there was: a
-            // partition whose first fetch is slow to come (a busy broker) has records
-            // waiting and is not idle.
-            Some(Heard { caught_up: true, .. }) => Read::Empty,
-            _ => Read::Behind,
+            // Empty only once the consumer is known to have fetched all there was from
+            // a reachable leader. A partition whose first fetch is slow to come (a busy
+            // broker), or whose leader is down, may have records waiting: not idle.
+            Some(Heard {
+                reachable: true,
+                caught_up: true,
+            }) => Read::Empty,
+            _ => Read::Waiting,
         })
     }
 

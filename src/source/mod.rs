@@ -59,12 +59,10 @@ pub enum Read {
     Records(usize),
     /// Nothing right now; more may come.
     Empty,
-    /// Nothing, because the source cannot be reached (a broker outage): the
-    /// partition is not idle, since records may be waiting for it.
-    Unavailable,
-    /// Nothing handed out now, but the source has not yet fetched all there is (or
-    /// has not heard how much there is): not idle either.
-    Behind,
+    /// Nothing handed out now, but records may be waiting: the source cannot be
+    /// reached (a broker outage), or has not yet fetched all there is (or heard how
+    /// much there is). The partition is not idle.
+    Waiting,
     /// Nothing, ever again.
     Finished,
 }

@@ -707,7 +707,7 @@ fn build<'s, S: Source + 'static>(
                             touched.push(partition);
                         }
                         Ok(Read::Empty) => partition_clocks.poll_empty(partition, now),
-                        Ok(Read::Unavailable | Read::Behind) => partition_clocks.touch(partition, now),
+                        Ok(Read::Waiting) => partition_clocks.touch(partition, now),
                         Ok(Read::Finished) => partition_clocks.finish(partition),
                         Err(error) => {
                             failure = Some(error);
