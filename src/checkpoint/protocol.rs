@@ -4,7 +4,8 @@
 //! to every worker, or sent to worker 0):
 //!
 //! 1. `Request(k)`: every ingest operator stops reading and acks the time its
-//!    capability is at.
+//!    capability is at, and its safe time: its watermark, or its capability when that
+//!    is earlier (none of its unread records is earlier, unless late).
 //! 2. `Cut(k, B)`, with `B` after every acked time: every ingest reads on as before
 //!    until its watermark reaches `B`; then, before it sends anything at `B`, it
 //!    snapshots its partitions (positions, clocks) and counts, and reads on while
@@ -17,9 +18,11 @@
 //!    ingest then lets go of `B`. A worker that stops reading (a stopped backfill)
 //!    holds its capability at `B` at once, ahead of its watermark, and a record it has
 //!    not read may precede, at an equal time, one the fold would apply before `B`: so
-//!    the part applies only what is before the earliest acked time (every worker's
-//!    unread records are at or after its own), and keeps the rest pending. A checkpoint is thus at a watermark boundary: it
-//!    completes once the slowest worker's watermark has reached `B`.
+//!    the part applies only what is before the earliest acked safe time, and keeps the
+//!    rest pending. The fold goes on applying only that much until its frontier passes
+//!    `B`: a stop may need one more checkpoint, whose part must not hold what was
+//!    applied ahead of an unread record. A checkpoint is thus at a watermark boundary:
+//!    it completes once the slowest worker's watermark has reached `B`.
 //! 4. `Done(k)` once the part is written and every output before `B` is durable
 //!    (the probe after the sinks has passed `B`); worker 0 then writes the manifest and
 //!    broadcasts `Complete(k)`, after which Kafka offsets are committed from the
@@ -44,7 +47,8 @@ pub enum Control {
         /// The epoch.
         epoch: u64,
     },
-    /// A worker has stopped reading; its capability is at `at`.
+    /// A worker has stopped reading; its capability is at `at`, and no record it has
+    /// not read is earlier than `safe`.
     Ack {
         /// The epoch.
         epoch: u64,
@@ -52,6 +56,10 @@ pub enum Control {
         worker: usize,
         /// Its capability's time.
         at: Millis,
+        /// Its watermark, or its capability when that is earlier: a worker that
+        /// stopped reading holds its capability at a cut, ahead of its watermark, and
+        /// its unread records are only known to be at or after the watermark.
+        safe: Millis,
     },
     /// Worker 0 fixes the cut.
     Cut {
@@ -145,8 +153,8 @@ pub struct Checkpointing {
     pub workers: usize,
     /// The latest request received.
     pub request: Option<u64>,
-    /// The epoch acked, and the time acked.
-    pub acked: Option<(u64, Millis)>,
+    /// The epoch acked, the capability's time and the safe time acked.
+    pub acked: Option<(u64, Millis, Millis)>,
     ack_sent: Option<u64>,
     /// The latest cut received.
     pub cut: Option<(u64, Millis)>,
@@ -188,8 +196,8 @@ impl Checkpointing {
         self.dir.is_some()
     }
 
-    /// What the ingest should do, given where its capability is.
-    pub fn gate(&mut self, capability: Millis) -> Gate {
+    /// What the ingest should do, given where its capability is and its watermark.
+    pub fn gate(&mut self, capability: Millis, watermark: Millis) -> Gate {
         if let Some((epoch, at)) = self.cut
             && self.part.as_ref().map(|p| p.0) != Some(epoch)
         {
@@ -206,7 +214,7 @@ impl Checkpointing {
             && self.cut.map(|c| c.0) != Some(epoch)
         {
             if self.acked.map(|a| a.0) != Some(epoch) {
-                self.acked = Some((epoch, capability));
+                self.acked = Some((epoch, capability, capability.min(watermark)));
             }
             return Gate::Pause;
         }
@@ -231,6 +239,24 @@ impl Checkpointing {
         });
     }
 
+    /// The time before which the fold may apply events, given its input frontier and
+    /// the limit it last applied up to: the frontier, except around a cut.
+    ///
+    /// A worker that stopped reading holds its capability at a cut as soon as it learns
+    /// of it, ahead of its watermark, so the frontier may pass records it has not read
+    /// (step 3). From this worker's ack until it learns the cut nothing more is applied
+    /// (another worker may have learnt it first); until the frontier passes the cut,
+    /// only what is before the earliest acked safe time. Otherwise a part, this one or
+    /// the next (which a stop may need), would hold events applied out of order.
+    pub fn apply_limit(&self, frontier: Millis, applied: Millis) -> Millis {
+        let cut_epoch = self.cut.map(|(epoch, _)| epoch);
+        match self.cut {
+            _ if self.request.is_some() && self.request != cut_epoch => frontier.min(applied),
+            Some((_, at)) if frontier <= at => frontier.min(self.cut_safe),
+            _ => frontier,
+        }
+    }
+
     /// Whether this worker's fold has taken its part of the latest cut.
     pub fn part_taken(&self) -> bool {
         matches!((self.cut, &self.part), (Some((epoch, _)), Some((taken, _))) if *taken == epoch)
@@ -245,7 +271,8 @@ impl Checkpointing {
             Control::Request { epoch } => {
                 self.request = Some(epoch);
                 if self.finished.is_some() && self.acked.map(|a| a.0) != Some(epoch) {
-                    self.acked = Some((epoch, 0));
+                    // Nothing left to read: nothing it could read precedes anything.
+                    self.acked = Some((epoch, 0, Millis::MAX));
                 }
             }
             Control::Cut { epoch, at, safe } => {
@@ -272,7 +299,7 @@ impl Checkpointing {
     /// every output before the cut is durable) holds.
     pub fn outgoing(&mut self, durable: impl Fn(Millis) -> bool) -> Vec<Control> {
         let mut out = Vec::new();
-        if let Some((epoch, at)) = self.acked
+        if let Some((epoch, at, safe)) = self.acked
             && self.ack_sent != Some(epoch)
         {
             self.ack_sent = Some(epoch);
@@ -280,6 +307,7 @@ impl Checkpointing {
                 epoch,
                 worker: self.worker,
                 at,
+                safe,
             });
         }
         if let (Some((epoch, result)), Some((cut_epoch, at))) = (&self.part, self.cut) {
@@ -320,7 +348,8 @@ pub struct Coordinator {
 struct InProgress {
     epoch: u64,
     started: Instant,
-    acks: BTreeMap<usize, Millis>,
+    /// Each worker's acked capability and safe time.
+    acks: BTreeMap<usize, (Millis, Millis)>,
     cut: Option<Millis>,
     done: BTreeMap<usize, Option<PartEntry>>,
 }
@@ -366,11 +395,16 @@ impl Coordinator {
                 continue;
             };
             match message {
-                Control::Ack { epoch, worker, at } if *epoch == current.epoch => {
-                    current.acks.insert(*worker, *at);
+                Control::Ack {
+                    epoch,
+                    worker,
+                    at,
+                    safe,
+                } if *epoch == current.epoch => {
+                    current.acks.insert(*worker, (*at, *safe));
                     if current.acks.len() == self.workers && current.cut.is_none() {
-                        let at = current.acks.values().copied().max().unwrap_or(0) + 1;
-                        let safe = current.acks.values().copied().min().unwrap_or(0);
+                        let at = current.acks.values().map(|a| a.0).max().unwrap_or(0) + 1;
+                        let safe = current.acks.values().map(|a| a.1).min().unwrap_or(0);
                         current.cut = Some(at);
                         out.push(Control::Cut {
                             epoch: current.epoch,
@@ -456,16 +490,17 @@ mod tests {
             workers: 2,
             ..Checkpointing::default()
         };
-        assert_eq!(cp.gate(10), Gate::Run { cut: None });
+        assert_eq!(cp.gate(10, 10), Gate::Run { cut: None });
         cp.receive(&Control::Request { epoch: 1 });
-        assert_eq!(cp.gate(10), Gate::Pause);
-        assert_eq!(cp.gate(11), Gate::Pause, "the ack keeps the first time");
+        assert_eq!(cp.gate(10, 12), Gate::Pause);
+        assert_eq!(cp.gate(11, 12), Gate::Pause, "the ack keeps the first time");
         assert_eq!(
             cp.outgoing(|_| true),
             vec![Control::Ack {
                 epoch: 1,
                 worker: 1,
-                at: 10
+                at: 10,
+                safe: 10
             }]
         );
         assert!(cp.outgoing(|_| true).is_empty(), "acked once");
@@ -479,7 +514,7 @@ mod tests {
             at: 21,
             snapshotted: false,
         };
-        assert_eq!(cp.gate(10), Gate::Run { cut: Some(open) });
+        assert_eq!(cp.gate(10, 12), Gate::Run { cut: Some(open) });
         cp.snapshot(open, vec![], Counts::default());
         assert_eq!(cp.positions[&1], vec![]);
         let snapshotted = OpenCut {
@@ -487,7 +522,7 @@ mod tests {
             ..open
         };
         assert_eq!(
-            cp.gate(21),
+            cp.gate(21, 21),
             Gate::Run {
                 cut: Some(snapshotted)
             }
@@ -501,7 +536,7 @@ mod tests {
             partitions: vec![],
         };
         cp.part = Some((1, Ok(entry.clone())));
-        assert_eq!(cp.gate(21), Gate::Run { cut: None });
+        assert_eq!(cp.gate(21, 21), Gate::Run { cut: None });
         assert!(
             cp.outgoing(|_| false).is_empty(),
             "not done until outputs before the cut are durable"
@@ -514,6 +549,61 @@ mod tests {
                 entry: Some(entry)
             }]
         );
+    }
+
+    #[test]
+    fn a_worker_holding_its_capability_ahead_of_its_watermark_acks_the_watermark_as_safe() {
+        // A stopped worker's capability was held at the last cut (21), ahead of the
+        // watermark its unread records are at or after (15).
+        let mut cp = Checkpointing {
+            dir: Some("/tmp".into()),
+            workers: 2,
+            ..Checkpointing::default()
+        };
+        cp.receive(&Control::Request { epoch: 2 });
+        assert_eq!(cp.gate(21, 15), Gate::Pause);
+        assert_eq!(
+            cp.outgoing(|_| true),
+            vec![Control::Ack {
+                epoch: 2,
+                worker: 0,
+                at: 21,
+                safe: 15
+            }]
+        );
+    }
+
+    #[test]
+    fn the_fold_applies_nothing_between_its_ack_and_the_cut_and_only_the_safe_part_until_the_cut_passes() {
+        let mut cp = Checkpointing {
+            dir: Some("/tmp".into()),
+            workers: 2,
+            ..Checkpointing::default()
+        };
+        assert_eq!(cp.apply_limit(50, 10), 50, "no checkpoint: the frontier");
+        cp.receive(&Control::Request { epoch: 1 });
+        // Another worker learnt the cut first and moved its capability to it: the
+        // frontier moved, but this worker does not yet know what is safe.
+        assert_eq!(cp.apply_limit(60, 50), 50, "acked, no cut: nothing more");
+        cp.receive(&Control::Cut {
+            epoch: 1,
+            at: 71,
+            safe: 55,
+        });
+        assert_eq!(cp.apply_limit(60, 50), 55);
+        assert_eq!(cp.apply_limit(71, 55), 55, "at the cut: only the safe part");
+        assert_eq!(cp.apply_limit(52, 50), 52, "below the safe time: the frontier");
+        assert_eq!(cp.apply_limit(72, 55), 72, "past the cut: the frontier");
+        // The next request freezes again until its cut.
+        cp.receive(&Control::Request { epoch: 2 });
+        assert_eq!(cp.apply_limit(80, 72), 72);
+        cp.receive(&Control::Cut {
+            epoch: 2,
+            at: 90,
+            safe: 85,
+        });
+        assert_eq!(cp.apply_limit(80, 72), 80);
+        assert_eq!(cp.apply_limit(90, 80), 85);
     }
 
     #[test]
@@ -536,7 +626,8 @@ mod tests {
             vec![Control::Ack {
                 epoch: 3,
                 worker: 0,
-                at: 0
+                at: 0,
+                safe: Millis::MAX
             }]
         );
         cp.receive(&Control::Cut {
@@ -563,7 +654,8 @@ mod tests {
                 &[Control::Ack {
                     epoch: 8,
                     worker: 0,
-                    at: 5
+                    at: 5,
+                    safe: 5
                 }],
                 now
             )
@@ -574,14 +666,15 @@ mod tests {
                 &[Control::Ack {
                     epoch: 8,
                     worker: 1,
-                    at: 9
+                    at: 9,
+                    safe: 3
                 }],
                 now
             ),
             vec![Control::Cut {
                 epoch: 8,
                 at: 10,
-                safe: 5
+                safe: 3
             }]
         );
         let entry = |w| {

@@ -232,6 +232,8 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
         }
         let mut last_flush = Instant::now();
         let mut last_frontier: Millis = 0;
+        // The limit events were last applied up to.
+        let mut applied: Millis = 0;
         let mut stopped_at: Option<f64> = None;
         // Users still to write in the end-of-input snapshot, sorted by user id.
         let mut snapshot: Option<std::vec::IntoIter<u32>> = None;
@@ -302,25 +304,24 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                         checkpointing.borrow_mut().part = Some((epoch, result));
                     }
                 }
+                // What may be applied: before the frontier, except around a cut.
+                let limit = frontier.map(|f| checkpointing.borrow().apply_limit(f, applied));
+                if let Some(limit) = limit {
+                    applied = applied.max(limit);
+                }
                 if snapshot.is_none() {
-                    // Until its part is taken, an open cut's state must not hold what an
-                    // unread record could precede (see the protocol's step 3).
-                    let limit = match (open_cut, frontier) {
-                        (Some(_), Some(f)) if !checkpointing.borrow().part_taken() => {
-                            Some(f.min(checkpointing.borrow().cut_safe))
-                        }
-                        _ => frontier,
-                    };
                     fold.apply_ready(limit, &mut dead);
                 }
                 if !dead.is_empty() {
                     dead_out.activate().session(&caps[1]).give_container(&mut dead);
                 }
 
-                if let (Some(spine), Some(export), Some(frontier)) =
-                    (fold.spine.as_mut(), fold.job.export.as_ref(), frontier)
+                // Rows close on what was applied: their labels count the outcomes before
+                // the limit.
+                if let (Some(spine), Some(export), Some(limit)) =
+                    (fold.spine.as_mut(), fold.job.export.as_ref(), limit)
                 {
-                    spine.close_before(export, frontier, &mut rows_buffer);
+                    spine.close_before(export, limit, &mut rows_buffer);
                 }
                 if !rows_buffer.is_empty() {
                     rows_out
@@ -335,7 +336,8 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                         if let (FlushPolicy::Every(interval), true) = (flush, fold.flush_due()) {
                             let waited = last_flush.elapsed();
                             if waited >= interval {
-                                fold.flush_dirty(frontier as f64 / 1000.0, &mut views_buffer);
+                                // Exact as of what was applied.
+                                fold.flush_dirty(applied as f64 / 1000.0, &mut views_buffer);
                                 last_flush = Instant::now();
                             } else {
                                 activator.activate_after(interval - waited);

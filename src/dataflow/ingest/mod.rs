@@ -412,7 +412,10 @@ fn build<'s, S: Source + 'static>(
             // Take part in a checkpoint: pause while the cut is agreed; snapshot once the
             // watermark reaches it, then hold the capability there until the fold has
             // its part.
-            let gate = shared.checkpointing.borrow_mut().gate(*caps[0].time());
+            let gate = shared
+                .checkpointing
+                .borrow_mut()
+                .gate(*caps[0].time(), partition_clocks.watermark());
             let mut cut = match gate {
                 Gate::Pause => {
                     activator.activate_after(Duration::from_millis(1));
