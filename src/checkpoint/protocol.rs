@@ -482,14 +482,14 @@ impl Coordinator {
 mod tests {
     use super::*;
 
+    /// Worker `worker` of two, checkpointing.
+    fn worker(worker: usize) -> Checkpointing {
+        Checkpointing::new(Some("/tmp".into()), "", worker, 2)
+    }
+
     #[test]
     fn a_worker_pauses_acks_cuts_holds_and_reports() {
-        let mut cp = Checkpointing {
-            dir: Some("/tmp".into()),
-            worker: 1,
-            workers: 2,
-            ..Checkpointing::default()
-        };
+        let mut cp = worker(1);
         assert_eq!(cp.gate(10, 10), Gate::Run { cut: None });
         cp.receive(&Control::Request { epoch: 1 });
         assert_eq!(cp.gate(10, 12), Gate::Pause);
@@ -555,11 +555,7 @@ mod tests {
     fn a_worker_holding_its_capability_ahead_of_its_watermark_acks_the_watermark_as_safe() {
         // A stopped worker's capability was held at the last cut (21), ahead of the
         // watermark its unread records are at or after (15).
-        let mut cp = Checkpointing {
-            dir: Some("/tmp".into()),
-            workers: 2,
-            ..Checkpointing::default()
-        };
+        let mut cp = worker(0);
         cp.receive(&Control::Request { epoch: 2 });
         assert_eq!(cp.gate(21, 15), Gate::Pause);
         assert_eq!(
@@ -575,11 +571,7 @@ mod tests {
 
     #[test]
     fn the_fold_applies_nothing_between_its_ack_and_the_cut_and_only_the_safe_part_until_the_cut_passes() {
-        let mut cp = Checkpointing {
-            dir: Some("/tmp".into()),
-            workers: 2,
-            ..Checkpointing::default()
-        };
+        let mut cp = worker(0);
         assert_eq!(cp.apply_limit(50, 10), 50, "no checkpoint: the frontier");
         cp.receive(&Control::Request { epoch: 1 });
         // Another worker learnt the cut first and moved its capability to it: the
@@ -608,11 +600,7 @@ mod tests {
 
     #[test]
     fn a_worker_with_nothing_left_to_read_acks_at_once() {
-        let mut cp = Checkpointing {
-            dir: Some("/tmp".into()),
-            workers: 2,
-            ..Checkpointing::default()
-        };
+        let mut cp = worker(0);
         cp.finished = Some((
             vec![],
             Counts {
