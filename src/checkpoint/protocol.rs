@@ -271,8 +271,10 @@ impl Checkpointing {
             Control::Request { epoch } => {
                 self.request = Some(epoch);
                 if self.finished.is_some() && self.acked.map(|a| a.0) != Some(epoch) {
-                    // Nothing left to read: nothing it could read precedes anything.
-                    self.acked = Some((epoch, 0, Millis::MAX));
+                    // It reads no more in this run, but a stopped one (not at the end of
+                    // its input) has records left for the run that resumes it, at times
+                    // not known here: its safe time is the earliest there is.
+                    self.acked = Some((epoch, 0, 0));
                 }
             }
             Control::Cut { epoch, at, safe } => {
@@ -599,7 +601,9 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_with_nothing_left_to_read_acks_at_once() {
+    fn a_worker_that_stopped_reading_acks_at_once_and_safe_from_the_start() {
+        // It stopped before the end of its input (or reached it): what it left unread
+        // for the next run may be at any time, so nothing is safe to apply ahead of it.
         let mut cp = worker(0);
         cp.finished = Some((
             vec![],
@@ -615,7 +619,7 @@ mod tests {
                 epoch: 3,
                 worker: 0,
                 at: 0,
-                safe: Millis::MAX
+                safe: 0
             }]
         );
         cp.receive(&Control::Cut {
