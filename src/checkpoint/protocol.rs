@@ -489,6 +489,16 @@ mod tests {
         Checkpointing::new(Some("/tmp".into()), "", worker, 2)
     }
 
+    /// What a worker sends when it acks.
+    fn ack(epoch: u64, worker: usize, at: Millis, safe: Millis) -> Vec<Control> {
+        vec![Control::Ack {
+            epoch,
+            worker,
+            at,
+            safe,
+        }]
+    }
+
     #[test]
     fn a_worker_pauses_acks_cuts_holds_and_reports() {
         let mut cp = worker(1);
@@ -496,15 +506,7 @@ mod tests {
         cp.receive(&Control::Request { epoch: 1 });
         assert_eq!(cp.gate(10, 12), Gate::Pause);
         assert_eq!(cp.gate(11, 12), Gate::Pause, "the ack keeps the first time");
-        assert_eq!(
-            cp.outgoing(|_| true),
-            vec![Control::Ack {
-                epoch: 1,
-                worker: 1,
-                at: 10,
-                safe: 10
-            }]
-        );
+        assert_eq!(cp.outgoing(|_| true), ack(1, 1, 10, 10));
         assert!(cp.outgoing(|_| true).is_empty(), "acked once");
         cp.receive(&Control::Cut {
             epoch: 1,
@@ -560,15 +562,7 @@ mod tests {
         let mut cp = worker(0);
         cp.receive(&Control::Request { epoch: 2 });
         assert_eq!(cp.gate(21, 15), Gate::Pause);
-        assert_eq!(
-            cp.outgoing(|_| true),
-            vec![Control::Ack {
-                epoch: 2,
-                worker: 0,
-                at: 21,
-                safe: 15
-            }]
-        );
+        assert_eq!(cp.outgoing(|_| true), ack(2, 0, 21, 15));
     }
 
     #[test]
@@ -613,15 +607,7 @@ mod tests {
             },
         ));
         cp.receive(&Control::Request { epoch: 3 });
-        assert_eq!(
-            cp.outgoing(|_| true),
-            vec![Control::Ack {
-                epoch: 3,
-                worker: 0,
-                at: 0,
-                safe: 0
-            }]
-        );
+        assert_eq!(cp.outgoing(|_| true), ack(3, 0, 0, 0));
         cp.receive(&Control::Cut {
             epoch: 3,
             at: 9,
