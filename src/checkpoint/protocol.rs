@@ -249,17 +249,13 @@ impl Checkpointing {
     /// only what is before the earliest acked safe time. Otherwise a part, this one or
     /// the next (which a stop may need), would hold events applied out of order.
     pub fn apply_limit(&self, frontier: Millis, applied: Millis) -> Millis {
-        let cut_epoch = self.cut.map(|(epoch, _)| epoch);
+        if self.request.is_some() && self.request != self.cut.map(|(epoch, _)| epoch) {
+            return frontier.min(applied);
+        }
         match self.cut {
-            _ if self.request.is_some() && self.request != cut_epoch => frontier.min(applied),
             Some((_, at)) if frontier <= at => frontier.min(self.cut_safe),
             _ => frontier,
         }
-    }
-
-    /// Whether this worker's fold has taken its part of the latest cut.
-    pub fn part_taken(&self) -> bool {
-        matches!((self.cut, &self.part), (Some((epoch, _)), Some((taken, _))) if *taken == epoch)
     }
 
     /// Handles a message from the control dataflow.
