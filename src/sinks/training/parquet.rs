@@ -116,15 +116,33 @@ fn seconds_to_millis(seconds: f64) -> i64 {
     (seconds * 1000.0).round() as i64
 }
 
-/// Appends one served JSON value of a feature's kind.
-fn append_feature(builder: &mut Box<dyn ArrayBuilder>, kind: FeatureKind, value: &Json) {
+/// Appends a served feature's column: each JSON value read as the feature's kind
+/// (null when absent or of another type). The builder is looked up once.
+fn served_column<'a>(
+    builder: &mut Box<dyn ArrayBuilder>,
+    kind: FeatureKind,
+    values: impl Iterator<Item = &'a Json>,
+) {
     match kind {
-        FeatureKind::Int64 => get::<Int64Builder>(builder).append_option(value.as_i64()),
-        FeatureKind::Float64 => get::<Float64Builder>(builder).append_option(value.as_f64()),
-        FeatureKind::Bool => get::<BooleanBuilder>(builder).append_option(value.as_bool()),
-        FeatureKind::Utf8 => get::<StringBuilder>(builder).append_option(value.as_str()),
+        FeatureKind::Int64 => {
+            let b = get::<Int64Builder>(builder);
+            values.for_each(|v| b.append_option(v.as_i64()));
+        }
+        FeatureKind::Float64 => {
+            let b = get::<Float64Builder>(builder);
+            values.for_each(|v| b.append_option(v.as_f64()));
+        }
+        FeatureKind::Bool => {
+            let b = get::<BooleanBuilder>(builder);
+            values.for_each(|v| b.append_option(v.as_bool()));
+        }
+        FeatureKind::Utf8 => {
+            let b = get::<StringBuilder>(builder);
+            values.for_each(|v| b.append_option(v.as_str()));
+        }
         FeatureKind::Json => {
-            get::<StringBuilder>(builder).append_option((!value.is_null()).then(|| value.to_string()))
+            let b = get::<StringBuilder>(builder);
+            values.for_each(|v| b.append_option((!v.is_null()).then(|| v.to_string())));
         }
         FeatureKind::TopK => unreachable!("top_k columns are built as pairs"),
     }
@@ -186,25 +204,48 @@ impl Pairs {
     }
 }
 
-/// Appends a computed feature value of a feature's kind: the column holds what the
-/// view's JSON says, read as the kind (null where it does not fit).
-fn append_value(builder: &mut Box<dyn ArrayBuilder>, kind: FeatureKind, value: &FeatureValue) {
+/// Appends a computed feature's column: the column holds what the view's JSON says,
+/// read as the kind (null where it does not fit). The builder is looked up once.
+fn feature_column<'a>(
+    builder: &mut Box<dyn ArrayBuilder>,
+    kind: FeatureKind,
+    values: impl Iterator<Item = &'a FeatureValue>,
+) {
     match kind {
-        FeatureKind::Int64 => get::<Int64Builder>(builder).append_option(match value {
-            FeatureValue::UInt(n) => i64::try_from(*n).ok(),
-            _ => None,
-        }),
-        FeatureKind::Float64 => get::<Float64Builder>(builder).append_option(value.number()),
-        FeatureKind::Bool => get::<BooleanBuilder>(builder).append_option(match value {
-            FeatureValue::Bool(b) => Some(*b),
-            _ => None,
-        }),
-        FeatureKind::Utf8 => get::<StringBuilder>(builder).append_option(match value {
-            FeatureValue::Str(s) => Some(s.as_str()),
-            _ => None,
-        }),
+        FeatureKind::Int64 => {
+            let b = get::<Int64Builder>(builder);
+            values.for_each(|v| {
+                b.append_option(match v {
+                    FeatureValue::UInt(n) => i64::try_from(*n).ok(),
+                    _ => None,
+                })
+            });
+        }
+        FeatureKind::Float64 => {
+            let b = get::<Float64Builder>(builder);
+            values.for_each(|v| b.append_option(v.number()));
+        }
+        FeatureKind::Bool => {
+            let b = get::<BooleanBuilder>(builder);
+            values.for_each(|v| {
+                b.append_option(match v {
+                    FeatureValue::Bool(x) => Some(*x),
+                    _ => None,
+                })
+            });
+        }
+        FeatureKind::Utf8 => {
+            let b = get::<StringBuilder>(builder);
+            values.for_each(|v| {
+                b.append_option(match v {
+                    FeatureValue::Str(s) => Some(s.as_str()),
+                    _ => None,
+                })
+            });
+        }
         FeatureKind::Json => {
-            get::<StringBuilder>(builder).append_option((!value.is_null()).then(|| value.to_json_string()))
+            let b = get::<StringBuilder>(builder);
+            values.for_each(|v| b.append_option((!v.is_null()).then(|| v.to_json_string())));
         }
         FeatureKind::TopK => unreachable!("top_k columns are built as pairs"),
     }
@@ -304,11 +345,13 @@ pub fn batch(columns: &Columns, schema: &SchemaRef, spines: &mut [SpineRows]) ->
                     }
                 }
                 Column::Feature(i, kind) => {
-                    rows().for_each(|r| append_value(&mut b, *kind, &r.spine.features[*i]))
+                    feature_column(&mut b, *kind, rows().map(|r| &r.spine.features[*i]))
                 }
-                Column::Served(i, kind) => {
-                    per_row().for_each(|p| append_feature(&mut b, *kind, typed(p.served[*i].as_ref(), *kind)))
-                }
+                Column::Served(i, kind) => served_column(
+                    &mut b,
+                    *kind,
+                    per_row().map(|p| typed(p.served[*i].as_ref(), *kind)),
+                ),
                 Column::ServedAsOf => {
                     let b = get::<TimestampMillisecondBuilder>(&mut b);
                     per_row().for_each(|p| b.append_option(p.served_as_of.map(seconds_to_millis)));
