@@ -76,6 +76,11 @@ pub fn read_spine(path: &Path) -> Result<Spine, SourceError> {
             source,
         }
     };
+    if path.is_dir() {
+        return Err(SourceError::Spine(format!(
+            "{name} is a directory: give one file (.parquet, .csv or .jsonl)"
+        )));
+    }
     let mut spine = Spine::default();
     let mut take = |line: u64, fields: Fields, raw: &str| match check(fields) {
         Ok((row_id, user_id, ts, item_id)) => spine.rows.push(SpineRow {
@@ -287,6 +292,14 @@ fn seconds(column: &dyn Array, i: usize) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_is_named_as_one_and_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_spine(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    }
 
     #[test]
     fn bad_rows_are_dead_lettered_with_file_and_line_and_the_rest_are_read() {
