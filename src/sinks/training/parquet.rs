@@ -508,3 +508,55 @@ impl ParquetFile {
         Ok(self.path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{StringArray, TimestampMillisecondArray};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    #[test]
+    fn statistics_are_kept_where_they_prune_and_skipped_for_ids_and_list_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = kind_type(FeatureKind::TopK);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("row_id", DataType::Utf8, false),
+            Field::new("ts", timestamp(), false),
+            Field::new("top_categories", list.clone(), true),
+        ]));
+        let mut pairs = Pairs::with_capacity(2);
+        pairs.push(Some([("books", 2.0), ("toys", 1.0)].into_iter()));
+        pairs.push(None::<std::array::IntoIter<(&str, f64), 0>>);
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["r2", "r1"])),
+                Arc::new(TimestampMillisecondArray::from(vec![2000, 1000]).with_timezone("UTC")),
+                pairs.finish(&list),
+            ],
+        )
+        .unwrap();
+        let path = dir.path().join("part.parquet");
+        let mut file = ParquetFile::create(path.clone(), &schema, &[]).unwrap();
+        file.write(&batch).unwrap();
+        file.close().unwrap();
+
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0);
+        let with_statistics: Vec<(String, bool)> = group
+            .columns()
+            .iter()
+            .map(|c| (c.column_path().string(), c.statistics().is_some()))
+            .collect();
+        assert_eq!(
+            with_statistics,
+            [
+                ("row_id".to_owned(), false),
+                ("ts".to_owned(), true),
+                ("top_categories.list.item.key".to_owned(), false),
+                ("top_categories.list.item.score".to_owned(), false),
+            ]
+        );
+    }
+}
