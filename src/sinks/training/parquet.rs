@@ -116,38 +116,6 @@ fn seconds_to_millis(seconds: f64) -> i64 {
     (seconds * 1000.0).round() as i64
 }
 
-/// Appends a served feature's column: each JSON value read as the feature's kind
-/// (null when absent or of another type). The builder is looked up once.
-fn served_column<'a>(
-    builder: &mut Box<dyn ArrayBuilder>,
-    kind: FeatureKind,
-    values: impl Iterator<Item = &'a Json>,
-) {
-    match kind {
-        FeatureKind::Int64 => {
-            let b = get::<Int64Builder>(builder);
-            values.for_each(|v| b.append_option(v.as_i64()));
-        }
-        FeatureKind::Float64 => {
-            let b = get::<Float64Builder>(builder);
-            values.for_each(|v| b.append_option(v.as_f64()));
-        }
-        FeatureKind::Bool => {
-            let b = get::<BooleanBuilder>(builder);
-            values.for_each(|v| b.append_option(v.as_bool()));
-        }
-        FeatureKind::Utf8 => {
-            let b = get::<StringBuilder>(builder);
-            values.for_each(|v| b.append_option(v.as_str()));
-        }
-        FeatureKind::Json => {
-            let b = get::<StringBuilder>(builder);
-            values.for_each(|v| b.append_option((!v.is_null()).then(|| v.to_string())));
-        }
-        FeatureKind::TopK => unreachable!("top_k columns are built as pairs"),
-    }
-}
-
 /// A `top_k` column (a list of `{key, score}`) built from its parts: keys, scores
 /// and list offsets, with no builder looked up per value.
 struct Pairs {
@@ -204,48 +172,90 @@ impl Pairs {
     }
 }
 
-/// Appends a computed feature's column: the column holds what the view's JSON says,
-/// read as the kind (null where it does not fit). The builder is looked up once.
-fn feature_column<'a>(
+/// A feature value as a column of its kind reads it: `None` (null) where it does
+/// not fit. Computed values ([`FeatureValue`]) and served ones (JSON, already checked
+/// against the kind by [`typed`]) are written by the same [`feature_column`].
+trait KindValue {
+    fn int64(&self) -> Option<i64>;
+    fn float64(&self) -> Option<f64>;
+    fn boolean(&self) -> Option<bool>;
+    fn utf8(&self) -> Option<&str>;
+    /// The JSON text of a `Json`-kind value; `None` when null.
+    fn json(&self) -> Option<String>;
+}
+
+impl KindValue for FeatureValue {
+    fn int64(&self) -> Option<i64> {
+        match self {
+            FeatureValue::UInt(n) => i64::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+    fn float64(&self) -> Option<f64> {
+        self.number()
+    }
+    fn boolean(&self) -> Option<bool> {
+        match self {
+            FeatureValue::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+    fn utf8(&self) -> Option<&str> {
+        match self {
+            FeatureValue::Str(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+    fn json(&self) -> Option<String> {
+        (!self.is_null()).then(|| self.to_json_string())
+    }
+}
+
+impl KindValue for Json {
+    fn int64(&self) -> Option<i64> {
+        self.as_i64()
+    }
+    fn float64(&self) -> Option<f64> {
+        self.as_f64()
+    }
+    fn boolean(&self) -> Option<bool> {
+        self.as_bool()
+    }
+    fn utf8(&self) -> Option<&str> {
+        self.as_str()
+    }
+    fn json(&self) -> Option<String> {
+        (!self.is_null()).then(|| self.to_string())
+    }
+}
+
+/// Appends a feature's column, each value read as the feature's kind. The builder is
+/// looked up once per column, not once per value.
+fn feature_column<'a, V: KindValue + 'a>(
     builder: &mut Box<dyn ArrayBuilder>,
     kind: FeatureKind,
-    values: impl Iterator<Item = &'a FeatureValue>,
+    values: impl Iterator<Item = &'a V>,
 ) {
     match kind {
         FeatureKind::Int64 => {
             let b = get::<Int64Builder>(builder);
-            values.for_each(|v| {
-                b.append_option(match v {
-                    FeatureValue::UInt(n) => i64::try_from(*n).ok(),
-                    _ => None,
-                })
-            });
+            values.for_each(|v| b.append_option(v.int64()));
         }
         FeatureKind::Float64 => {
             let b = get::<Float64Builder>(builder);
-            values.for_each(|v| b.append_option(v.number()));
+            values.for_each(|v| b.append_option(v.float64()));
         }
         FeatureKind::Bool => {
             let b = get::<BooleanBuilder>(builder);
-            values.for_each(|v| {
-                b.append_option(match v {
-                    FeatureValue::Bool(x) => Some(*x),
-                    _ => None,
-                })
-            });
+            values.for_each(|v| b.append_option(v.boolean()));
         }
         FeatureKind::Utf8 => {
             let b = get::<StringBuilder>(builder);
-            values.for_each(|v| {
-                b.append_option(match v {
-                    FeatureValue::Str(s) => Some(s.as_str()),
-                    _ => None,
-                })
-            });
+            values.for_each(|v| b.append_option(v.utf8()));
         }
         FeatureKind::Json => {
             let b = get::<StringBuilder>(builder);
-            values.for_each(|v| b.append_option((!v.is_null()).then(|| v.to_json_string())));
+            values.for_each(|v| b.append_option(v.json()));
         }
         FeatureKind::TopK => unreachable!("top_k columns are built as pairs"),
     }
@@ -347,7 +357,7 @@ pub fn batch(columns: &Columns, schema: &SchemaRef, spines: &mut [SpineRows]) ->
                 Column::Feature(i, kind) => {
                     feature_column(&mut b, *kind, rows().map(|r| &r.spine.features[*i]))
                 }
-                Column::Served(i, kind) => served_column(
+                Column::Served(i, kind) => feature_column(
                     &mut b,
                     *kind,
                     per_row().map(|p| typed(p.served[*i].as_ref(), *kind)),
@@ -453,14 +463,15 @@ impl ParquetFile {
         // of the writer's instructions on the bench export (callgrind).
         for field in schema.fields() {
             let leaves: Vec<ColumnPath> = match field.data_type() {
-                DataType::List(_) => ["key", "score"]
+                // arrow-rs names a list's repeated group `list`.
+                DataType::List(item) => top_k_fields()
                     .iter()
                     .map(|leaf| {
                         ColumnPath::new(vec![
                             field.name().clone(),
                             "list".into(),
-                            "item".into(),
-                            (*leaf).into(),
+                            item.name().clone(),
+                            leaf.name().clone(),
                         ])
                     })
                     .collect(),
