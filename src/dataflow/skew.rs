@@ -19,6 +19,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::metrics::Metrics;
 use crate::model::event::Millis;
+use crate::model::served::Served;
 use crate::model::training::{ExportSpec, SpineRows};
 use crate::skew::{Example, SkewKey, SkewStats, SkewTotals, observe};
 
@@ -123,7 +124,9 @@ fn keep_example(shared: &Mutex<SkewShared>, feature: usize, names: &[String], ro
         row_id: row.spine.row_id.to_string(),
         user_id: row.spine.user_id.to_string(),
         ts: row.spine.ts,
-        served: parsed.served[feature].clone().unwrap_or(serde_json::Value::Null),
+        served: parsed.served[feature]
+            .as_ref()
+            .map_or(serde_json::Value::Null, Served::to_json),
         computed: row.spine.features[feature].to_json(),
     });
     kept + 1 >= EXAMPLES_PER_FEATURE

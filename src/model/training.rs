@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::event::Value;
 use crate::model::features::FeatureValue;
 use crate::model::schema::{FieldRef, FieldType};
+use crate::model::served::Served;
 
 /// What a label computes over a row's outcomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -262,7 +263,7 @@ pub struct TrainingRow<'a> {
 pub struct Parsed {
     /// Served values as the snapshot holds them, in the spec's order (`None` when
     /// the snapshot lacks the feature; all `None` without a snapshot).
-    pub served: Vec<Option<serde_json::Value>>,
+    pub served: Vec<Option<Served>>,
     /// The snapshot's `as_of`, seconds.
     pub served_as_of: Option<f64>,
 }
@@ -303,17 +304,17 @@ impl Names<'_> {
 /// The values of a JSON object's fields `names`, by position (`None` when absent, or
 /// when the text is not an object), without building the object: its other fields
 /// are skipped unread.
-fn fields(text: &str, names: Names<'_>) -> Vec<Option<serde_json::Value>> {
+fn fields(text: &str, names: Names<'_>) -> Vec<Option<Served>> {
     use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
     struct Seed<'n>(Names<'n>);
     impl<'de> DeserializeSeed<'de> for Seed<'_> {
-        type Value = Vec<Option<serde_json::Value>>;
+        type Value = Vec<Option<Served>>;
         fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_map(self)
         }
     }
     impl<'de> Visitor<'de> for Seed<'_> {
-        type Value = Vec<Option<serde_json::Value>>;
+        type Value = Vec<Option<Served>>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("an object")
         }
@@ -528,7 +529,8 @@ mod tests {
             &spine(Some(r#"{"c":true,"zz":{"deep":[1]},"as_of":7.5,"a":"1","a":2}"#)),
         );
         // Absent is None, a later duplicate key wins, unknown fields are skipped.
-        assert_eq!(parsed.served, vec![Some(json!(2)), None, Some(json!(true))]);
+        let served = |v: serde_json::Value| Some(Served::from(v));
+        assert_eq!(parsed.served, vec![served(json!(2)), None, served(json!(true))]);
         assert_eq!(parsed.served_as_of, Some(7.5));
 
         let none = Parsed::of(&names, &spine(None));

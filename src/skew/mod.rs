@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::model::features::FeatureValue;
+use crate::model::served::Served;
 use crate::model::training::{ExportSpec, SpineRows};
 
 /// How stale the served features were: `ts - served_as_of`.
@@ -153,7 +154,29 @@ fn pair_agrees(served: &Json, key: &str, score: f64) -> bool {
 
 /// Whether a served value equals the recomputed one (section 10's rule), compared
 /// as the view writes the computed one.
-pub fn agree(served: &Json, computed: &FeatureValue) -> bool {
+pub fn agree(served: &Served, computed: &FeatureValue) -> bool {
+    // The shapes features take, read without building their JSON; any other pair
+    // of shapes by the JSON rule below.
+    match (served, computed) {
+        (Served::Null, c) => c.is_null(),
+        (Served::Number(a), FeatureValue::Num(x)) if x.is_finite() => {
+            a.as_f64().is_some_and(|a| numbers_agree(a, *x))
+        }
+        (Served::Number(a), FeatureValue::UInt(n)) => a.as_f64().is_some_and(|a| numbers_agree(a, *n as f64)),
+        (Served::Str(a), FeatureValue::Str(b)) => a == b,
+        (Served::Bool(a), FeatureValue::Bool(b)) => a == b,
+        (Served::Pairs(a), FeatureValue::TopK(b)) => {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|((k, s), (key, score))| {
+                    k == key && score.is_finite() && s.as_f64().is_some_and(|s| numbers_agree(s, *score))
+                })
+        }
+        _ => agree_json(&served.to_json(), computed),
+    }
+}
+
+/// [`agree`] over the served value's JSON.
+fn agree_json(served: &Json, computed: &FeatureValue) -> bool {
     match (served, computed) {
         (Json::Null, c) => c.is_null(),
         (_, FeatureValue::Num(x)) => number_agrees(served, *x),
@@ -194,9 +217,14 @@ fn distinct(mut members: Vec<Member<'_>>) -> Vec<Member<'_>> {
 }
 
 /// A served list's elements for the Jaccard overlap: a `[key, score]` pair counts as
-/// its key.
-fn members(list: &[Json]) -> Vec<Member<'_>> {
-    distinct(
+/// its key; `None` when the value is not a list.
+fn members(served: &Served) -> Option<Vec<Member<'_>>> {
+    let list = match served {
+        Served::Pairs(pairs) => return Some(distinct(pairs.iter().map(|(k, _)| Member::Str(k)).collect())),
+        Served::Other(Json::Array(list)) => list,
+        _ => return None,
+    };
+    Some(distinct(
         list.iter()
             .map(|item| match item {
                 Json::Array(pair) if !pair.is_empty() => &pair[0],
@@ -207,7 +235,7 @@ fn members(list: &[Json]) -> Vec<Member<'_>> {
                 other => Member::Text(other.to_string()),
             })
             .collect(),
-    )
+    ))
 }
 
 /// A computed list's elements, likewise; `None` when the value is not a list.
@@ -220,7 +248,7 @@ fn computed_members(value: &FeatureValue) -> Option<Vec<Member<'_>>> {
 }
 
 /// The counters one comparison adds.
-pub fn compare(served: Option<&Json>, computed: &FeatureValue) -> SkewStats {
+pub fn compare(served: Option<&Served>, computed: &FeatureValue) -> SkewStats {
     let mut stats = SkewStats {
         rows: 1,
         ..SkewStats::default()
@@ -230,15 +258,14 @@ pub fn compare(served: Option<&Json>, computed: &FeatureValue) -> SkewStats {
         return stats;
     };
     stats.mismatches = i64::from(!agree(served, computed));
-    if let (Json::Number(a), Some(b)) = (served, computed.number()) {
+    if let (Served::Number(a), Some(b)) = (served, computed.number()) {
         if let Some(a) = a.as_f64() {
             stats.numbers = 1;
             stats.abs_diff = (a - b).abs();
             let scale = (a.abs() + b.abs()) / 2.0;
             stats.smape = if scale > 0.0 { (a - b).abs() / scale } else { 0.0 };
         }
-    } else if let (Json::Array(a), Some(b)) = (served, computed_members(computed)) {
-        let a = members(a);
+    } else if let (Some(a), Some(b)) = (members(served), computed_members(computed)) {
         let both = a.iter().filter(|m| b.binary_search(m).is_ok()).count();
         let union = a.len() + b.len() - both;
         stats.lists = 1;
@@ -512,32 +539,45 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn served(value: Json) -> Served {
+        Served::from(value)
+    }
+
     #[test]
     fn values_agree_by_section_10s_rule() {
         use FeatureValue as V;
         let top = |pairs: &[(&str, f64)]| V::TopK(pairs.iter().map(|(k, s)| ((*k).into(), *s)).collect());
-        assert!(agree(&json!(null), &V::Null));
-        assert!(agree(&json!(null), &V::Num(f64::INFINITY)));
-        assert!(agree(&json!(1e12), &V::Num(1e12 + 1e-4)));
-        assert!(!agree(&json!(1.0), &V::Num(1.001)));
-        assert!(agree(&json!(0.0), &V::Num(1e-10)));
-        assert!(agree(&json!(3), &V::UInt(3)));
-        assert!(!agree(&json!("5"), &V::UInt(5)));
-        assert!(!agree(&json!("5"), &V::Num(5.0)));
-        assert!(agree(&json!("a"), &V::Str("a".into())));
-        assert!(agree(&json!(true), &V::Bool(true)));
-        assert!(!agree(&json!(1), &V::Bool(true)));
-        assert!(agree(&json!([["a", 1.0]]), &top(&[("a", 1.0 + 1e-12)])));
-        assert!(!agree(&json!([["a", 1.0]]), &top(&[("b", 1.0)])));
-        assert!(!agree(&json!([["a", 1.0], ["b", 2.0]]), &top(&[("a", 1.0)])));
-        assert!(!agree(&json!(["a"]), &top(&[("a", 1.0)])));
-        assert!(agree(&json!(["x", "y"]), &V::List(vec!["x".into(), "y".into()])));
-        assert!(!agree(&json!(["y", "x"]), &V::List(vec!["x".into(), "y".into()])));
+        assert!(agree(&served(json!(null)), &V::Null));
+        assert!(agree(&served(json!(null)), &V::Num(f64::INFINITY)));
+        assert!(agree(&served(json!(1e12)), &V::Num(1e12 + 1e-4)));
+        assert!(!agree(&served(json!(1.0)), &V::Num(1.001)));
+        assert!(agree(&served(json!(0.0)), &V::Num(1e-10)));
+        assert!(agree(&served(json!(3)), &V::UInt(3)));
+        assert!(!agree(&served(json!("5")), &V::UInt(5)));
+        assert!(!agree(&served(json!("5")), &V::Num(5.0)));
+        assert!(agree(&served(json!("a")), &V::Str("a".into())));
+        assert!(agree(&served(json!(true)), &V::Bool(true)));
+        assert!(!agree(&served(json!(1)), &V::Bool(true)));
+        assert!(agree(&served(json!([["a", 1.0]])), &top(&[("a", 1.0 + 1e-12)])));
+        assert!(!agree(&served(json!([["a", 1.0]])), &top(&[("b", 1.0)])));
+        assert!(!agree(
+            &served(json!([["a", 1.0], ["b", 2.0]])),
+            &top(&[("a", 1.0)])
+        ));
+        assert!(!agree(&served(json!(["a"])), &top(&[("a", 1.0)])));
+        assert!(agree(
+            &served(json!(["x", "y"])),
+            &V::List(vec!["x".into(), "y".into()])
+        ));
+        assert!(!agree(
+            &served(json!(["y", "x"])),
+            &V::List(vec!["x".into(), "y".into()])
+        ));
         let scores = V::Scores(vec![("a".into(), 1.0), ("b".into(), 2.0)]);
-        assert!(agree(&json!({"b": 2.0, "a": 1.0}), &scores));
-        assert!(!agree(&json!({"a": 1.0}), &scores));
-        assert!(!agree(&json!({"a": 1.0, "c": 2.0}), &scores));
-        assert!(!agree(&json!(null), &V::UInt(0)));
+        assert!(agree(&served(json!({"b": 2.0, "a": 1.0})), &scores));
+        assert!(!agree(&served(json!({"a": 1.0})), &scores));
+        assert!(!agree(&served(json!({"a": 1.0, "c": 2.0})), &scores));
+        assert!(!agree(&served(json!(null)), &V::UInt(0)));
     }
 
     #[test]
@@ -547,22 +587,73 @@ mod tests {
             (missing.rows, missing.served_missing, missing.mismatches),
             (1, 1, 0)
         );
-        let off = compare(Some(&json!(2.0)), &FeatureValue::Num(4.0));
+        let off = compare(Some(&served(json!(2.0))), &FeatureValue::Num(4.0));
         assert_eq!((off.mismatches, off.numbers), (1, 1));
         assert_eq!(off.abs_diff, 2.0);
         assert!((off.smape - 2.0 / 3.0).abs() < 1e-12);
         let lists = compare(
-            Some(&json!([["a", 1.0], ["b", 0.5]])),
+            Some(&served(json!([["a", 1.0], ["b", 0.5]]))),
             &FeatureValue::TopK(vec![("a".into(), 1.0)]),
         );
         assert_eq!((lists.mismatches, lists.lists), (1, 1));
         assert_eq!(lists.jaccard, 0.5);
         let ids = compare(
-            Some(&json!(["a", 1])),
+            Some(&served(json!(["a", 1]))),
             &FeatureValue::List(vec!["a".into(), "1".into()]),
         );
         assert_eq!((ids.mismatches, ids.lists), (1, 1));
         assert_eq!(ids.jaccard, 1.0 / 3.0);
+    }
+
+    proptest::proptest! {
+        /// The typed comparison is the JSON rule: for served values of every shape
+        /// (pairs, numbers near the computed ones, strings, lists, objects) against
+        /// computed values of every kind, the verdict and the counters are those of
+        /// the served value's JSON.
+        #[test]
+        fn typed_comparison_is_the_json_rule(
+            pairs in proptest::collection::vec(("[ab]", 0u8..3), 0..3),
+            number in proptest::prop_oneof![
+                proptest::strategy::Just(1.0f64),
+                proptest::strategy::Just(1.0 + 1e-12),
+                proptest::strategy::Just(2.0),
+                proptest::strategy::Just(f64::INFINITY),
+            ],
+            shape in 0usize..9,
+            kind in 0usize..8,
+        ) {
+            use FeatureValue as V;
+            let score = |n: u8| [1.0, 1.0 + 1e-12, 2.0][n as usize];
+            let json_pairs: Vec<Json> = pairs.iter().map(|(k, n)| json!([k, score(*n)])).collect();
+            let value = match shape {
+                0 => Json::Null,
+                1 => json!(1),
+                2 => json!(1.0 + 1e-12),
+                3 => json!("a"),
+                4 => json!(true),
+                5 => Json::Array(json_pairs),
+                6 => json!(pairs.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()),
+                7 => json!(["a", 1]),
+                _ => json!({"a": 1.0, "b": 2.0}),
+            };
+            let computed = match kind {
+                0 => V::Null,
+                1 => V::UInt(1),
+                2 => V::Num(number),
+                3 => V::Str("a".into()),
+                4 => V::Bool(true),
+                5 => V::TopK(pairs.iter().map(|(k, n)| (k.as_str().into(), if *n == 2 { number } else { score(*n) })).collect()),
+                6 => V::List(pairs.iter().map(|(k, _)| k.as_str().into()).collect()),
+                _ => V::Scores(vec![("a".into(), 1.0), ("b".into(), number)]),
+            };
+            let typed = served(value.clone());
+            proptest::prop_assert_eq!(agree(&typed, &computed), agree_json(&value, &computed));
+            // A list of pairs counted as the JSON list it is.
+            if let Json::Array(_) = value {
+                let by_json = compare(Some(&Served::Other(value.clone())), &computed);
+                proptest::prop_assert_eq!(compare(Some(&typed), &computed), by_json);
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 use crate::model::event::Value;
 use crate::model::features::{AsJson, FeatureSpec};
 use crate::model::schema::FieldType;
+use crate::model::served::Served;
 use crate::model::training::{ExportSpec, FeatureKind, LabelFn, LabelValue, Parsed, TrainingRow};
 
 /// One column of the export.
@@ -83,31 +84,29 @@ impl Columns {
 }
 
 /// A served value as its feature's type: null when absent or of another type.
-pub fn typed(value: Option<&Json>, kind: FeatureKind) -> &Json {
-    const NULL: &Json = &Json::Null;
+pub fn typed(value: Option<&Served>, kind: FeatureKind) -> &Served {
+    const NULL: &Served = &Served::Null;
     let Some(value) = value else { return NULL };
-    let fits = match kind {
-        FeatureKind::Int64 => value.is_i64() || value.is_u64(),
-        FeatureKind::Float64 => value.is_number(),
-        FeatureKind::Bool => value.is_boolean(),
-        FeatureKind::Utf8 => value.is_string(),
-        FeatureKind::TopK => top_k(value).is_some(),
-        FeatureKind::Json => true,
+    let fits = match (kind, value) {
+        (FeatureKind::Int64, Served::Number(n)) => n.is_i64() || n.is_u64(),
+        (FeatureKind::Float64, Served::Number(_))
+        | (FeatureKind::Bool, Served::Bool(_))
+        | (FeatureKind::Utf8, Served::Str(_))
+        | (FeatureKind::TopK, Served::Pairs(_))
+        | (FeatureKind::Json, _) => true,
+        _ => false,
     };
     if fits { value } else { NULL }
 }
 
 /// A `top_k` value's `(key, score)` pairs: the view writes `[[key, score], ...]`.
-pub fn top_k(value: &Json) -> Option<impl Iterator<Item = (&str, f64)> + '_> {
-    let list = value.as_array()?;
-    list.iter()
-        .all(|pair| pair_of(pair).is_some())
-        .then(|| list.iter().filter_map(pair_of))
-}
-
-fn pair_of(pair: &Json) -> Option<(&str, f64)> {
-    match pair.as_array()?.as_slice() {
-        [Json::String(key), score] => Some((key.as_str(), score.as_f64()?)),
+pub fn top_k(value: &Served) -> Option<impl Iterator<Item = (&str, f64)> + '_> {
+    match value {
+        Served::Pairs(pairs) => Some(
+            pairs
+                .iter()
+                .map(|(key, score)| (key.as_str(), score.as_f64().unwrap_or(f64::NAN))),
+        ),
         _ => None,
     }
 }

@@ -17,12 +17,12 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use serde_json::Value as Json;
 
 use super::columns::{Column, Columns, top_k, typed};
 use crate::model::event::Value;
 use crate::model::features::FeatureValue;
 use crate::model::schema::FieldType;
+use crate::model::served::Served;
 use crate::model::training::{FeatureKind, LabelFn, LabelValue, Parsed, SpineRows, TrainingRow};
 use crate::sinks::SinkError;
 
@@ -173,7 +173,7 @@ impl Pairs {
 }
 
 /// A feature value as a column of its kind reads it: `None` (null) where it does
-/// not fit. Computed values ([`FeatureValue`]) and served ones (JSON, already checked
+/// not fit. Computed values ([`FeatureValue`]) and served ones ([`Served`], already checked
 /// against the kind by [`typed`]) are written by the same [`feature_column`].
 trait KindValue {
     fn int64(&self) -> Option<i64>;
@@ -211,21 +211,30 @@ impl KindValue for FeatureValue {
     }
 }
 
-impl KindValue for Json {
+impl KindValue for Served {
     fn int64(&self) -> Option<i64> {
-        self.as_i64()
+        match self {
+            Served::Number(n) => n.as_i64(),
+            _ => None,
+        }
     }
     fn float64(&self) -> Option<f64> {
         self.as_f64()
     }
     fn boolean(&self) -> Option<bool> {
-        self.as_bool()
+        match self {
+            Served::Bool(b) => Some(*b),
+            _ => None,
+        }
     }
     fn utf8(&self) -> Option<&str> {
-        self.as_str()
+        match self {
+            Served::Str(s) => Some(s.as_str()),
+            _ => None,
+        }
     }
     fn json(&self) -> Option<String> {
-        (!self.is_null()).then(|| self.to_string())
+        (!self.is_null()).then(|| serde_json::to_string(self).expect("a served value serializes"))
     }
 }
 
