@@ -210,7 +210,15 @@ fn check(fields: Fields) -> Result<(String, String, f64, Option<String>), String
         .ok_or("no `user_id` (or an empty one)")?;
     let ts = fields.ts.ok_or("no `ts`")??;
     if !(ts.is_finite() && (0.0..MAX_TS).contains(&ts)) {
-        return Err(format!("`ts` {ts} is not a time between 1970 and the year 10000"));
+        // `1e300`, not its three hundred digits.
+        let shown = if ts.abs() < 1e16 {
+            ts.to_string()
+        } else {
+            format!("{ts:e}")
+        };
+        return Err(format!(
+            "`ts` {shown} is not a time between 1970 and the year 10000"
+        ));
     }
     Ok((row_id, user_id, ts, fields.item_id))
 }
@@ -336,11 +344,29 @@ mod tests {
         assert_eq!(spine.bad[0].raw, r#"{"row_id":"r3","user_id":"","ts":5}"#);
 
         let csv = dir.path().join("spine.csv");
-        std::fs::write(&csv, "row_id,user_id,ts\nr1,u1,1.5\nr2,,2\nr3,u3,soon\n").unwrap();
+        std::fs::write(
+            &csv,
+            "row_id,user_id,ts\nr1,u1,1.5\nr2,,2\nr3,u3,soon\nr4,u4,1e300\nr5,u5,-5\n",
+        )
+        .unwrap();
         let spine = read_spine(&csv).unwrap();
         assert_eq!(spine.rows.len(), 1);
         assert_eq!(spine.rows[0].ts, 1.5);
         let lines: Vec<u64> = spine.bad.iter().map(|b| b.line).collect();
-        assert_eq!(lines, [3, 4]);
+        assert_eq!(lines, [3, 4, 5, 6]);
+        assert!(
+            spine.bad[2]
+                .problem
+                .ends_with("spine.csv:5: `ts` 1e300 is not a time between 1970 and the year 10000"),
+            "{}",
+            spine.bad[2].problem
+        );
+        assert!(
+            spine.bad[3]
+                .problem
+                .ends_with("`ts` -5 is not a time between 1970 and the year 10000"),
+            "{}",
+            spine.bad[3].problem
+        );
     }
 }
