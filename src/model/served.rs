@@ -41,10 +41,18 @@ impl Served {
             Served::Pairs(pairs) => Json::Array(
                 pairs
                     .iter()
-                    .map(|(k, n)| Json::Array(vec![Json::String(k.to_string()), Json::Number(n.clone())]))
+                    .map(|(key, score)| pair_json(key.clone(), score.clone()))
                     .collect(),
             ),
             Served::Other(value) => value.clone(),
+        }
+    }
+
+    /// [`Served::to_json`], consuming it.
+    pub fn into_json(self) -> Json {
+        match self {
+            Served::Other(value) => value,
+            other => other.to_json(),
         }
     }
 
@@ -110,12 +118,21 @@ impl Node {
     fn into_served(self) -> Served {
         match self {
             Node::Value(served) => served,
-            Node::Pair(key, score) => Served::Other(Json::Array(vec![
-                Json::String(key.into_string()),
-                Json::Number(score),
-            ])),
+            Node::Pair(key, score) => Served::Other(pair_json(key, score)),
         }
     }
+
+    fn into_json(self) -> Json {
+        match self {
+            Node::Value(served) => served.into_json(),
+            Node::Pair(key, score) => pair_json(key, score),
+        }
+    }
+}
+
+/// A `[key, score]` pair as a JSON value.
+fn pair_json(key: CompactString, score: Number) -> Json {
+    Json::Array(vec![Json::String(key.into_string()), Json::Number(score)])
 }
 
 struct NodeVisitor;
@@ -176,10 +193,10 @@ impl<'de> Visitor<'de> for NodeVisitor {
                     Some(third) => vec![
                         Json::String(key.into_string()),
                         Json::Number(score),
-                        third.into_served().to_json(),
+                        third.into_json(),
                     ],
                 },
-                Some(second) => vec![Json::String(key.into_string()), second.into_served().to_json()],
+                Some(second) => vec![Json::String(key.into_string()), second.into_json()],
             },
             Node::Pair(key, score) => {
                 pairs.push((key, score));
@@ -190,18 +207,18 @@ impl<'de> Visitor<'de> for NodeVisitor {
                         Some(other) => {
                             let mut items: Vec<Json> = pairs
                                 .drain(..)
-                                .map(|(key, score)| Node::Pair(key, score).into_served().to_json())
+                                .map(|(key, score)| pair_json(key, score))
                                 .collect();
-                            items.push(other.into_served().to_json());
+                            items.push(other.into_json());
                             break items;
                         }
                     }
                 }
             }
-            other => vec![other.into_served().to_json()],
+            other => vec![other.into_json()],
         };
         while let Some(item) = seq.next_element_seed(NodeSeed)? {
-            rest.push(item.into_served().to_json());
+            rest.push(item.into_json());
         }
         Ok(Node::Value(Served::Other(Json::Array(rest))))
     }
