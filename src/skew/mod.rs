@@ -155,16 +155,10 @@ fn pair_agrees(served: &Json, key: &str, score: f64) -> bool {
 /// Whether a served value equals the recomputed one (section 10's rule), compared
 /// as the view writes the computed one.
 pub fn agree(served: &Served, computed: &FeatureValue) -> bool {
-    // The shapes features take, read without building their JSON; any other pair
-    // of shapes by the JSON rule below.
+    // `top_k` pairs and strings are compared where they are, without building their
+    // JSON; everything else by the JSON rule (a number or bool's JSON costs nothing).
     match (served, computed) {
-        (Served::Null, c) => c.is_null(),
-        (Served::Number(a), FeatureValue::Num(x)) if x.is_finite() => {
-            a.as_f64().is_some_and(|a| numbers_agree(a, *x))
-        }
-        (Served::Number(a), FeatureValue::UInt(n)) => a.as_f64().is_some_and(|a| numbers_agree(a, *n as f64)),
         (Served::Str(a), FeatureValue::Str(b)) => a == b,
-        (Served::Bool(a), FeatureValue::Bool(b)) => a == b,
         (Served::Pairs(a), FeatureValue::TopK(b)) => {
             a.len() == b.len()
                 && a.iter().zip(b).all(|((k, s), (key, score))| {
