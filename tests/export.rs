@@ -122,6 +122,29 @@ fn a_store_that_is_exact_has_no_skew_and_a_lagging_one_is_stale_not_wrong() {
 }
 
 #[test]
+fn the_skew_report_is_the_same_byte_for_byte_for_any_number_of_workers() {
+    // Its means are sums of thousands of differences that the workers' counters add
+    // up in whatever order their batches meet: held exactly, they come out the same.
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_with_store(dir.path(), (0.5, 45.0), 0.05);
+    let job = repo().join("jobs/recsys.toml");
+    let one = run_job(&job, &log, 1).skew.expect("a skew report");
+    assert!(one["overall"]["mismatches"].as_u64().unwrap() > 100, "{one}");
+    let mut reversed = log.clone();
+    reversed.reverse();
+    for (workers, log, split) in [(2, &log, None), (3, &reversed, Some(64 * 1024))] {
+        let other = common::run_job_split(&job, log, workers, split)
+            .skew
+            .expect("a skew report");
+        assert_eq!(
+            serde_json::to_string(&other).unwrap(),
+            serde_json::to_string(&one).unwrap(),
+            "{workers} workers"
+        );
+    }
+}
+
+#[test]
 fn skew_exits_1_naming_the_features_over_their_threshold() {
     let dir = tempfile::tempdir().unwrap();
     let case = repo().join("tests/jobs/export_skew");

@@ -4,6 +4,7 @@
 //! staleness; the JSON report, the stderr table and the gate.
 
 pub mod html;
+pub mod sum;
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use serde_json::Value as Json;
 use crate::model::features::FeatureValue;
 use crate::model::served::Served;
 use crate::model::training::{ExportSpec, SpineRows};
+use crate::skew::sum::ExactSum;
 
 /// How stale the served features were: `ts - served_as_of`.
 pub const STALENESS: [&str; 5] = ["<1s", "1-10s", "10-60s", ">60s", "unknown"];
@@ -43,8 +45,9 @@ pub struct SkewKey {
     pub staleness: u8,
 }
 
-/// Counters of one key: a commutative monoid, so they add up in any order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// Counters of one key: a commutative monoid, so they add up to the same counters in
+/// any order (the sums are exact, see [`ExactSum`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SkewStats {
     /// Spine events with a snapshot.
     pub rows: i64,
@@ -54,44 +57,14 @@ pub struct SkewStats {
     pub mismatches: i64,
     /// Comparisons of two numbers.
     pub numbers: i64,
-    /// Sum of their absolute differences.
-    pub abs_diff: f64,
-    /// Sum of their SMAPE.
-    pub smape: f64,
     /// Comparisons of two lists.
     pub lists: i64,
-    /// Sum of their Jaccard overlaps.
-    pub jaccard: f64,
-}
-
-impl Eq for SkewStats {}
-
-impl PartialOrd for SkewStats {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for SkewStats {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (
-            self.rows,
-            self.served_missing,
-            self.mismatches,
-            self.numbers,
-            self.lists,
-        )
-            .cmp(&(
-                other.rows,
-                other.served_missing,
-                other.mismatches,
-                other.numbers,
-                other.lists,
-            ))
-            .then(self.abs_diff.total_cmp(&other.abs_diff))
-            .then(self.smape.total_cmp(&other.smape))
-            .then(self.jaccard.total_cmp(&other.jaccard))
-    }
+    /// Sum of the numbers' absolute differences.
+    pub abs_diff: ExactSum,
+    /// Sum of their SMAPE.
+    pub smape: ExactSum,
+    /// Sum of the lists' Jaccard overlaps.
+    pub jaccard: ExactSum,
 }
 
 impl differential_dataflow::difference::IsZero for SkewStats {
@@ -106,10 +79,10 @@ impl differential_dataflow::difference::Semigroup for SkewStats {
         self.served_missing += rhs.served_missing;
         self.mismatches += rhs.mismatches;
         self.numbers += rhs.numbers;
-        self.abs_diff += rhs.abs_diff;
-        self.smape += rhs.smape;
         self.lists += rhs.lists;
-        self.jaccard += rhs.jaccard;
+        self.abs_diff.add(&rhs.abs_diff);
+        self.smape.add(&rhs.smape);
+        self.jaccard.add(&rhs.jaccard);
     }
 }
 
@@ -255,19 +228,19 @@ pub fn compare(served: Option<&Served>, computed: &FeatureValue) -> SkewStats {
     if let (Served::Number(a), Some(b)) = (served, computed.number()) {
         if let Some(a) = a.as_f64() {
             stats.numbers = 1;
-            stats.abs_diff = (a - b).abs();
+            stats.abs_diff = ExactSum::of((a - b).abs());
             let scale = (a.abs() + b.abs()) / 2.0;
-            stats.smape = if scale > 0.0 { (a - b).abs() / scale } else { 0.0 };
+            stats.smape = ExactSum::of(if scale > 0.0 { (a - b).abs() / scale } else { 0.0 });
         }
     } else if let (Some(a), Some(b)) = (members(served), computed_members(computed)) {
         let both = a.iter().filter(|m| b.binary_search(m).is_ok()).count();
         let union = a.len() + b.len() - both;
         stats.lists = 1;
-        stats.jaccard = if union == 0 {
+        stats.jaccard = ExactSum::of(if union == 0 {
             1.0
         } else {
             both as f64 / union as f64
-        };
+        });
     }
     stats
 }
@@ -354,7 +327,7 @@ pub struct Line {
 
 impl From<&SkewStats> for Line {
     fn from(s: &SkewStats) -> Line {
-        let mean = |sum: f64, n: i64| (n > 0).then(|| sum / n as f64);
+        let mean = |sum: ExactSum, n: i64| (n > 0).then(|| sum.to_f64() / n as f64);
         Line {
             rows: s.rows,
             served_missing: s.served_missing,
@@ -583,20 +556,20 @@ mod tests {
         );
         let off = compare(Some(&served(json!(2.0))), &FeatureValue::Num(4.0));
         assert_eq!((off.mismatches, off.numbers), (1, 1));
-        assert_eq!(off.abs_diff, 2.0);
-        assert!((off.smape - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(off.abs_diff.to_f64(), 2.0);
+        assert_eq!(off.smape.to_f64(), 2.0 / 3.0);
         let lists = compare(
             Some(&served(json!([["a", 1.0], ["b", 0.5]]))),
             &FeatureValue::TopK(vec![("a".into(), 1.0)]),
         );
         assert_eq!((lists.mismatches, lists.lists), (1, 1));
-        assert_eq!(lists.jaccard, 0.5);
+        assert_eq!(lists.jaccard.to_f64(), 0.5);
         let ids = compare(
             Some(&served(json!(["a", 1]))),
             &FeatureValue::List(vec!["a".into(), "1".into()]),
         );
         assert_eq!((ids.mismatches, ids.lists), (1, 1));
-        assert_eq!(ids.jaccard, 1.0 / 3.0);
+        assert_eq!(ids.jaccard.to_f64(), 1.0 / 3.0);
     }
 
     proptest::proptest! {
