@@ -145,6 +145,36 @@ fn the_skew_report_is_the_same_byte_for_byte_for_any_number_of_workers() {
 }
 
 #[test]
+fn a_stopped_and_resumed_run_reports_the_skew_of_every_spine_event() {
+    // Three days, so that most rows close (and are compared) before the stop.
+    let dir = tempfile::tempdir().unwrap();
+    let log = generate(&GenOptions {
+        out: dir.path().to_owned(),
+        events: 20_000,
+        users: 300,
+        partitions: 2,
+        span: 3.0 * 86_400.0,
+        serving_lag: (0.5, 45.0),
+        wrong_values: 0.05,
+        compression: None,
+        ..GenOptions::default()
+    })
+    .unwrap()
+    .files;
+    let job = repo().join("jobs/recsys.toml");
+    let whole = run_job(&job, &log, 2);
+    let read = whole.summary.read;
+    let resumed = common::run_job_restarted(&job, &log, 2, read / 3);
+    assert_eq!(resumed.rows.len(), whole.rows.len());
+    let (whole, resumed) = (whole.skew.unwrap(), resumed.skew.unwrap());
+    assert!(whole["rows"].as_u64().unwrap() > 500, "{whole}");
+    assert_eq!(
+        serde_json::to_string(&resumed).unwrap(),
+        serde_json::to_string(&whole).unwrap()
+    );
+}
+
+#[test]
 fn skew_exits_1_naming_the_features_over_their_threshold() {
     let dir = tempfile::tempdir().unwrap();
     let case = repo().join("tests/jobs/export_skew");

@@ -161,6 +161,7 @@ fn run_fold(job: Arc<Job>, arrivals: Vec<Arrival>, flush_after: Vec<bool>) -> Ve
                 hold_unflushed: false,
                 spine_rows: None,
                 replay: None,
+                skew: None,
             };
             let views = events.fold_features(clocks, context).views;
             views.probe_with(&probe).capture()

@@ -13,9 +13,10 @@ use crate::model::event::{Event, Millis};
 use crate::model::features::UserState;
 use crate::summary::Counts;
 
-/// The first bytes of a part file (format version 6: open rows hold their features
-/// as typed values, not as the view's JSON text).
-pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP6";
+/// The first bytes of a part file (format version 7: a fold's part holds its skew
+/// counters; 6: open rows hold their features as typed values, not as the view's
+/// JSON text).
+pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP7";
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";
 
@@ -98,6 +99,8 @@ pub struct FoldSnapshot {
     pub spine_before: Millis,
     /// The outcome logs of the users with open rows.
     pub outcomes: Vec<(CompactString, crate::model::training::UserOutcomes)>,
+    /// The skew counters of the spine events whose rows closed before the cut.
+    pub skew: Vec<(crate::skew::SkewKey, crate::skew::SkewStats)>,
 }
 
 /// One worker's part of a checkpoint.

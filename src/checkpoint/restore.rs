@@ -72,6 +72,12 @@ impl Restored {
                     .filter(|(user, _)| mine(crate::model::event::key_hash(user)))
                     .cloned()
                     .collect(),
+                // Counters are summed: all of them on worker 0, none elsewhere.
+                skew: if worker == 0 {
+                    fold.skew.clone()
+                } else {
+                    Vec::new()
+                },
             });
             if worker == 0 {
                 share.ingest_counts.merge(&part.ingest_counts);

@@ -1,10 +1,11 @@
-//! The serving-skew counters as a differential collection: each training row that
-//! opens a spine event with served features becomes one update per feature, keyed
-//! by (feature, model version, hour, staleness) with its counters as the difference;
-//! `consolidate` reduces them per key as rows arrive and emits the changes at the
-//! frontier, which worker 0 gathers into the run's totals (and, when the run serves
-//! metrics, the mismatch-rate gauges). The rows pass through on their way to the
-//! export's writers, so they are read in place rather than copied for a second reader.
+//! The serving-skew counters as a differential collection: each spine event with
+//! served features, observed by the fold as it closes the event's rows, adds counters
+//! per feature keyed by (feature, model version, hour, staleness); `consolidate`
+//! reduces them per key as rows arrive and emits the changes at the frontier, which
+//! worker 0 gathers into the run's totals (and, when the run serves metrics, the
+//! mismatch-rate gauges). Each worker's counters so far are part of its checkpoint,
+//! so a resumed run counts every spine event once. The rows pass through on their way
+//! to the export's writers, which reuse the served values parsed for the comparison.
 
 use std::sync::{Arc, Mutex};
 
@@ -35,17 +36,93 @@ pub struct SkewShared {
     pub examples: Vec<Example>,
 }
 
-/// Counts the serving skew of `rows` into `shared`, and passes the rows on
-/// unchanged: they are observed where they pass, never copied for it.
+/// A worker's skew counting, shared by its fold and its `SkewObserve` operator. The
+/// fold observes each spine event as it closes its rows, so the counters of every row
+/// closed before a checkpoint's cut are in that worker's part ([`SkewCounter::totals`])
+/// and a resumed run reports every spine event once; the operator emits what was
+/// observed as updates of the collection.
+pub struct SkewCounter {
+    spec: Arc<ExportSpec>,
+    names: Arc<[String]>,
+    shared: Arc<Mutex<SkewShared>>,
+    /// Features whose examples are all kept: their mismatches take no lock.
+    kept: Vec<bool>,
+    /// Observed and not yet emitted, in key order so the totals add up in the same
+    /// order on every run. A batch's rows share few keys (one hour, a few model
+    /// versions and staleness buckets): the collection gets a handful of updates per
+    /// batch, not one per row and feature.
+    unsent: std::collections::BTreeMap<SkewKey, SkewStats>,
+    /// What was emitted (and, on worker 0, what a checkpoint carried over).
+    running: SkewTotals,
+}
+
+impl SkewCounter {
+    /// A counter of `spec`'s skew over the job's `names` features, gathering examples
+    /// into `shared`.
+    pub fn new(spec: Arc<ExportSpec>, names: Arc<[String]>, shared: Arc<Mutex<SkewShared>>) -> SkewCounter {
+        SkewCounter {
+            kept: vec![false; names.len()],
+            spec,
+            names,
+            shared,
+            unsent: Default::default(),
+            running: Default::default(),
+        }
+    }
+
+    /// Counts the spine events of `rows` (parsing their served features, which the
+    /// writers then reuse).
+    pub fn observe(&mut self, rows: &mut [SpineRows]) {
+        for row in rows.iter_mut() {
+            for (key, stats) in observe(&self.spec, &self.names, row) {
+                let feature = key.feature as usize;
+                if stats.mismatches > 0 && !self.kept[feature] {
+                    self.kept[feature] = keep_example(&self.shared, feature, &self.names, row);
+                }
+                self.unsent.entry(key).or_default().plus_equals(&stats);
+            }
+        }
+    }
+
+    /// Takes over counters from a checkpoint: into this worker's part, and into the
+    /// run's totals (they are not emitted again).
+    pub fn restore(&mut self, totals: Vec<(SkewKey, SkewStats)>) {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, stats) in totals {
+            shared.totals.entry(key.clone()).or_default().plus_equals(&stats);
+            self.running.entry(key).or_default().plus_equals(&stats);
+        }
+    }
+
+    /// Everything this worker observed, for its part of a checkpoint.
+    pub fn totals(&self) -> Vec<(SkewKey, SkewStats)> {
+        let mut totals = self.running.clone();
+        for (key, stats) in &self.unsent {
+            totals.entry(key.clone()).or_default().plus_equals(stats);
+        }
+        totals.into_iter().collect()
+    }
+
+    /// What was observed since the last call, now counted as part of this worker's
+    /// running totals.
+    fn take(&mut self) -> std::collections::BTreeMap<SkewKey, SkewStats> {
+        for (key, stats) in &self.unsent {
+            self.running.entry(key.clone()).or_default().plus_equals(stats);
+        }
+        std::mem::take(&mut self.unsent)
+    }
+}
+
+/// Emits what `counter` observed of `rows` (the fold observed them as it closed them)
+/// as updates of the counters' collection, gathers them into `shared`'s totals, and
+/// passes the rows on unchanged: they are observed where they pass, never copied for it.
 pub fn count_skew<'s>(
     rows: Stream<'s, Millis, Vec<SpineRows>>,
-    spec: Arc<ExportSpec>,
+    counter: std::rc::Rc<std::cell::RefCell<SkewCounter>>,
     features: Arc<[String]>,
     shared: Arc<Mutex<SkewShared>>,
     metrics: Option<Arc<Metrics>>,
 ) -> Stream<'s, Millis, Vec<SpineRows>> {
-    let examples = Arc::clone(&shared);
-    let names = Arc::clone(&features);
     let mut builder = OperatorBuilder::new("SkewObserve".to_owned(), rows.scope());
     let mut input = builder.new_input(rows, Pipeline);
     let (rows_out, passed) = builder.new_output::<Vec<SpineRows>>();
@@ -54,29 +131,15 @@ pub fn count_skew<'s>(
     let mut updates_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<(SkewKey, Millis, SkewStats)>>>::from(updates_out);
     builder.build(move |_| {
-        // Features whose examples are all kept: their mismatches take no lock.
-        let mut kept = vec![false; names.len()];
-        // In key order, so the totals add up in the same order on every run.
-        let mut sums: std::collections::BTreeMap<SkewKey, SkewStats> = Default::default();
         move |_frontiers| {
             let mut rows_handle = rows_out.activate();
             let mut updates_handle = updates_out.activate();
             input.for_each(|time, rows| {
                 let at = *time.least().expect("totally ordered time");
-                // Summed here first: a batch's rows share few keys (one hour, a few
-                // model versions and staleness buckets), so the collection gets a
-                // handful of updates per batch, not one per row and feature.
-                for row in rows.iter_mut() {
-                    for (key, stats) in observe(&spec, &names, row) {
-                        let feature = key.feature as usize;
-                        if stats.mismatches > 0 && !kept[feature] {
-                            kept[feature] = keep_example(&examples, feature, &names, row);
-                        }
-                        sums.entry(key).or_default().plus_equals(&stats);
-                    }
-                }
+                // The fold observed these rows (and perhaps later ones, whose time is
+                // no earlier) before sending them.
                 let mut session = updates_handle.session(&time);
-                for (key, stats) in std::mem::take(&mut sums) {
+                for (key, stats) in counter.borrow_mut().take() {
                     session.give((key, at, stats));
                 }
                 rows_handle.session(&time).give_container(rows);

@@ -187,6 +187,17 @@ fn run_worker<S: Source + 'static>(
             }
             _ => ingested.events,
         };
+        let features: Arc<[String]> = job.features.features.iter().map(|f| f.name.clone()).collect();
+        let skew_counter = match (&plan.skew, &job.export) {
+            (Some(skew), Some(export)) => {
+                Some(Rc::new(RefCell::new(crate::dataflow::skew::SkewCounter::new(
+                    Arc::new(export.clone()),
+                    Arc::clone(&features),
+                    Arc::clone(skew),
+                ))))
+            }
+            _ => None,
+        };
         let folded = events.fold_features(
             clocks.broadcast(),
             FoldContext {
@@ -205,16 +216,17 @@ fn run_worker<S: Source + 'static>(
                         .collect()
                 }),
                 replay: plan.replay.clone(),
+                skew: skew_counter.clone(),
             },
         );
         let sink_dead = folded
             .views
             .write_views(view_sinks, Rc::clone(&sink_failure), plan.metrics.clone());
-        let rows = match (&plan.skew, &job.export) {
-            (Some(skew), Some(export)) => crate::dataflow::skew::count_skew(
+        let rows = match (&plan.skew, skew_counter) {
+            (Some(skew), Some(counter)) => crate::dataflow::skew::count_skew(
                 folded.rows,
-                Arc::new(export.clone()),
-                job.features.features.iter().map(|f| f.name.clone()).collect(),
+                counter,
+                features,
                 Arc::clone(skew),
                 plan.metrics.clone(),
             ),

@@ -80,6 +80,10 @@ pub struct FoldContext {
     /// A replay: `explain` traces its user's events through the fold; `diff` folds
     /// its second job beside the run's.
     pub replay: Option<crate::replay::Replay>,
+    /// The worker's skew counting, when the export compares served features: the
+    /// fold observes each spine event as its rows close, and keeps the counters in
+    /// its checkpoints.
+    pub skew: Option<Rc<RefCell<crate::dataflow::skew::SkewCounter>>>,
 }
 
 /// The fold's outputs.
@@ -133,6 +137,7 @@ pub trait FoldFeatures<'s> {
     ///         hold_unflushed: true,
     ///         spine_rows: None,
     ///         replay: None,
+    ///         skew: None,
     ///     };
     ///     events.fold_features(clocks, context).views.capture()
     /// });
@@ -178,6 +183,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             hold_unflushed,
             spine_rows,
             replay,
+            skew,
         } = context;
         checkpointing.borrow_mut().wake.push(activator.clone());
         let observe = {
@@ -189,6 +195,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
             }
         };
         let mut fold = Fold::new(job);
+        fold.skew = skew;
         match replay {
             Some(crate::replay::Replay::Explain(explaining)) => fold.trace = Some(explaining),
             Some(crate::replay::Replay::Diff(diffing)) => {
@@ -324,6 +331,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                     spine.close_before(export, limit, &mut rows_buffer);
                 }
                 if !rows_buffer.is_empty() {
+                    fold.observe_skew(&mut rows_buffer);
                     rows_out
                         .activate()
                         .session(&caps[2])
@@ -414,6 +422,7 @@ impl<'s> FoldFeatures<'s> for Stream<'s, Millis, Vec<Event>> {
                                 .give_container(&mut views_buffer);
                         }
                         if !rows_buffer.is_empty() {
+                            fold.observe_skew(&mut rows_buffer);
                             rows_out
                                 .activate()
                                 .session(&caps[2])

@@ -36,6 +36,7 @@ pub(super) struct FoldView<'a> {
     pub(super) open_rows: Vec<&'a crate::model::training::OpenRow>,
     pub(super) spine_before: Millis,
     pub(super) outcomes: Vec<(&'a CompactString, &'a crate::model::training::UserOutcomes)>,
+    pub(super) skew: Vec<(crate::skew::SkewKey, crate::skew::SkewStats)>,
 }
 
 impl Fold {
@@ -74,6 +75,7 @@ impl Fold {
                 .iter()
                 .flat_map(|s| s.outcomes().map(|(u, o)| (u.clone(), o.clone())))
                 .collect(),
+            skew: self.skew_totals(),
         }
     }
 
@@ -111,6 +113,9 @@ impl Fold {
         }
         if let (Some(spine), Some(export)) = (self.spine.as_mut(), self.job.export.as_ref()) {
             spine.restore(export, snapshot.open_rows, snapshot.outcomes);
+        }
+        if let Some(counter) = &self.skew {
+            counter.borrow_mut().restore(snapshot.skew);
         }
         self.spine_before = self.spine_before.max(snapshot.spine_before);
         self.max_clock = match (self.max_clock, snapshot.max_clock) {
@@ -172,7 +177,16 @@ impl Fold {
             open_rows: self.spine.iter().flat_map(|s| s.all()).collect(),
             spine_before: cut,
             outcomes: self.spine.iter().flat_map(|s| s.outcomes()).collect(),
+            skew: self.skew_totals(),
         }
+    }
+
+    /// The skew counters of the rows closed so far.
+    fn skew_totals(&self) -> Vec<(crate::skew::SkewKey, crate::skew::SkewStats)> {
+        self.skew
+            .as_ref()
+            .map(|c| c.borrow().totals())
+            .unwrap_or_default()
     }
 }
 
@@ -212,6 +226,7 @@ mod tests {
             open_rows: Vec::new(),
             spine_before: 0,
             outcomes: Vec::new(),
+            skew: Vec::new(),
         });
         let partitions = vec![PartitionState {
             name: "p0".into(),

@@ -181,9 +181,18 @@ pub(super) struct Fold {
     pub(super) trace: Option<Arc<crate::replay::explain::Explaining>>,
     /// `diff` runs: the second job, folded from the same events.
     pub(super) shadow: Option<super::shadow::Shadow>,
+    /// The skew counting, when the export compares served features.
+    pub(super) skew: Option<std::rc::Rc<std::cell::RefCell<crate::dataflow::skew::SkewCounter>>>,
 }
 
 impl Fold {
+    /// Counts the serving skew of rows closing now, before they leave.
+    pub(super) fn observe_skew(&self, rows: &mut [crate::model::training::SpineRows]) {
+        if let Some(counter) = &self.skew {
+            counter.borrow_mut().observe(rows);
+        }
+    }
+
     /// An empty fold for `job`.
     pub(super) fn new(job: Arc<Job>) -> Fold {
         let spine = job
@@ -192,6 +201,7 @@ impl Fold {
             .map(|_| Spine::new(UserState::new(&job.features)));
         Fold {
             spine,
+            skew: None,
             file_spine: None,
             spine_before: 0,
             seen: SeenIds::new(job.time.dedup_horizon.as_secs_f64()),
