@@ -192,6 +192,8 @@ impl Outs {
             counts(&reference.summary()),
             "summary counts differ"
         );
+        let skew = |outs: &Outs| std::fs::read_to_string(outs.dir.join("skew.json")).unwrap();
+        assert!(skew(self) == skew(reference), "skew reports differ");
     }
 }
 
