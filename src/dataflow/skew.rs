@@ -47,10 +47,9 @@ pub struct SkewCounter {
     shared: Arc<Mutex<SkewShared>>,
     /// Features whose examples are all kept: their mismatches take no lock.
     kept: Vec<bool>,
-    /// Observed and not yet emitted, in key order so the totals add up in the same
-    /// order on every run. A batch's rows share few keys (one hour, a few model
-    /// versions and staleness buckets): the collection gets a handful of updates per
-    /// batch, not one per row and feature.
+    /// Observed and not yet emitted, summed per key: a batch's rows share few keys
+    /// (one hour, a few model versions and staleness buckets), so the collection gets
+    /// a handful of updates per batch, not one per row and feature.
     unsent: std::collections::BTreeMap<SkewKey, SkewStats>,
     /// What was emitted (and, on worker 0, what a checkpoint carried over).
     running: SkewTotals,
