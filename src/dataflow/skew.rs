@@ -27,7 +27,8 @@ use crate::skew::{Example, SkewKey, SkewStats, SkewTotals, observe};
 /// Up to this many example mismatches are kept per feature, for the HTML report.
 pub const EXAMPLES_PER_FEATURE: usize = 5;
 
-/// What the skew operators gather, shared by a process's workers.
+/// What the skew counting gathers (and a restored checkpoint's counters seed),
+/// shared by a process's workers.
 #[derive(Debug, Default)]
 pub struct SkewShared {
     /// The counters by key (on worker 0's process).
@@ -36,7 +37,7 @@ pub struct SkewShared {
     pub examples: Vec<Example>,
 }
 
-/// A worker's skew counting, shared by its fold and its `SkewObserve` operator. The
+/// A worker's skew counting, shared by its fold and its `SkewCounters` operator. The
 /// fold observes each spine event as it closes its rows, so the counters of every row
 /// closed before a checkpoint's cut are in that worker's part ([`SkewCounter::totals`])
 /// and a resumed run reports every spine event once; the operator emits what was
@@ -112,9 +113,13 @@ impl SkewCounter {
     }
 }
 
-/// Emits what `counter` observed of `rows` (the fold observed them as it closed them)
-/// as updates of the counters' collection, gathers them into `shared`'s totals, and
-/// passes the rows on unchanged: they are observed where they pass, never copied for it.
+/// Emits what `counter` observed of `rows` as updates of the counters' collection,
+/// gathers them into `shared`'s totals, and passes the rows on unchanged.
+///
+/// # Contract
+/// The fold observes rows with [`SkewCounter::observe`] just before it sends them on
+/// `rows`, never otherwise: what was observed is emitted when they arrive here (at
+/// their time, or an earlier one's), so nothing stays unsent once the rows are in.
 pub fn count_skew<'s>(
     rows: Stream<'s, Millis, Vec<SpineRows>>,
     counter: std::rc::Rc<std::cell::RefCell<SkewCounter>>,
@@ -122,7 +127,7 @@ pub fn count_skew<'s>(
     shared: Arc<Mutex<SkewShared>>,
     metrics: Option<Arc<Metrics>>,
 ) -> Stream<'s, Millis, Vec<SpineRows>> {
-    let mut builder = OperatorBuilder::new("SkewObserve".to_owned(), rows.scope());
+    let mut builder = OperatorBuilder::new("SkewCounters".to_owned(), rows.scope());
     let mut input = builder.new_input(rows, Pipeline);
     let (rows_out, passed) = builder.new_output::<Vec<SpineRows>>();
     let mut rows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<SpineRows>>>::from(rows_out);

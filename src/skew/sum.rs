@@ -87,12 +87,23 @@ impl ExactSum {
         };
     }
 
-    /// The sum as a float: the exact sum rounded, so the same in any order.
+    /// The sum as a float: the exact sum rounded once (to nearest, ties to even), so
+    /// the same in any order.
     pub fn to_f64(self) -> f64 {
         if self == ExactSum::INFINITE {
             return f64::INFINITY;
         }
-        self.hi as f64 + self.lo as f64 * 2f64.powi(-FRACTION)
+        if self.hi == 0 {
+            return self.lo as f64 * 2f64.powi(-FRACTION);
+        }
+        // The top 128 bits, with any bit below them folded into the last one (it only
+        // decides a tie), converted in one rounding and scaled by a power of two.
+        let shift = self.hi.leading_zeros();
+        let (top, rest) = match shift {
+            0 => (self.hi, self.lo),
+            _ => ((self.hi << shift) | (self.lo >> (128 - shift)), self.lo << shift),
+        };
+        (top | u128::from(rest != 0)) as f64 * 2f64.powi(128 - FRACTION - shift as i32)
     }
 }
 
@@ -136,6 +147,14 @@ mod tests {
         // What a float sum loses, the exact one keeps.
         assert_eq!((1e16 + 1.0) - 1e16, 0.0);
         assert_eq!(sum(&[1e16, 1.0, 1.0]).to_f64(), 1e16 + 2.0);
+        // Rounded once: a tie broken by a bit far below it.
+        let (ulp, tiny) = (2f64.powi(-52), 2f64.powi(-128));
+        assert_eq!(sum(&[1.0, ulp / 2.0, tiny]).to_f64(), 1.0 + ulp);
+        assert_eq!(sum(&[1.0, ulp / 2.0]).to_f64(), 1.0);
+        assert_eq!(
+            sum(&[2f64.powi(100), 2f64.powi(47), tiny]).to_f64(),
+            2f64.powi(100) + 2f64.powi(48)
+        );
     }
 
     #[test]

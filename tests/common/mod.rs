@@ -23,6 +23,8 @@ pub struct Outputs {
     pub rows: Vec<Value>,
     /// The skew report, when the run made one.
     pub skew: Option<Value>,
+    /// For a run stopped and resumed: the stopped run's summary.
+    pub stopped: Option<Summary>,
     /// The scratch directory (kept alive while the outputs are).
     pub dir: tempfile::TempDir,
 }
@@ -65,6 +67,18 @@ pub fn run_job_restarted_split(
     stop_after: u64,
     split_bytes: Option<u64>,
 ) -> Outputs {
+    run_job_restarted_on(job_path, inputs, (workers, workers), stop_after, split_bytes)
+}
+
+/// [`run_job_restarted_split`], resumed with another number of workers: `(stopped,
+/// resumed)`.
+pub fn run_job_restarted_on(
+    job_path: &Path,
+    inputs: &[PathBuf],
+    (workers, resumed_workers): (usize, usize),
+    stop_after: u64,
+    split_bytes: Option<u64>,
+) -> Outputs {
     let dir = tempfile::tempdir().expect("scratch dir");
     let first = run_into(
         job_path,
@@ -78,13 +92,15 @@ pub fn run_job_restarted_split(
         first.interrupted,
         "a run stopped after {stop_after} records says it was interrupted: {first:#?}"
     );
-    let second = run_into(job_path, inputs, workers, dir.path(), None, split_bytes);
+    let second = run_into(job_path, inputs, resumed_workers, dir.path(), None, split_bytes);
     assert!(
         second.resumed_from_checkpoint.is_some(),
         "the second run resumed from the checkpoint the stopped one took: {second:#?}"
     );
     assert!(!second.interrupted, "{second:#?}");
-    outputs(second, dir)
+    let mut outputs = outputs(second, dir);
+    outputs.stopped = Some(first);
+    outputs
 }
 
 fn run_into(
@@ -145,6 +161,7 @@ fn outputs(summary: Summary, dir: tempfile::TempDir) -> Outputs {
             .map(|text| serde_json::from_str(&text).expect("the skew report is JSON")),
         summary,
         dir,
+        stopped: None,
     }
 }
 

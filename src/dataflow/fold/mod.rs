@@ -1,6 +1,7 @@
 //! The per-user fold: deduplicate, apply the late policy, and fold each user's events
 //! into its state in (event time, event id) order; emit views of the users that
-//! changed.
+//! changed, and the training rows whose label windows closed (their serving skew
+//! counted as they leave).
 //!
 //! # Contract
 //! Input events arrive exchanged by `user_hash`, so each user's state lives on one
