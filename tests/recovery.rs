@@ -87,6 +87,11 @@ impl Dice {
 /// Synthetic partitions with every kind of trouble: late events, duplicates,
 /// malformed records, v1 purchases, unknown types.
 fn synthetic(dir: &Path, events: u64, users: u64, seed: u64) -> Vec<PathBuf> {
+    synthetic_days(dir, events, users, seed, 1.0)
+}
+
+/// [`synthetic`], over `days` days (over one, rows close before the input ends).
+fn synthetic_days(dir: &Path, events: u64, users: u64, seed: u64, days: f64) -> Vec<PathBuf> {
     let out = dir.join("input");
     generate(&GenOptions {
         out: out.clone(),
@@ -96,7 +101,7 @@ fn synthetic(dir: &Path, events: u64, users: u64, seed: u64) -> Vec<PathBuf> {
         partitions: 4,
         items: 2_000,
         start: 1_767_225_600.0,
-        span: 86_400.0,
+        span: days * 86_400.0,
         lateness: 5.0,
         late: 0.01,
         duplicates: 0.02,
@@ -252,8 +257,19 @@ fn with_reference(
     seed: u64,
     workers: usize,
 ) -> (tempfile::TempDir, Vec<PathBuf>, Outs) {
+    with_reference_days(events, users, seed, workers, 1.0)
+}
+
+/// [`with_reference`] over `days` days of events.
+fn with_reference_days(
+    events: u64,
+    users: u64,
+    seed: u64,
+    workers: usize,
+    days: f64,
+) -> (tempfile::TempDir, Vec<PathBuf>, Outs) {
     let dir = tempfile::tempdir().unwrap();
-    let inputs = synthetic(dir.path(), events, users, seed);
+    let inputs = synthetic_days(dir.path(), events, users, seed, days);
     let reference = Outs::new(dir.path().join("reference"));
     succeed(backfill(&inputs, &reference, workers, None));
     (dir, inputs, reference)
@@ -380,16 +396,37 @@ fn a_backfill_killed_five_times_ends_as_if_never_interrupted() {
 
 #[test]
 fn a_checkpoint_of_two_workers_restores_on_one_and_on_four() {
-    let (dir, inputs, reference) = with_reference(200_000, 20_000, 12, 1);
+    // Three days: rows close before the kill, so the checkpoint carries skew counters.
+    let (dir, inputs, reference) = with_reference_days(200_000, 20_000, 12, 1, 3.0);
 
     let first = Outs::new(dir.path().join("w2"));
     let checkpoints = dir.path().join("checkpoints");
     let mut dice = Dice::new();
-    assert!(kill_after_next_checkpoint(
-        backfill(&inputs, &first, 2, Some(&checkpoints)),
-        &checkpoints,
-        &mut dice
-    ));
+    // Killed (and resumed on two workers) until a checkpoint carries the skew of rows
+    // closed before it.
+    let compared = || -> i64 {
+        let (restored, _) = skewless::checkpoint::latest(&checkpoints);
+        restored
+            .expect("a checkpoint")
+            .parts
+            .iter()
+            .flat_map(|part| &part.fold.skew)
+            .map(|(_, stats)| stats.rows)
+            .sum()
+    };
+    for kills in 1.. {
+        assert!(
+            kill_after_next_checkpoint(
+                backfill(&inputs, &first, 2, Some(&checkpoints)),
+                &checkpoints,
+                &mut dice
+            ),
+            "the run ended before a checkpoint carried skew counters ({kills} kills)"
+        );
+        if compared() > 0 {
+            break;
+        }
+    }
     for workers in [1, 4] {
         let outs = Outs::new(dir.path().join(format!("w{workers}")));
         let copy = dir.path().join(format!("checkpoints-{workers}"));
@@ -401,6 +438,11 @@ fn a_checkpoint_of_two_workers_restores_on_one_and_on_four() {
             outs.dir.join("dlq.jsonl.partial"),
         )
         .unwrap();
+        // So are the training rows written before the checkpoint.
+        for aside in ["training.partial", "training.jsonl.parts"] {
+            assert!(first.dir.join(aside).is_dir(), "{aside}");
+            copy_dir(&first.dir.join(aside), &outs.dir.join(aside));
+        }
         let output = succeed(backfill(&inputs, &outs, workers, Some(&copy)));
         assert!(resumed_from(&output).is_some());
         outs.assert_same_as(&reference);
