@@ -2,7 +2,8 @@
 //! (`scripts/redis.sh`), DESIGN.md section 6: an event is readable one flush after it
 //! is read, as a provisional view far ahead of the watermark, and becomes final once
 //! the watermark passes it; a partition that stalls holds the others to the skew
-//! bound, so the events waiting in the fold stay bounded.
+//! bound, so the events waiting in the fold stay bounded. The live export's serving
+//! skew gauges (section 10) follow its closed rows, and come back from a checkpoint.
 
 mod common;
 
@@ -248,4 +249,103 @@ fn a_stalled_partition_holds_the_others_to_the_skew_bound() {
     assert_eq!(summary.read, (n + 2) as u64);
     assert_eq!(summary.applied, (n + 2) as u64);
     assert_eq!(summary.users, 50);
+}
+
+#[test]
+fn the_skew_gauges_follow_the_live_export_and_come_back_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("skew-gauge");
+    kafka().ensure_topic(&topic, 1).unwrap();
+    let job = recsys_job(
+        dir.path(),
+        "skew-gauge",
+        "[time]\nallowed_lateness = \"5s\"\n[sinks]\nviews_jsonl = \"\"\n",
+    );
+    let t = 1_800_000_000.0;
+    // u1 viewed an item; the store served n_viewed_items 0 (it is 1) and
+    // n_purchased_items 0 (right); a day later another view moves the watermark past
+    // the impression's longest label window, and its row closes.
+    let publisher = Publisher::new(&kafka()).unwrap();
+    for line in [
+        format!(
+            r#"{{"event_id":"v1","event_type":"ecommerce.item_viewed","event_version":"1.0","event_time":{t},"user_id":"u1","payload":{{"item_id":"i1","category":"c"}}}}"#
+        ),
+        format!(
+            r#"{{"event_id":"s1","event_type":"recommendation.items_shown","event_version":"1.0","event_time":{},"user_id":"u1","payload":{{"impression_id":"imp1","recommended_items":["i1","i2"],"model_version":"m1","features_snapshot":{{"as_of":{t},"n_viewed_items":0,"n_purchased_items":0}}}}}}"#,
+            t + 10.0
+        ),
+        format!(
+            r#"{{"event_id":"v2","event_type":"ecommerce.item_viewed","event_version":"1.0","event_time":{},"user_id":"u2","payload":{{"item_id":"i3","category":"c"}}}}"#,
+            t + 86_400.0 + 100.0
+        ),
+    ] {
+        send(&publisher, &topic, 0, &line);
+    }
+    let checkpoints = dir.path().join("skew-gauge-checkpoints");
+    let group = unique("skew-gauge-group");
+    let options = |addr: std::net::SocketAddr| RunOptions {
+        workers: 1,
+        topics: vec![topic.clone()],
+        group: Some(group.clone()),
+        brokers: Some(kafka().brokers),
+        views_sqlite: Some(dir.path().join("views.sqlite")),
+        summary: Some(dir.path().join("summary.json")),
+        export_dir: Some(dir.path().join("training")),
+        skew_report: Some(dir.path().join("skew.json")),
+        checkpoint_interval: Some(skewless::model::span::Span::secs(1)),
+        metrics_addr: Some(addr),
+        ..RunOptions::default()
+    };
+    let free_port = || {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let gauge = |addr, feature: &str| {
+        let text = skewless::metrics::Metrics::fetch(addr).ok()?;
+        let label = format!("feature=\"{feature}\"");
+        text.lines()
+            .any(|l| l.starts_with("skewless_skew_mismatch_rate") && l.contains(&label))
+            .then(|| metric(&text, "skewless_skew_mismatch_rate", &label))
+    };
+    let addr = free_port();
+    let (stop, runner) = start(&job, options(addr));
+    wait_until("the impression's skew", Duration::from_secs(60), || {
+        gauge(addr, "n_viewed_items") == Some(1.0)
+    });
+    assert_eq!(gauge(addr, "n_purchased_items"), Some(0.0));
+    // A checkpoint that holds the counters (a stream takes them while events flow),
+    // then a clean stop.
+    let mut beat = 0;
+    wait_until("a checkpoint with the counters", Duration::from_secs(60), || {
+        beat += 1;
+        send(
+            &publisher,
+            &topic,
+            0,
+            &format!(
+                r#"{{"event_id":"b{beat}","event_type":"ecommerce.item_viewed","event_version":"1.0","event_time":{},"user_id":"u3","payload":{{"item_id":"i4","category":"c"}}}}"#,
+                t + 86_400.0 + 200.0 + f64::from(beat)
+            ),
+        );
+        let (restored, _) = skewless::checkpoint::latest(&checkpoints);
+        restored.is_some_and(|r| {
+            r.parts
+                .iter()
+                .flat_map(|p| &p.fold.skew)
+                .any(|(_, stats)| stats.mismatches > 0)
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    runner.join().unwrap();
+
+    // Resumed with nothing new to read: the gauges come from the checkpoint.
+    let addr = free_port();
+    let (stop, runner) = start(&job, options(addr));
+    wait_until("the restored skew", Duration::from_secs(60), || {
+        gauge(addr, "n_viewed_items") == Some(1.0)
+    });
+    assert_eq!(gauge(addr, "n_purchased_items"), Some(0.0));
+    stop.store(true, Ordering::Relaxed);
+    let summary = runner.join().unwrap();
+    assert!(summary.resumed_from_checkpoint.is_some(), "{summary:#?}");
 }

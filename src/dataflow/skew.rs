@@ -150,9 +150,12 @@ pub fn count_skew<'s>(
             });
         }
     });
+    let mut published = false;
     updates.as_collection().consolidate().inner.sink(
         Exchange::new(|_| 0),
         "SkewTotals",
+        // Counters a checkpoint carried over are in the totals before any update:
+        // the gauges show them from the first activation.
         move |(input, _frontier)| {
             let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
             let mut changed = false;
@@ -162,7 +165,8 @@ pub fn count_skew<'s>(
                     changed = true;
                 }
             });
-            if let (true, Some(metrics)) = (changed, &metrics) {
+            if let (true, Some(metrics)) = (changed || (!published && !shared.totals.is_empty()), &metrics) {
+                published = true;
                 let mut per_feature = vec![SkewStats::default(); features.len()];
                 for (key, stats) in &shared.totals {
                     per_feature[key.feature as usize].plus_equals(stats);
