@@ -161,6 +161,12 @@ fn metric(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// A local address no one listens on, for a run's metrics.
+fn free_port() -> std::net::SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
 fn scrape(addr: std::net::SocketAddr) -> String {
     skewless::metrics::Metrics::fetch(addr).unwrap()
 }
@@ -194,10 +200,7 @@ fn a_stalled_partition_holds_the_others_to_the_skew_bound() {
         publisher.send(&topic, Some(1), None, line.as_bytes()).unwrap();
     }
     publisher.flush().unwrap();
-    let addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    let addr = free_port();
     let batch = 50;
     let (stop, runner) = start(
         &job,
@@ -295,10 +298,6 @@ fn the_skew_gauges_follow_the_live_export_and_come_back_from_its_checkpoint() {
         checkpoint_interval: Some(skewless::model::span::Span::secs(1)),
         metrics_addr: Some(addr),
         ..RunOptions::default()
-    };
-    let free_port = || {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
     };
     let gauge = |addr, feature: &str| {
         let text = skewless::metrics::Metrics::fetch(addr).ok()?;
