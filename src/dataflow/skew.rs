@@ -114,7 +114,7 @@ impl SkewCounter {
 }
 
 /// Emits what `counter` observed of `rows` as updates of the counters' collection,
-/// gathers them into `shared`'s totals, and passes the rows on unchanged.
+/// gathers them into the totals the counter shares, and passes the rows on unchanged.
 ///
 /// # Contract
 /// The fold observes rows with [`SkewCounter::observe`] just before it sends them on
@@ -123,10 +123,12 @@ impl SkewCounter {
 pub fn count_skew<'s>(
     rows: Stream<'s, Millis, Vec<SpineRows>>,
     counter: std::rc::Rc<std::cell::RefCell<SkewCounter>>,
-    features: Arc<[String]>,
-    shared: Arc<Mutex<SkewShared>>,
     metrics: Option<Arc<Metrics>>,
 ) -> Stream<'s, Millis, Vec<SpineRows>> {
+    let (features, shared) = {
+        let counter = counter.borrow();
+        (Arc::clone(&counter.names), Arc::clone(&counter.shared))
+    };
     let mut builder = OperatorBuilder::new("SkewCounters".to_owned(), rows.scope());
     let mut input = builder.new_input(rows, Pipeline);
     let (rows_out, passed) = builder.new_output::<Vec<SpineRows>>();

@@ -187,12 +187,11 @@ fn run_worker<S: Source + 'static>(
             }
             _ => ingested.events,
         };
-        let features: Arc<[String]> = job.features.features.iter().map(|f| f.name.clone()).collect();
         let skew_counter = match (&plan.skew, &job.export) {
             (Some(skew), Some(export)) => {
                 Some(Rc::new(RefCell::new(crate::dataflow::skew::SkewCounter::new(
                     Arc::new(export.clone()),
-                    Arc::clone(&features),
+                    job.features.features.iter().map(|f| f.name.clone()).collect(),
                     Arc::clone(skew),
                 ))))
             }
@@ -222,15 +221,9 @@ fn run_worker<S: Source + 'static>(
         let sink_dead = folded
             .views
             .write_views(view_sinks, Rc::clone(&sink_failure), plan.metrics.clone());
-        let rows = match (&plan.skew, skew_counter) {
-            (Some(skew), Some(counter)) => crate::dataflow::skew::count_skew(
-                folded.rows,
-                counter,
-                features,
-                Arc::clone(skew),
-                plan.metrics.clone(),
-            ),
-            _ => folded.rows,
+        let rows = match skew_counter {
+            Some(counter) => crate::dataflow::skew::count_skew(folded.rows, counter, plan.metrics.clone()),
+            None => folded.rows,
         };
         let rows_dead = match &plan.export {
             Some(export) => rows.write_rows(
