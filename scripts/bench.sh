@@ -13,7 +13,8 @@
 #                               # fewer users: their state is near its bounds already
 #                               # at 5M, so the 50M run shows what events alone cost
 #   scripts/bench.sh --export   # the training export (issue 12): the 5M log with 2
-#                               # workers, export off and on (Parquet) interleaved;
+#                               # workers, export off and on (Parquet) interleaved,
+#                               # then the Parquet writer's floor (benches/export_write.rs);
 #                               # rows/s written, Parquet and JSONL bytes per row
 #   scripts/bench.sh --python   # skewless (2 workers) beside a plain Python fold of the
 #                               # same features (scripts/reference_fold.py) on one 5M
@@ -156,6 +157,8 @@ if $export_bench; then
     done
   done
   parquet=$(du -sb out/bench/training | cut -f1)
+  # The floor: the last run's rows written again by the export's Parquet writer alone.
+  cargo bench --quiet --bench export_write -- out/bench/training
   # The JSONL form of the same rows, for its size (it is merged in memory: not timed).
   RUNS=1 run 5m 2 --export-dir out/bench/training --skew-report out/bench/skew.json \
     --export-format jsonl >/dev/null
