@@ -128,18 +128,25 @@ fn the_skew_report_is_the_same_byte_for_byte_for_any_number_of_workers() {
     let dir = tempfile::tempdir().unwrap();
     let log = log_with_store(dir.path(), (0.5, 45.0), 0.05);
     let job = repo().join("jobs/recsys.toml");
-    let one = run_job(&job, &log, 1).skew.expect("a skew report");
+    let first = run_job(&job, &log, 1);
+    let one = first.skew.expect("a skew report");
     assert!(one["overall"]["mismatches"].as_u64().unwrap() > 100, "{one}");
+    // The page's examples are each feature's first mismatches in event time,
+    // whichever worker met them first.
+    let page = first.skew_html.expect("an HTML report");
+    assert!(page.contains("<th>row_id</th>"), "no example rows: {page}");
     let mut reversed = log.clone();
     reversed.reverse();
     for (workers, log, split) in [(2, &log, None), (3, &reversed, Some(64 * 1024))] {
-        let other = common::run_job_split(&job, log, workers, split)
-            .skew
-            .expect("a skew report");
+        let other = common::run_job_split(&job, log, workers, split);
         assert_eq!(
-            serde_json::to_string(&other).unwrap(),
+            serde_json::to_string(&other.skew.expect("a skew report")).unwrap(),
             serde_json::to_string(&one).unwrap(),
             "{workers} workers"
+        );
+        assert!(
+            other.skew_html.as_ref() == Some(&page),
+            "{workers} workers: the HTML report differs"
         );
     }
 }
@@ -181,6 +188,12 @@ fn a_stopped_and_resumed_run_reports_the_skew_of_every_spine_event() {
             serde_json::to_string(&resumed.skew).unwrap(),
             serde_json::to_string(&whole.skew).unwrap(),
             "{workers:?}"
+        );
+        // And the page shows the examples the uninterrupted run shows, the earliest
+        // of them met before the stop.
+        assert!(
+            resumed.skew_html == whole.skew_html,
+            "{workers:?}: the HTML report differs"
         );
     }
 }

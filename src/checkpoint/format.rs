@@ -13,10 +13,10 @@ use crate::model::event::{Event, Millis};
 use crate::model::features::UserState;
 use crate::summary::Counts;
 
-/// The first bytes of a part file (format version 7: a fold's part holds its skew
-/// counters; 6: open rows hold their features as typed values, not as the view's
+/// The first bytes of a part file (format version 8: a fold's part holds its skew
+/// report's examples; 7: its skew counters; 6: open rows hold their features as typed values, not as the view's
 /// JSON text).
-pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP7";
+pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP8";
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";
 
@@ -101,6 +101,8 @@ pub struct FoldSnapshot {
     pub outcomes: Vec<(CompactString, crate::model::training::UserOutcomes)>,
     /// The skew counters of the spine events whose rows closed before the cut.
     pub skew: Vec<(crate::skew::SkewKey, crate::skew::SkewStats)>,
+    /// The worker's first mismatches of each feature among those rows.
+    pub skew_examples: crate::skew::Examples,
 }
 
 /// One worker's part of a checkpoint.

@@ -72,11 +72,17 @@ impl Restored {
                     .filter(|(user, _)| mine(crate::model::event::key_hash(user)))
                     .cloned()
                     .collect(),
-                // Counters are summed: all of them on worker 0, none elsewhere.
+                // Counters are summed and examples merged: all of them on worker 0,
+                // none elsewhere.
                 skew: if worker == 0 {
                     fold.skew.clone()
                 } else {
                     Vec::new()
+                },
+                skew_examples: if worker == 0 {
+                    fold.skew_examples.clone()
+                } else {
+                    Default::default()
                 },
             });
             if worker == 0 {

@@ -3,8 +3,10 @@
 //! per feature keyed by (feature, model version, hour, staleness); `consolidate`
 //! reduces them per key as rows arrive and emits the changes at the frontier, which
 //! worker 0 gathers into the run's totals (and, when the run serves metrics, the
-//! mismatch-rate gauges). Each worker's counters so far are part of its checkpoint,
-//! so a resumed run counts every spine event once. The rows pass through on their way
+//! mismatch-rate gauges). Each worker also keeps each feature's first mismatches in
+//! event time, and worker 0 merges them into the examples of the HTML report. Each
+//! worker's counters and examples so far are part of its checkpoint, so a resumed run
+//! counts every spine event once and shows the examples an uninterrupted run does. The rows pass through on their way
 //! to the export's writers, which reuse the served values parsed for the comparison.
 
 use std::sync::{Arc, Mutex};
@@ -22,10 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::event::Millis;
 use crate::model::served::Served;
 use crate::model::training::{ExportSpec, SpineRows};
-use crate::skew::{Example, SkewKey, SkewStats, SkewTotals, observe};
-
-/// Up to this many example mismatches are kept per feature, for the HTML report.
-pub const EXAMPLES_PER_FEATURE: usize = 5;
+use crate::skew::{Example, Examples, SkewKey, SkewStats, SkewTotals, observe};
 
 /// What the skew counting gathers (and a restored checkpoint's counters seed),
 /// shared by a process's workers.
@@ -33,8 +32,8 @@ pub const EXAMPLES_PER_FEATURE: usize = 5;
 pub struct SkewShared {
     /// The counters by key (on worker 0's process).
     pub totals: SkewTotals,
-    /// Example mismatches.
-    pub examples: Vec<Example>,
+    /// Each feature's first mismatches (on worker 0's process).
+    pub examples: Examples,
 }
 
 /// A worker's skew counting, shared by its fold and its `SkewCounters` operator. The
@@ -46,8 +45,11 @@ pub struct SkewCounter {
     spec: Arc<ExportSpec>,
     names: Arc<[String]>,
     shared: Arc<Mutex<SkewShared>>,
-    /// Features whose examples are all kept: their mismatches take no lock.
-    kept: Vec<bool>,
+    /// This worker's first mismatches of each feature (and, on worker 0, those a
+    /// checkpoint carried over).
+    examples: Examples,
+    /// Examples kept and not yet emitted.
+    unsent_examples: Vec<Example>,
     /// Observed and not yet emitted, summed per key: a batch's rows share few keys
     /// (one hour, a few model versions and staleness buckets), so the collection gets
     /// a handful of updates per batch, not one per row and feature.
@@ -57,11 +59,12 @@ pub struct SkewCounter {
 }
 
 impl SkewCounter {
-    /// A counter of `spec`'s skew over the job's `names` features, gathering examples
-    /// into `shared`.
+    /// A counter of `spec`'s skew over the job's `names` features, whose totals and
+    /// examples worker 0 gathers into `shared`.
     pub fn new(spec: Arc<ExportSpec>, names: Arc<[String]>, shared: Arc<Mutex<SkewShared>>) -> SkewCounter {
         SkewCounter {
-            kept: vec![false; names.len()],
+            examples: Examples::default(),
+            unsent_examples: Vec::new(),
             spec,
             names,
             shared,
@@ -76,22 +79,34 @@ impl SkewCounter {
         for row in rows.iter_mut() {
             for (key, stats) in observe(&self.spec, &self.names, row) {
                 let feature = key.feature as usize;
-                if stats.mismatches > 0 && !self.kept[feature] {
-                    self.kept[feature] = keep_example(&self.shared, feature, &self.names, row);
+                if stats.mismatches > 0 && self.examples.wants(&self.names[feature], row.spine.ts) {
+                    let example = example(&self.names[feature], feature, row);
+                    if self.examples.keep(example.clone()) {
+                        self.unsent_examples.push(example);
+                    }
                 }
                 self.unsent.entry(key).or_default().plus_equals(&stats);
             }
         }
     }
 
-    /// Takes over counters from a checkpoint: into this worker's part, and into the
-    /// run's totals (they are not emitted again).
-    pub fn restore(&mut self, totals: Vec<(SkewKey, SkewStats)>) {
+    /// Takes over counters and examples from a checkpoint: into this worker's part,
+    /// and into the run's totals and examples (they are not emitted again).
+    pub fn restore(&mut self, totals: Vec<(SkewKey, SkewStats)>, examples: &Examples) {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         for (key, stats) in totals {
             shared.totals.entry(key.clone()).or_default().plus_equals(&stats);
             self.running.entry(key).or_default().plus_equals(&stats);
         }
+        for example in examples.all() {
+            shared.examples.keep(example.clone());
+            self.examples.keep(example.clone());
+        }
+    }
+
+    /// This worker's examples, for its part of a checkpoint.
+    pub fn examples(&self) -> &Examples {
+        &self.examples
     }
 
     /// Everything this worker observed, for its part of a checkpoint.
@@ -103,18 +118,22 @@ impl SkewCounter {
         totals.into_iter().collect()
     }
 
-    /// What was observed since the last call, now counted as part of this worker's
-    /// running totals.
-    fn take(&mut self) -> std::collections::BTreeMap<SkewKey, SkewStats> {
+    /// What was observed since the last call (counters, examples kept), now counted
+    /// as part of this worker's running totals.
+    fn take(&mut self) -> (std::collections::BTreeMap<SkewKey, SkewStats>, Vec<Example>) {
         for (key, stats) in &self.unsent {
             self.running.entry(key.clone()).or_default().plus_equals(stats);
         }
-        std::mem::take(&mut self.unsent)
+        (
+            std::mem::take(&mut self.unsent),
+            std::mem::take(&mut self.unsent_examples),
+        )
     }
 }
 
 /// Emits what `counter` observed of `rows` as updates of the counters' collection,
-/// gathers them into the totals the counter shares, and passes the rows on unchanged.
+/// gathers them into the totals the counter shares (and the examples it kept into
+/// its examples), and passes the rows on unchanged.
 ///
 /// # Contract
 /// The fold observes rows with [`SkewCounter::observe`] just before it sends them on
@@ -136,21 +155,37 @@ pub fn count_skew<'s>(
     let (updates_out, updates) = builder.new_output::<Vec<(SkewKey, Millis, SkewStats)>>();
     let mut updates_out =
         OutputBuilder::<_, CapacityContainerBuilder<Vec<(SkewKey, Millis, SkewStats)>>>::from(updates_out);
+    let (examples_out, examples) = builder.new_output::<Vec<Example>>();
+    let mut examples_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Example>>>::from(examples_out);
     builder.build(move |_| {
         move |_frontiers| {
             let mut rows_handle = rows_out.activate();
             let mut updates_handle = updates_out.activate();
+            let mut examples_handle = examples_out.activate();
             input.for_each(|time, rows| {
                 let at = *time.least().expect("totally ordered time");
                 // The fold observed these rows (and perhaps later ones, whose time is
                 // no earlier) before sending them.
+                let (counters, mut kept) = counter.borrow_mut().take();
                 let mut session = updates_handle.session(&time);
-                for (key, stats) in counter.borrow_mut().take() {
+                for (key, stats) in counters {
                     session.give((key, at, stats));
+                }
+                if !kept.is_empty() {
+                    examples_handle.session(&time).give_container(&mut kept);
                 }
                 rows_handle.session(&time).give_container(rows);
             });
         }
+    });
+    let examples_shared = Arc::clone(&shared);
+    examples.sink(Exchange::new(|_| 0), "SkewExamples", move |(input, _frontier)| {
+        input.for_each(|_, examples| {
+            let mut shared = examples_shared.lock().unwrap_or_else(|p| p.into_inner());
+            for example in examples.drain(..) {
+                shared.examples.keep(example);
+            }
+        });
     });
     let mut published = false;
     updates.as_collection().consolidate().inner.sink(
@@ -182,25 +217,18 @@ pub fn count_skew<'s>(
     passed
 }
 
-/// Keeps `row` as an example mismatch of `feature` unless the feature has its
-/// examples; true once it has them.
-fn keep_example(shared: &Mutex<SkewShared>, feature: usize, names: &[String], row: &SpineRows) -> bool {
-    let name = &names[feature];
-    let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let kept = shared.examples.iter().filter(|e| &e.feature == name).count();
-    if kept >= EXAMPLES_PER_FEATURE {
-        return true;
-    }
+/// `row`'s mismatch of `feature` (whose name is `name`), as the report shows it.
+fn example(name: &str, feature: usize, row: &SpineRows) -> Example {
     let parsed = row.parsed.as_deref().expect("observed rows are parsed");
-    shared.examples.push(Example {
-        feature: name.clone(),
+    Example {
+        feature: name.to_owned(),
         row_id: row.spine.row_id.to_string(),
         user_id: row.spine.user_id.to_string(),
         ts: row.spine.ts,
         served: parsed.served[feature]
             .as_ref()
-            .map_or(serde_json::Value::Null, Served::to_json),
-        computed: row.spine.features[feature].to_json(),
-    });
-    kept + 1 >= EXAMPLES_PER_FEATURE
+            .map_or(serde_json::Value::Null, Served::to_json)
+            .to_string(),
+        computed: row.spine.features[feature].to_json().to_string(),
+    }
 }

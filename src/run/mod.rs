@@ -335,7 +335,7 @@ fn finish_export(
         )?;
     }
     if let Some(path) = &spec.skew.html {
-        write(path, crate::skew::html::render(&report, &shared.examples))?;
+        write(path, crate::skew::html::render(&report, shared.examples.all()))?;
     }
     Ok((rows, Some(report)))
 }

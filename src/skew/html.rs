@@ -165,8 +165,8 @@ mismatches when it differs from the replay's (numbers beyond 1e-9 relative).</p>
                     escape(&e.row_id),
                     escape(&e.user_id),
                     e.ts,
-                    escape(&e.served.to_string()),
-                    escape(&e.computed.to_string())
+                    escape(&e.served),
+                    escape(&e.computed)
                 );
             }
             out.push_str("</table>");

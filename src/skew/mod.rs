@@ -294,10 +294,78 @@ pub struct Example {
     pub user_id: String,
     /// The spine event's time.
     pub ts: f64,
-    /// What the server used.
-    pub served: serde_json::Value,
-    /// What the replay computed.
-    pub computed: serde_json::Value,
+    /// What the server used, as JSON text.
+    pub served: String,
+    /// What the replay computed, as JSON text.
+    pub computed: String,
+}
+
+/// The order examples are chosen in: the earliest spine event first, ties by
+/// feature, row, user and values, so the same log gives the same examples whatever
+/// the number of workers, the order their rows close in, or a resume.
+fn by_time(a: &Example, b: &Example) -> std::cmp::Ordering {
+    a.ts.total_cmp(&b.ts).then_with(|| {
+        (&a.feature, &a.row_id, &a.user_id, &a.served, &a.computed).cmp(&(
+            &b.feature,
+            &b.row_id,
+            &b.user_id,
+            &b.served,
+            &b.computed,
+        ))
+    })
+}
+
+/// Up to this many example mismatches are kept per feature, for the HTML report.
+pub const EXAMPLES_PER_FEATURE: usize = 5;
+
+/// Each feature's first [`EXAMPLES_PER_FEATURE`] mismatches in event time: the
+/// examples the HTML report shows. Each worker keeps its own and worker 0 merges
+/// them (the first of all are among the first of each worker's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Examples(Vec<Example>);
+
+impl Examples {
+    /// Whether a mismatch of `feature` at `ts` could be kept: false once the feature
+    /// has its examples and they are all earlier.
+    pub fn wants(&self, feature: &str, ts: f64) -> bool {
+        match self
+            .0
+            .iter()
+            .filter(|e| e.feature == feature)
+            .nth(EXAMPLES_PER_FEATURE - 1)
+        {
+            Some(last) => ts <= last.ts,
+            None => true,
+        }
+    }
+
+    /// Keeps `example` if it is among its feature's first; true if it was kept.
+    pub fn keep(&mut self, example: Example) -> bool {
+        let Err(at) = self.0.binary_search_by(|e| by_time(e, &example)) else {
+            return false;
+        };
+        self.0.insert(at, example);
+        let feature = &self.0[at].feature;
+        let beyond = self
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| &e.feature == feature)
+            .nth(EXAMPLES_PER_FEATURE)
+            .map(|(i, _)| i);
+        match beyond {
+            Some(i) => {
+                self.0.remove(i);
+                i != at
+            }
+            None => true,
+        }
+    }
+
+    /// Every kept example, earliest first.
+    pub fn all(&self) -> &[Example] {
+        &self.0
+    }
 }
 
 /// The counters of a run, by key.
@@ -620,6 +688,59 @@ mod tests {
                 let by_json = compare(Some(&Served::Other(value.clone())), &computed);
                 proptest::prop_assert_eq!(compare(Some(&typed), &computed), by_json);
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever order the mismatches come in, and however they are dealt to
+        /// workers whose kept examples are then merged, each feature's examples are
+        /// its first five in time, in time order; and `wants` turns down only what
+        /// `keep` would not keep.
+        #[test]
+        fn examples_are_each_features_first_whatever_the_order_and_the_workers(
+            mismatches in proptest::collection::vec((0usize..3, 0u8..20, 0u8..4), 0..40),
+            order in proptest::collection::vec(0usize..1000, 40),
+            workers in 1usize..4,
+        ) {
+            let example = |&(feature, ts, row): &(usize, u8, u8)| Example {
+                feature: ["a", "b", "c"][feature].into(),
+                row_id: format!("r{row}"),
+                user_id: "u".into(),
+                ts: f64::from(ts),
+                served: "1".into(),
+                computed: "2".into(),
+            };
+            let mut shuffled: Vec<(usize, &(usize, u8, u8))> =
+                mismatches.iter().enumerate().map(|(i, m)| (order[i], m)).collect();
+            shuffled.sort_by_key(|(k, _)| *k);
+            let mut kept = vec![Examples::default(); workers];
+            for (i, (_, m)) in shuffled.iter().enumerate() {
+                let worker = &mut kept[i % workers];
+                let wanted = worker.wants(&example(m).feature, example(m).ts);
+                let was = worker.clone();
+                if !wanted {
+                    proptest::prop_assert!(!worker.keep(example(m)));
+                    proptest::prop_assert_eq!(&*worker, &was);
+                } else {
+                    worker.keep(example(m));
+                }
+            }
+            let mut merged = Examples::default();
+            for worker in &kept {
+                for e in worker.all() {
+                    merged.keep(e.clone());
+                }
+            }
+            let mut expected: Vec<Example> = mismatches.iter().map(example).collect();
+            expected.sort_by(by_time);
+            expected.dedup();
+            let mut per_feature = std::collections::HashMap::new();
+            expected.retain(|e| {
+                let n = per_feature.entry(e.feature.clone()).or_insert(0);
+                *n += 1;
+                *n <= EXAMPLES_PER_FEATURE
+            });
+            proptest::prop_assert_eq!(merged.all(), &expected[..]);
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Outputs {
     pub rows: Vec<Value>,
     /// The skew report, when the run made one.
     pub skew: Option<Value>,
+    /// Its HTML page, when the run made one.
+    pub skew_html: Option<String>,
     /// For a run stopped and resumed: the stopped run's summary.
     pub stopped: Option<Summary>,
     /// The scratch directory (kept alive while the outputs are).
@@ -159,6 +161,7 @@ fn outputs(summary: Summary, dir: tempfile::TempDir) -> Outputs {
         skew: std::fs::read_to_string(out("skew.json"))
             .ok()
             .map(|text| serde_json::from_str(&text).expect("the skew report is JSON")),
+        skew_html: std::fs::read_to_string(out("skew.html")).ok(),
         summary,
         dir,
         stopped: None,

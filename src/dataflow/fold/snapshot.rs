@@ -37,6 +37,7 @@ pub(super) struct FoldView<'a> {
     pub(super) spine_before: Millis,
     pub(super) outcomes: Vec<(&'a CompactString, &'a crate::model::training::UserOutcomes)>,
     pub(super) skew: Vec<(crate::skew::SkewKey, crate::skew::SkewStats)>,
+    pub(super) skew_examples: crate::skew::Examples,
 }
 
 impl Fold {
@@ -76,6 +77,7 @@ impl Fold {
                 .flat_map(|s| s.outcomes().map(|(u, o)| (u.clone(), o.clone())))
                 .collect(),
             skew: self.skew_totals(),
+            skew_examples: self.skew_examples(),
         }
     }
 
@@ -115,7 +117,9 @@ impl Fold {
             spine.restore(export, snapshot.open_rows, snapshot.outcomes);
         }
         if let Some(counter) = &self.skew {
-            counter.borrow_mut().restore(snapshot.skew);
+            counter
+                .borrow_mut()
+                .restore(snapshot.skew, &snapshot.skew_examples);
         }
         self.spine_before = self.spine_before.max(snapshot.spine_before);
         self.max_clock = match (self.max_clock, snapshot.max_clock) {
@@ -178,7 +182,16 @@ impl Fold {
             spine_before: cut,
             outcomes: self.spine.iter().flat_map(|s| s.outcomes()).collect(),
             skew: self.skew_totals(),
+            skew_examples: self.skew_examples(),
         }
+    }
+
+    /// The skew report's examples this worker kept.
+    fn skew_examples(&self) -> crate::skew::Examples {
+        self.skew
+            .as_ref()
+            .map(|c| c.borrow().examples().clone())
+            .unwrap_or_default()
     }
 
     /// The skew counters of the rows closed so far.
@@ -227,6 +240,7 @@ mod tests {
             spine_before: 0,
             outcomes: Vec::new(),
             skew: Vec::new(),
+            skew_examples: Default::default(),
         });
         let partitions = vec![PartitionState {
             name: "p0".into(),
