@@ -79,6 +79,7 @@ fn main() {
                 .expect("batches");
             Input { batches, metadata }
         })
+        .filter(|input| !input.batches.is_empty())
         .collect();
     let rows: usize = inputs
         .iter()

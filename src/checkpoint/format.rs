@@ -14,8 +14,8 @@ use crate::model::features::UserState;
 use crate::summary::Counts;
 
 /// The first bytes of a part file (format version 8: a fold's part holds its skew
-/// report's examples; 7: its skew counters; 6: open rows hold their features as typed values, not as the view's
-/// JSON text).
+/// report's examples; 7: its skew counters; 6: open rows hold their features as
+/// typed values, not as the view's JSON text).
 pub(super) const MAGIC: &[u8; 8] = b"SKWLCKP8";
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";
@@ -101,7 +101,8 @@ pub struct FoldSnapshot {
     pub outcomes: Vec<(CompactString, crate::model::training::UserOutcomes)>,
     /// The skew counters of the spine events whose rows closed before the cut.
     pub skew: Vec<(crate::skew::SkewKey, crate::skew::SkewStats)>,
-    /// The worker's first mismatches of each feature among those rows.
+    /// The worker's first mismatches of each feature among those rows (worker 0's
+    /// also those a checkpoint it resumed from carried).
     pub skew_examples: crate::skew::Examples,
 }
 

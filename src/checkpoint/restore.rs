@@ -47,6 +47,13 @@ impl Restored {
         };
         for part in &self.parts {
             let fold = &part.fold;
+            // Counters are summed and examples merged: all of them on worker 0, none
+            // elsewhere.
+            let (skew, skew_examples) = if worker == 0 {
+                (fold.skew.clone(), fold.skew_examples.clone())
+            } else {
+                Default::default()
+            };
             share.fold.push(FoldSnapshot {
                 strings: fold.strings.clone(),
                 users: fold.users.iter().filter(|u| mine(u.hash)).cloned().collect(),
@@ -72,18 +79,8 @@ impl Restored {
                     .filter(|(user, _)| mine(crate::model::event::key_hash(user)))
                     .cloned()
                     .collect(),
-                // Counters are summed and examples merged: all of them on worker 0,
-                // none elsewhere.
-                skew: if worker == 0 {
-                    fold.skew.clone()
-                } else {
-                    Vec::new()
-                },
-                skew_examples: if worker == 0 {
-                    fold.skew_examples.clone()
-                } else {
-                    Default::default()
-                },
+                skew,
+                skew_examples,
             });
             if worker == 0 {
                 share.ingest_counts.merge(&part.ingest_counts);

@@ -4,10 +4,11 @@
 //! reduces them per key as rows arrive and emits the changes at the frontier, which
 //! worker 0 gathers into the run's totals (and, when the run serves metrics, the
 //! mismatch-rate gauges). Each worker also keeps each feature's first mismatches in
-//! event time, and worker 0 merges them into the examples of the HTML report. Each
-//! worker's counters and examples so far are part of its checkpoint, so a resumed run
-//! counts every spine event once and shows the examples an uninterrupted run does. The rows pass through on their way
-//! to the export's writers, which reuse the served values parsed for the comparison.
+//! event time and sends them to worker 0, which merges them into the examples of the
+//! HTML report. Each worker's counters and examples so far are part of its
+//! checkpoint, so a resumed run counts every spine event once and shows the examples
+//! an uninterrupted run does. The rows pass through on their way to the export's
+//! writers, which reuse the served values parsed for the comparison.
 
 use std::sync::{Arc, Mutex};
 
@@ -26,8 +27,8 @@ use crate::model::served::Served;
 use crate::model::training::{ExportSpec, SpineRows};
 use crate::skew::{Example, Examples, SkewKey, SkewStats, SkewTotals, observe};
 
-/// What the skew counting gathers (and a restored checkpoint's counters seed),
-/// shared by a process's workers.
+/// What the skew counting gathers on worker 0 (and a restored checkpoint's counters
+/// and examples seed), shared by a process's workers.
 #[derive(Debug, Default)]
 pub struct SkewShared {
     /// The counters by key (on worker 0's process).
@@ -37,10 +38,11 @@ pub struct SkewShared {
 }
 
 /// A worker's skew counting, shared by its fold and its `SkewCounters` operator. The
-/// fold observes each spine event as it closes its rows, so the counters of every row
-/// closed before a checkpoint's cut are in that worker's part ([`SkewCounter::totals`])
-/// and a resumed run reports every spine event once; the operator emits what was
-/// observed as updates of the collection.
+/// fold observes each spine event as it closes its rows, so the counters and examples
+/// of every row closed before a checkpoint's cut are in that worker's part
+/// ([`SkewCounter::part`]) and a resumed run reports every spine event once; the
+/// operator emits what was observed as updates of the collection, and the examples
+/// kept to worker 0.
 pub struct SkewCounter {
     spec: Arc<ExportSpec>,
     names: Arc<[String]>,
@@ -48,6 +50,8 @@ pub struct SkewCounter {
     /// This worker's first mismatches of each feature (and, on worker 0, those a
     /// checkpoint carried over).
     examples: Examples,
+    /// Per feature, [`Examples::bound`]: a mismatch after it is not kept.
+    bounds: Vec<f64>,
     /// Examples kept and not yet emitted.
     unsent_examples: Vec<Example>,
     /// Observed and not yet emitted, summed per key: a batch's rows share few keys
@@ -64,6 +68,7 @@ impl SkewCounter {
     pub fn new(spec: Arc<ExportSpec>, names: Arc<[String]>, shared: Arc<Mutex<SkewShared>>) -> SkewCounter {
         SkewCounter {
             examples: Examples::default(),
+            bounds: vec![f64::INFINITY; names.len()],
             unsent_examples: Vec::new(),
             spec,
             names,
@@ -79,11 +84,9 @@ impl SkewCounter {
         for row in rows.iter_mut() {
             for (key, stats) in observe(&self.spec, &self.names, row) {
                 let feature = key.feature as usize;
-                if stats.mismatches > 0 && self.examples.wants(&self.names[feature], row.spine.ts) {
+                if stats.mismatches > 0 && row.spine.ts <= self.bounds[feature] {
                     let example = example(&self.names[feature], feature, row);
-                    if self.examples.keep(example.clone()) {
-                        self.unsent_examples.push(example);
-                    }
+                    self.keep(feature, example);
                 }
                 self.unsent.entry(key).or_default().plus_equals(&stats);
             }
@@ -100,22 +103,35 @@ impl SkewCounter {
         }
         for example in examples.all() {
             shared.examples.keep(example.clone());
-            self.examples.keep(example.clone());
+        }
+        drop(shared);
+        // Already in the run's examples: not emitted again.
+        let unsent = self.unsent_examples.len();
+        for example in examples.all() {
+            if let Some(feature) = self.names.iter().position(|n| *n == example.feature) {
+                self.keep(feature, example.clone());
+            }
+        }
+        self.unsent_examples.truncate(unsent);
+    }
+
+    /// Keeps `example`, a mismatch of feature number `feature`, among this worker's
+    /// examples (and those to emit) if it is among the feature's first.
+    fn keep(&mut self, feature: usize, example: Example) {
+        if self.examples.keep(example.clone()) {
+            self.bounds[feature] = self.examples.bound(&example.feature);
+            self.unsent_examples.push(example);
         }
     }
 
-    /// This worker's examples, for its part of a checkpoint.
-    pub fn examples(&self) -> &Examples {
-        &self.examples
-    }
-
-    /// Everything this worker observed, for its part of a checkpoint.
-    pub fn totals(&self) -> Vec<(SkewKey, SkewStats)> {
+    /// Everything this worker observed and the examples it kept, for its part of a
+    /// checkpoint.
+    pub fn part(&self) -> (Vec<(SkewKey, SkewStats)>, Examples) {
         let mut totals = self.running.clone();
         for (key, stats) in &self.unsent {
             totals.entry(key.clone()).or_default().plus_equals(stats);
         }
-        totals.into_iter().collect()
+        (totals.into_iter().collect(), self.examples.clone())
     }
 
     /// What was observed since the last call (counters, examples kept), now counted
@@ -132,8 +148,9 @@ impl SkewCounter {
 }
 
 /// Emits what `counter` observed of `rows` as updates of the counters' collection,
-/// gathers them into the totals the counter shares (and the examples it kept into
-/// its examples), and passes the rows on unchanged.
+/// gathers them into the totals the counter shares on worker 0, sends the examples
+/// it kept to worker 0, which merges them into the shared examples, and passes the
+/// rows on unchanged.
 ///
 /// # Contract
 /// The fold observes rows with [`SkewCounter::observe`] just before it sends them on

@@ -325,18 +325,22 @@ pub const EXAMPLES_PER_FEATURE: usize = 5;
 pub struct Examples(Vec<Example>);
 
 impl Examples {
-    /// Whether a mismatch of `feature` at `ts` could be kept: false once the feature
-    /// has its examples and they are all earlier.
-    pub fn wants(&self, feature: &str, ts: f64) -> bool {
-        match self
-            .0
+    /// Where the `n`th kept example of `feature` (from 0) is.
+    fn nth_of(&self, feature: &str, n: usize) -> Option<usize> {
+        self.0
             .iter()
-            .filter(|e| e.feature == feature)
-            .nth(EXAMPLES_PER_FEATURE - 1)
-        {
-            Some(last) => ts <= last.ts,
-            None => true,
-        }
+            .enumerate()
+            .filter(|(_, e)| e.feature == feature)
+            .nth(n)
+            .map(|(i, _)| i)
+    }
+
+    /// The latest time a mismatch of `feature` can have and still be kept: the time
+    /// of its last example once it has all of them (a tie is kept or not by
+    /// [`Examples::keep`]), else infinite.
+    pub fn bound(&self, feature: &str) -> f64 {
+        self.nth_of(feature, EXAMPLES_PER_FEATURE - 1)
+            .map_or(f64::INFINITY, |i| self.0[i].ts)
     }
 
     /// Keeps `example` if it is among its feature's first; true if it was kept.
@@ -345,18 +349,10 @@ impl Examples {
             return false;
         };
         self.0.insert(at, example);
-        let feature = &self.0[at].feature;
-        let beyond = self
-            .0
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| &e.feature == feature)
-            .nth(EXAMPLES_PER_FEATURE)
-            .map(|(i, _)| i);
-        match beyond {
-            Some(i) => {
-                self.0.remove(i);
-                i != at
+        match self.nth_of(&self.0[at].feature, EXAMPLES_PER_FEATURE) {
+            Some(beyond) => {
+                self.0.remove(beyond);
+                beyond != at
             }
             None => true,
         }
@@ -694,8 +690,8 @@ mod tests {
     proptest::proptest! {
         /// Whatever order the mismatches come in, and however they are dealt to
         /// workers whose kept examples are then merged, each feature's examples are
-        /// its first five in time, in time order; and `wants` turns down only what
-        /// `keep` would not keep.
+        /// its first five in time, in time order; and past `bound` is only what `keep`
+        /// would not keep.
         #[test]
         fn examples_are_each_features_first_whatever_the_order_and_the_workers(
             mismatches in proptest::collection::vec((0usize..3, 0u8..20, 0u8..4), 0..40),
@@ -716,13 +712,13 @@ mod tests {
             let mut kept = vec![Examples::default(); workers];
             for (i, (_, m)) in shuffled.iter().enumerate() {
                 let worker = &mut kept[i % workers];
-                let wanted = worker.wants(&example(m).feature, example(m).ts);
-                let was = worker.clone();
-                if !wanted {
-                    proptest::prop_assert!(!worker.keep(example(m)));
+                let example = example(m);
+                if example.ts > worker.bound(&example.feature) {
+                    let was = worker.clone();
+                    proptest::prop_assert!(!worker.keep(example));
                     proptest::prop_assert_eq!(&*worker, &was);
                 } else {
-                    worker.keep(example(m));
+                    worker.keep(example);
                 }
             }
             let mut merged = Examples::default();

@@ -46,6 +46,7 @@ impl Fold {
     #[cfg(test)]
     pub(super) fn snapshot(&self, cut: Millis) -> FoldSnapshot {
         use crate::checkpoint::UserSnapshot;
+        let (skew, skew_examples) = self.skew_part();
         FoldSnapshot {
             strings: self.interner.strings().to_vec(),
             users: self
@@ -76,8 +77,8 @@ impl Fold {
                 .iter()
                 .flat_map(|s| s.outcomes().map(|(u, o)| (u.clone(), o.clone())))
                 .collect(),
-            skew: self.skew_totals(),
-            skew_examples: self.skew_examples(),
+            skew,
+            skew_examples,
         }
     }
 
@@ -166,6 +167,7 @@ impl Fold {
 
     /// The state at the cut as a view that serializes exactly as a [`FoldSnapshot`].
     pub(super) fn snapshot_view(&self, cut: Millis) -> FoldView<'_> {
+        let (skew, skew_examples) = self.skew_part();
         FoldView {
             strings: self.interner.strings(),
             users: &self.users.entries,
@@ -181,25 +183,19 @@ impl Fold {
             open_rows: self.spine.iter().flat_map(|s| s.all()).collect(),
             spine_before: cut,
             outcomes: self.spine.iter().flat_map(|s| s.outcomes()).collect(),
-            skew: self.skew_totals(),
-            skew_examples: self.skew_examples(),
+            skew,
+            skew_examples,
         }
     }
 
-    /// The skew report's examples this worker kept.
-    fn skew_examples(&self) -> crate::skew::Examples {
-        self.skew
-            .as_ref()
-            .map(|c| c.borrow().examples().clone())
-            .unwrap_or_default()
-    }
-
-    /// The skew counters of the rows closed so far.
-    fn skew_totals(&self) -> Vec<(crate::skew::SkewKey, crate::skew::SkewStats)> {
-        self.skew
-            .as_ref()
-            .map(|c| c.borrow().totals())
-            .unwrap_or_default()
+    /// The skew counters of the rows closed so far, and the examples kept of them.
+    fn skew_part(
+        &self,
+    ) -> (
+        Vec<(crate::skew::SkewKey, crate::skew::SkewStats)>,
+        crate::skew::Examples,
+    ) {
+        self.skew.as_ref().map(|c| c.borrow().part()).unwrap_or_default()
     }
 }
 
