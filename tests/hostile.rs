@@ -329,6 +329,11 @@ fn outputs_never_overwrite_inputs_or_each_other() {
     std::fs::create_dir(&x).unwrap();
     let original = view("u", "i", "e1", 1.0) + "\n";
     std::fs::write(x.join("a.jsonl"), &original).unwrap();
+    // A spine file is an input too.
+    let y = dir.path().join("y");
+    std::fs::create_dir(&y).unwrap();
+    let spine = "row_id,user_id,ts\nr1,u,1\n";
+    std::fs::write(y.join("spine.csv"), spine).unwrap();
     let run = |extra: &[&str]| {
         let mut command = skewless(dir.path());
         command
@@ -367,6 +372,21 @@ fn outputs_never_overwrite_inputs_or_each_other() {
             &["-i", "x", "--views-jsonl", "x/views.jsonl"],
             &["inside the input directory x"],
         ),
+        (
+            &["-i", "x/a.jsonl", "--spine", "y/spine.csv", "--export-dir", "y"],
+            &["--export-dir y is an input of this run (--spine y/spine.csv)"],
+        ),
+        (
+            &[
+                "-i",
+                "x/a.jsonl",
+                "--spine",
+                "y/spine.csv",
+                "--skew-report",
+                "y/spine.csv",
+            ],
+            &["--skew-report y/spine.csv is an input of this run (--spine y/spine.csv)"],
+        ),
     ] {
         expect(&mut run(args), 1, says);
         assert_eq!(
@@ -376,10 +396,17 @@ fn outputs_never_overwrite_inputs_or_each_other() {
         );
         assert!(!dir.path().join("v.sqlite").exists(), "{args:?}: nothing opened");
         assert_eq!(
-            std::fs::read_dir(&x).unwrap().count(),
-            1,
-            "{args:?}: nothing written"
+            std::fs::read_to_string(y.join("spine.csv")).unwrap(),
+            spine,
+            "{args:?}"
         );
+        for written in [&x, &y] {
+            assert_eq!(
+                std::fs::read_dir(written).unwrap().count(),
+                1,
+                "{args:?}: nothing written"
+            );
+        }
     }
 }
 

@@ -126,9 +126,9 @@ pub fn run(mut job: Job, options: &RunOptions) -> Result<Summary, RunError> {
             } else {
                 &options.inputs
             };
-            outputs::check(&job, partitions, patterns)?;
+            outputs::check(&job, partitions, patterns, options.spine.as_deref())?;
         }
-        Inputs::Kafka { .. } => outputs::check(&job, &[], &[])?,
+        Inputs::Kafka { .. } => outputs::check(&job, &[], &[], options.spine.as_deref())?,
     }
     // A backfill writes its files under temporary names, published when it ends: a
     // failed run leaves the previous run's outputs as they were.

@@ -43,8 +43,13 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Refuses a run whose outputs collide with each other or with its inputs.
 /// `partitions` are the file inputs (empty for Kafka), `patterns` the input paths
-/// or globs as given.
-pub fn check(job: &Job, partitions: &[FilePartition], patterns: &[String]) -> Result<(), RunError> {
+/// or globs as given, `spine` the spine file (`--spine`).
+pub fn check(
+    job: &Job,
+    partitions: &[FilePartition],
+    patterns: &[String],
+    spine: Option<&Path>,
+) -> Result<(), RunError> {
     let sinks = &job.sinks;
     let mut outputs = Vec::new();
     for (what, path) in [
@@ -100,20 +105,24 @@ pub fn check(job: &Job, partitions: &[FilePartition], patterns: &[String]) -> Re
             }
         }
     }
+    // An output that is an input, or a directory that holds one.
+    let destroys = |input: &Path, shown: &str| match outputs
+        .iter()
+        .find(|o| o.path == absolute(input) || absolute(input).starts_with(&o.path))
+    {
+        Some(output) => refuse(format!(
+            "{} {} is an input of this run ({shown}): the run would destroy what it reads",
+            output.what, output.shown
+        )),
+        None => Ok(()),
+    };
+    if let Some(spine) = spine {
+        destroys(spine, &format!("--spine {}", spine.display()))?;
+    }
     for partition in partitions {
         let root = absolute(Path::new(&partition.name));
         for segment in &partition.segments {
-            let input = absolute(segment);
-            for output in &outputs {
-                if output.path == input || input.starts_with(&output.path) {
-                    return refuse(format!(
-                        "{} {} is an input of this run ({}): the run would destroy what it reads",
-                        output.what,
-                        output.shown,
-                        segment.display()
-                    ));
-                }
-            }
+            destroys(segment, &segment.display().to_string())?;
         }
         // A segment written inside a directory partition is read by the next run.
         for output in &outputs {
