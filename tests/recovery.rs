@@ -197,8 +197,17 @@ impl Outs {
             counts(&reference.summary()),
             "summary counts differ"
         );
-        let skew = |outs: &Outs| std::fs::read_to_string(outs.dir.join("skew.json")).unwrap();
-        assert!(skew(self) == skew(reference), "skew reports differ");
+        let skew = |outs: &Outs, file: &str| std::fs::read_to_string(outs.dir.join(file)).unwrap();
+        assert!(
+            skew(self, "skew.json") == skew(reference, "skew.json"),
+            "skew reports differ"
+        );
+        // The page's examples too: each feature's first mismatches in event time,
+        // from every worker of every process, and from the checkpoint on a resume.
+        assert!(
+            skew(self, "skew.html") == skew(reference, "skew.html"),
+            "skew report pages differ"
+        );
     }
 }
 
