@@ -106,15 +106,15 @@ pub fn check(
         }
     }
     // An output that is an input, or a directory that holds one.
-    let destroys = |input: &Path, shown: &str| match outputs
-        .iter()
-        .find(|o| o.path == absolute(input) || absolute(input).starts_with(&o.path))
-    {
-        Some(output) => refuse(format!(
-            "{} {} is an input of this run ({shown}): the run would destroy what it reads",
-            output.what, output.shown
-        )),
-        None => Ok(()),
+    let destroys = |input: &Path, shown: &str| {
+        let input = absolute(input);
+        match outputs.iter().find(|o| input.starts_with(&o.path)) {
+            Some(output) => refuse(format!(
+                "{} {} is an input of this run ({shown}): the run would destroy what it reads",
+                output.what, output.shown
+            )),
+            None => Ok(()),
+        }
     };
     if let Some(spine) = spine {
         destroys(spine, &format!("--spine {}", spine.display()))?;
