@@ -156,15 +156,16 @@ mismatches when it differs from the replay's (numbers beyond 1e-9 relative).</p>
         let mine: Vec<&Example> = examples.iter().filter(|e| e.feature == f.feature).collect();
         if !mine.is_empty() {
             out.push_str(
-                "<table><tr><th>row_id</th><th>user_id</th><th>ts</th><th>served</th><th>replay</th></tr>",
+                "<table><tr><th>row_id</th><th>user_id</th><th>ts (UTC)</th><th>served</th><th>replay</th></tr>",
             );
             for e in mine {
                 let _ = write!(
                     out,
-                    "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                    "<tr><td><code>{}</code></td><td>{}</td><td title=\"{}\">{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
                     escape(&e.row_id),
                     escape(&e.user_id),
                     e.ts,
+                    utc_time(e.ts),
                     escape(&e.served),
                     escape(&e.computed)
                 );
@@ -174,4 +175,32 @@ mismatches when it differs from the replay's (numbers beyond 1e-9 relative).</p>
     }
     out.push_str("</body></html>\n");
     out
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of `seconds` since the epoch, to the millisecond.
+fn utc_time(seconds: f64) -> String {
+    let millis = (seconds * 1000.0).round() as i64;
+    let of_day = millis.rem_euclid(86_400_000);
+    format!(
+        "{}T{:02}:{:02}:{:02}.{:03}Z",
+        crate::model::training::utc_date(millis.div_euclid(86_400_000) as f64 * 86_400.0),
+        of_day / 3_600_000,
+        of_day / 60_000 % 60,
+        of_day / 1000 % 60,
+        of_day % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_times_read_as_utc_to_the_millisecond() {
+        assert_eq!(utc_time(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc_time(1_767_225_715.194), "2026-01-01T00:01:55.194Z");
+        // Rounded to the millisecond, carrying into the next day.
+        assert_eq!(utc_time(1_767_311_999.999_6), "2026-01-02T00:00:00.000Z");
+        assert_eq!(utc_time(951_868_799.5), "2000-02-29T23:59:59.500Z");
+    }
 }
