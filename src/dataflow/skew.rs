@@ -103,16 +103,11 @@ impl SkewCounter {
         }
         for example in examples.all() {
             shared.examples.keep(example.clone());
+            self.examples.keep(example.clone());
         }
-        drop(shared);
-        // Already in the run's examples: not emitted again.
-        let unsent = self.unsent_examples.len();
-        for example in examples.all() {
-            if let Some(feature) = self.names.iter().position(|n| *n == example.feature) {
-                self.keep(feature, example.clone());
-            }
+        for (bound, name) in self.bounds.iter_mut().zip(self.names.iter()) {
+            *bound = self.examples.bound(name);
         }
-        self.unsent_examples.truncate(unsent);
     }
 
     /// Keeps `example`, a mismatch of feature number `feature`, among this worker's
